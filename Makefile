@@ -1,0 +1,66 @@
+# v6reg: see README.md. Every target runs as root on a Debian machine.
+SHELL        := /bin/bash
+GO           ?= go
+export GOTOOLCHAIN := local
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT       ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS      := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+BIN          := bin/v6reg
+CACHE        ?= /var/cache/v6reg
+TEST_TIMEOUT ?= 18m
+GOLANGCI     := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.6.2
+
+.PHONY: all build test test-unit deps consul lint fuzz bench demo demo-clean rpm clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/v6reg
+
+## deps: Debian packages and the Consul build the root tests need (idempotent).
+deps:
+	integration/scripts/deps.sh
+
+consul:
+	integration/scripts/build-consul.sh
+
+## test: everything: unit, root/netns, and integration against real dockerd and Consul.
+test: deps
+	V6REG_CONSUL_BIN=$$(integration/scripts/build-consul.sh) \
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+## test-unit: the tests that need neither root nor daemons.
+test-unit:
+	V6REG_SKIP_ROOT=1 $(GO) test -race -count=1 ./...
+
+## fuzz: every fuzz target for a short while (FUZZTIME=30s for longer).
+FUZZTIME ?= 10s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+lint:
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(GOLANGCI) run ./...
+
+## bench: the benchmarks (firewall apply cost, IPAM socket, policy parse).
+bench: deps
+	V6REG_CONSUL_BIN=$$(integration/scripts/build-consul.sh) \
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 -timeout 30m ./... | tee bench.out
+
+## demo: the agent with real dockerd and Consul in a namespace topology.
+demo: deps build
+	V6REG_CONSUL_BIN=$$(integration/scripts/build-consul.sh) $(GO) run ./integration/cmd/demo
+
+demo-clean:
+	$(GO) run ./integration/cmd/demo -clean
+
+rpm: build
+	$(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.43.1 package -f packaging/nfpm.yaml -p rpm -t bin/
+
+clean:
+	rm -rf bin bench.out

@@ -1,0 +1,420 @@
+// Package agent turns Docker, this node's Nomad allocations and Consul into
+// one desired state, and reconciles the outputs (firewall, Consul
+// registrations, IPAM store) against what is really there.
+//
+// Events only request a reconcile; they never carry state. A lost event
+// delays a change until the next resync, it never leaves a stale rule.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/v6reg/v6reg/firewall"
+	"github.com/v6reg/v6reg/policies"
+)
+
+// Firewall is the dataplane the agent programs; *firewall.Firewall
+// satisfies it.
+type Firewall interface {
+	Apply(ctx context.Context, s firewall.State) (firewall.Changes, error)
+	Counters(ctx context.Context) (map[string]firewall.DirCounters, error)
+}
+
+// IPAM is the address side the agent keeps in step with Docker.
+type IPAM interface {
+	// ReconcileWithDocker makes the lease store match the addresses Docker
+	// really has in use (Docker is the truth for use, the store for
+	// hold-down).
+	ReconcileWithDocker(ctx context.Context) error
+	// Counts reports leases held and addresses in hold-down.
+	Counts() (leases, held int)
+}
+
+// Options are the agent's settings and its sources and outputs. Nomad,
+// Consul, Firewall and IPAM may be nil: that part is then off.
+type Options struct {
+	Node           string
+	Prefix         netip.Prefix
+	Gateway        netip.Addr
+	Network        string
+	IDPrefix       string
+	ResyncInterval time.Duration
+	Operator       policies.Operator
+	Log            *slog.Logger
+
+	Docker   DockerAPI
+	Nomad    NomadAPI
+	NomadID  string // this node's Nomad ID; empty asks the local agent
+	Consul   ConsulAPI
+	Firewall Firewall
+	IPAM     IPAM
+	Metrics  *Metrics
+}
+
+// Agent is the reconcile loop and its state.
+type Agent struct {
+	o     Options
+	log   *slog.Logger
+	nomad *nomadSource
+	reg   *consulRegistrar
+	peers *peerWatches
+
+	trig     chan struct{}
+	pendMu   sync.Mutex
+	pendFrom time.Time // when the oldest unserved trigger arrived
+
+	opMu     sync.RWMutex
+	operator policies.Operator
+
+	snap atomic.Pointer[Snapshot]
+	// lastFW is the firewall state last applied successfully; the watch
+	// re-applies it when someone deletes or flushes the table.
+	lastFW atomic.Pointer[firewall.State]
+	// lastDesired is the last reconcile's desired state, for explain.
+	lastDesired atomic.Pointer[Desired]
+
+	// applied is what the firewall last took, per container ID (a digest
+	// of its rules), to log one line per container that changed.
+	applied map[string]string
+}
+
+// New builds an agent; Run starts it.
+func New(o Options) *Agent {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.ResyncInterval <= 0 {
+		o.ResyncInterval = time.Minute
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics()
+	}
+	if r, ok := o.Firewall.(interface{ Restores() uint64 }); ok {
+		o.Metrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "v6reg_firewall_restores_total",
+			Help: "Times the table was found deleted or altered by someone else and restored.",
+		}, func() float64 { return float64(r.Restores()) }))
+	}
+	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator}
+	if o.Nomad != nil {
+		a.nomad = newNomadSource(o.Nomad, o.NomadID, o.Log.With("source", "nomad"))
+	}
+	if o.Consul != nil {
+		a.reg = &consulRegistrar{api: o.Consul, prefix: o.IDPrefix, node: o.Node, log: o.Log}
+		a.peers = newPeerWatches(o.Consul, o.Log.With("source", "consul"), a.Trigger, func() { o.Metrics.Errors.WithLabelValues("consul").Inc() })
+	}
+	a.snap.Store(&Snapshot{Node: o.Node, Prefix: o.Prefix.String()})
+	return a
+}
+
+// Trigger asks for a reconcile. It never blocks: a burst of triggers while
+// one reconcile runs coalesces into one more.
+func (a *Agent) Trigger(reason string) {
+	a.pendMu.Lock()
+	if a.pendFrom.IsZero() {
+		a.pendFrom = time.Now()
+	}
+	a.pendMu.Unlock()
+	select {
+	case a.trig <- struct{}{}:
+		a.log.Debug("reconcile requested", "reason", reason)
+	default:
+	}
+}
+
+// SetOperator replaces the operator policy configuration (SIGHUP) and
+// reconciles.
+func (a *Agent) SetOperator(op policies.Operator) {
+	a.opMu.Lock()
+	a.operator = op
+	a.opMu.Unlock()
+	a.Trigger("operator config reloaded")
+}
+
+// Snapshot is the last reconcile's view, served by the status API.
+func (a *Agent) Snapshot() *Snapshot { return a.snap.Load() }
+
+// Run reconciles until ctx is done. ready is called once, after the first
+// reconcile that applied everything (systemd's READY=1). Run returns nil
+// when ctx ends: it leaves the firewall and registrations in place, so
+// containers stay protected and reachable while the agent restarts.
+func (a *Agent) Run(ctx context.Context, ready func()) error {
+	if a.o.Docker == nil {
+		return errors.New("agent: no Docker client")
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		watchDocker(ctx, a.o.Docker, a.o.Network, a.log.With("source", "docker"), a.Trigger,
+			func() { a.o.Metrics.Errors.WithLabelValues("docker").Inc() })
+	}()
+	if a.nomad != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.nomad.run(ctx, a.Trigger, func() { a.o.Metrics.Errors.WithLabelValues("nomad").Inc() })
+		}()
+		a.waitNomad(ctx, 15*time.Second)
+	}
+	resync := time.NewTicker(a.o.ResyncInterval)
+	defer resync.Stop()
+	retry := newBackoff(500*time.Millisecond, 30*time.Second)
+	var retryC <-chan time.Time
+	readyDone := false
+	full := true
+	a.Trigger("start")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.trig:
+		case <-resync.C:
+			full = true
+		case <-retryC:
+		}
+		err := a.reconcile(ctx, full)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			d := retry.next()
+			a.log.Error("reconcile failed; retrying", "err", err, "retry_in", d)
+			retryC = time.After(d)
+			continue
+		}
+		retry.reset()
+		retryC = nil
+		full = false
+		if !readyDone {
+			readyDone = true
+			a.startWatch(ctx, &wg)
+			if ready != nil {
+				ready()
+			}
+		}
+	}
+}
+
+// startWatch keeps the table equal to the last applied state between
+// reconciles, so a deleted or flushed table is back within seconds. It
+// starts only after the first successful apply: before that there is no
+// state worth restoring.
+func (a *Agent) startWatch(ctx context.Context, wg *sync.WaitGroup) {
+	w, ok := a.o.Firewall.(interface {
+		Watch(ctx context.Context, state func() firewall.State) error
+	})
+	if !ok || a.lastFW.Load() == nil {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = w.Watch(ctx, func() firewall.State { return *a.lastFW.Load() })
+	}()
+}
+
+// waitNomad gives Nomad a bounded time to answer before the first
+// reconcile, so that an agent restart does not close containers whose
+// allocation is merely not read yet.
+func (a *Agent) waitNomad(ctx context.Context, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if synced, _, _ := a.nomad.state(); synced {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	a.log.Warn("nomad has not answered; containers of unknown allocations stay closed until it does", "waited", limit)
+}
+
+func (a *Agent) input(containers []Container) buildInput {
+	a.opMu.RLock()
+	op := a.operator
+	a.opMu.RUnlock()
+	in := buildInput{
+		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway,
+		Operator: op, Containers: containers, Nomad: a.nomad != nil,
+		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
+		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
+	}
+	if a.nomad != nil {
+		in.Lookup = a.nomad.lookup
+	}
+	if a.peers != nil {
+		in.Peers = a.peers.get
+	}
+	return in
+}
+
+// reconcile builds the desired state and applies it to every output. full
+// also reconciles the IPAM store and removes orphan registrations (they are
+// removed on every pass anyway; full only adds the IPAM sweep).
+func (a *Agent) reconcile(ctx context.Context, full bool) error {
+	start := time.Now()
+	a.pendMu.Lock()
+	pendFrom := a.pendFrom
+	a.pendFrom = time.Time{}
+	a.pendMu.Unlock()
+
+	containers, err := listContainers(ctx, a.o.Docker, a.o.Network)
+	if err != nil {
+		a.o.Metrics.Errors.WithLabelValues("docker").Inc()
+		// Without Docker's list nothing can be decided; applying a partial
+		// state would remove what is right. Keep everything as it is.
+		return err
+	}
+	in := a.input(containers)
+	d := build(in)
+	if a.peers != nil {
+		a.peers.want(ctx, d.PeerKeys)
+		if a.waitPeers(ctx, d.PeerKeys, 5*time.Second) {
+			d = build(in) // now with the peers' addresses
+		}
+	}
+	var errs []error
+	snap := &Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now()}
+	if a.o.Firewall != nil {
+		ch, err := a.o.Firewall.Apply(ctx, d.Firewall)
+		if err != nil {
+			a.o.Metrics.Errors.WithLabelValues("netlink").Inc()
+			errs = append(errs, fmt.Errorf("applying firewall: %w", err))
+		} else if !ch.Empty() {
+			a.logFirewall(d, ch)
+		}
+		if err == nil {
+			st := d.Firewall
+			a.lastFW.Store(&st)
+		}
+		snap.FirewallErr = errString(err)
+	}
+	if a.reg != nil {
+		changes, err := a.reg.apply(ctx, d.Registrations)
+		for _, c := range changes {
+			a.logConsul(d, c)
+		}
+		if err != nil {
+			a.o.Metrics.Errors.WithLabelValues("consul").Inc()
+			errs = append(errs, err)
+		}
+		snap.ConsulErr = errString(err)
+	}
+	if full && a.o.IPAM != nil {
+		if err := a.o.IPAM.ReconcileWithDocker(ctx); err != nil {
+			a.o.Metrics.Errors.WithLabelValues("docker").Inc()
+			errs = append(errs, fmt.Errorf("reconciling leases with docker: %w", err))
+		}
+	}
+	policyErrs := 0
+	for _, w := range d.Workloads {
+		if len(w.Errors) > 0 {
+			policyErrs++
+		}
+	}
+	a.o.Metrics.observe(d, a.o.IPAM, policyErrs)
+	a.o.Metrics.ReconcileSeconds.Observe(time.Since(start).Seconds())
+	if len(errs) == 0 && !pendFrom.IsZero() {
+		a.o.Metrics.EventToApplied.Observe(time.Since(pendFrom).Seconds())
+	}
+	snap.fill(d, a.nomad)
+	a.lastDesired.Store(&d)
+	a.snap.Store(snap)
+	return errors.Join(errs...)
+}
+
+// waitPeers waits (bounded) until Consul has answered for every peer key,
+// so that a start or a new reference does not first apply an empty set.
+func (a *Agent) waitPeers(ctx context.Context, keys map[PeerKey]bool, limit time.Duration) bool {
+	missing := func() bool {
+		for k := range keys {
+			if _, ok := a.peers.get(k); !ok {
+				return true
+			}
+		}
+		return false
+	}
+	if !missing() {
+		return false
+	}
+	deadline := time.Now().Add(limit)
+	for missing() && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// logFirewall writes one line per container whose firewall changed, with
+// its container, alloc and job, so the log reads as what happened.
+func (a *Agent) logFirewall(d Desired, ch firewall.Changes) {
+	next := make(map[string]string, len(d.Firewall.Containers))
+	byID := make(map[string]*Workload, len(d.Workloads))
+	for i := range d.Workloads {
+		byID[d.Workloads[i].Container.ID] = &d.Workloads[i]
+	}
+	for _, c := range d.Firewall.Containers {
+		digest := fmt.Sprintf("%s %v %v", c.Addr, c.Ingress, c.Egress)
+		next[c.ID] = digest
+		old, had := a.applied[c.ID]
+		if had && old == digest {
+			continue
+		}
+		w := byID[c.ID]
+		verb := "firewall opened"
+		if had {
+			verb = "firewall updated"
+		}
+		if w != nil && w.Closed {
+			verb = "firewall closed"
+		}
+		attrs := []any{"container", shortID(c.ID), "address", c.Addr, "ingress_rules", len(c.Ingress), "egress_rules", len(c.Egress)}
+		if w != nil {
+			attrs = append(attrs, "alloc", w.Container.AllocID, "job", w.Job, "task", w.Task)
+			if w.Closed {
+				attrs = append(attrs, "reason", w.Reason)
+			}
+		}
+		a.log.Info(verb, attrs...)
+	}
+	for id := range a.applied {
+		if _, ok := next[id]; !ok {
+			a.log.Info("firewall removed", "container", shortID(id))
+		}
+	}
+	a.applied = next
+	a.log.Debug("firewall batch", "changes", fmt.Sprintf("%+v", ch))
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func (a *Agent) logConsul(d Desired, c ConsulChange) {
+	attrs := []any{"id", c.ID}
+	if c.Op == "register" {
+		attrs = append(attrs, "service", c.Reg.Name, "address", c.Reg.Addr, "port", c.Reg.Port,
+			"container", c.Reg.Meta[metaContainer], "alloc", c.Reg.Meta[metaAlloc], "job", c.Reg.Meta[metaJob])
+	}
+	a.log.Info("consul "+c.Op, attrs...)
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

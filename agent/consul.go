@@ -1,0 +1,349 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+)
+
+// ConsulAPI is what the agent asks of the local Consul agent. *ConsulClient
+// adapts the real client.
+type ConsulAPI interface {
+	// Services lists the services registered with the local agent.
+	Services(ctx context.Context) (map[string]*consul.AgentService, error)
+	Register(ctx context.Context, reg *consul.AgentServiceRegistration) error
+	Deregister(ctx context.Context, id string) error
+	// HealthService runs one blocking query for every instance of service
+	// (with tag, if not empty), returning the next index.
+	HealthService(ctx context.Context, service, tag string, waitIndex uint64) ([]*consul.ServiceEntry, uint64, error)
+}
+
+// ConsulClient adapts *consul.Client to ConsulAPI.
+type ConsulClient struct{ C *consul.Client }
+
+func (c ConsulClient) Services(ctx context.Context) (map[string]*consul.AgentService, error) {
+	return c.C.Agent().ServicesWithFilterOpts("", (&consul.QueryOptions{}).WithContext(ctx))
+}
+
+func (c ConsulClient) Register(ctx context.Context, reg *consul.AgentServiceRegistration) error {
+	return c.C.Agent().ServiceRegisterOpts(reg, consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
+}
+
+func (c ConsulClient) Deregister(ctx context.Context, id string) error {
+	return c.C.Agent().ServiceDeregisterOpts(id, (&consul.QueryOptions{}).WithContext(ctx))
+}
+
+func (c ConsulClient) HealthService(ctx context.Context, service, tag string, waitIndex uint64) ([]*consul.ServiceEntry, uint64, error) {
+	q := (&consul.QueryOptions{WaitIndex: waitIndex, WaitTime: 5 * time.Minute, AllowStale: true}).WithContext(ctx)
+	entries, meta, err := c.C.Health().Service(service, tag, false, q)
+	if err != nil {
+		return nil, 0, err
+	}
+	return entries, meta.LastIndex, nil
+}
+
+// NewConsulClient builds a client from the agent's Consul settings.
+func NewConsulClient(address, token, caFile, certFile, keyFile, datacenter string) (*consul.Client, error) {
+	cfg := consul.DefaultNonPooledConfig()
+	cfg.Address = address
+	cfg.Token = token
+	cfg.Datacenter = datacenter
+	cfg.TLSConfig = consul.TLSConfig{CAFile: caFile, CertFile: certFile, KeyFile: keyFile}
+	if strings.HasPrefix(address, "https://") {
+		cfg.Scheme = "https"
+		cfg.Address = strings.TrimPrefix(address, "https://")
+	} else {
+		cfg.Address = strings.TrimPrefix(address, "http://")
+	}
+	c, err := consul.NewClient(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return c, nil
+}
+
+// Meta keys on every registration v6reg owns.
+const (
+	metaOwner     = "v6reg_node" // the node that registered it: only that node removes it
+	metaHash      = "v6reg_hash" // of the desired registration, to see changes without diffing checks
+	metaContainer = "v6reg_container"
+	metaAlloc     = "nomad_alloc"
+	metaJob       = "nomad_job"
+	metaTask      = "nomad_task"
+	metaNamespace = "nomad_namespace"
+
+	// jobsService carries one instance per container of a job, tagged
+	// "job=NAMESPACE/JOB", so that job:NAME peers resolve on every node.
+	jobsService = "v6reg-jobs"
+	// policyErrorService carries containers whose policy is refused and
+	// that declare no service of their own, so the error shows in Consul.
+	policyErrorService = "v6reg-policy-errors"
+)
+
+// Registration is one Consul service v6reg wants registered.
+type Registration struct {
+	ID    string
+	Name  string
+	Addr  netip.Addr
+	Port  int
+	Tags  []string
+	Meta  map[string]string
+	Check Check
+}
+
+// Check is the health check of a registration.
+type Check struct {
+	Kind string // "tcp", "http", "https", "critical" (policy error), "" (none)
+	Path string // for http(s)
+	// Notes is shown in the Consul UI; for "critical" it is the policy error.
+	Notes string
+}
+
+func jobTag(namespace, job string) string { return "job=" + namespace + "/" + job }
+
+// serviceID is the ID of a registration v6reg owns: prefix, node,
+// container, name and port, so two nodes or two containers never collide.
+func serviceID(prefix, node, containerID, name string, port int) string {
+	short := containerID
+	if len(short) > 12 {
+		short = short[:12]
+	}
+	return fmt.Sprintf("%s-%s-%s-%s-%d", prefix, node, short, name, port)
+}
+
+func (r Registration) hash() string {
+	b, _ := json.Marshal(r)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func (r Registration) toConsul(node string) *consul.AgentServiceRegistration {
+	meta := map[string]string{metaOwner: node, metaHash: r.hash()}
+	for k, v := range r.Meta {
+		meta[k] = v
+	}
+	reg := &consul.AgentServiceRegistration{
+		ID: r.ID, Name: r.Name, Address: r.Addr.String(), Port: r.Port,
+		Tags: r.Tags, Meta: meta,
+	}
+	hostport := net.JoinHostPort(r.Addr.String(), strconv.Itoa(r.Port))
+	c := &consul.AgentServiceCheck{CheckID: r.ID + "-check", Interval: "10s", Timeout: "2s", Notes: r.Check.Notes}
+	switch r.Check.Kind {
+	case "tcp":
+		c.Name = "tcp " + hostport
+		c.TCP = hostport
+	case "http", "https":
+		c.Name = r.Check.Kind + " " + hostport + r.Check.Path
+		c.HTTP = r.Check.Kind + "://" + hostport + r.Check.Path
+		c.TLSSkipVerify = r.Check.Kind == "https"
+	case "critical":
+		// A TTL check that is never passed: it stays critical with the
+		// error as its notes until the policy is fixed.
+		c = &consul.AgentServiceCheck{CheckID: r.ID + "-policy", Name: "v6reg policy", TTL: "87600h", Status: consul.HealthCritical, Notes: r.Check.Notes}
+	default:
+		c = nil
+	}
+	reg.Check = c
+	return reg
+}
+
+// consulRegistrar makes the local Consul agent hold exactly the desired
+// registrations among those v6reg owns on this node.
+type consulRegistrar struct {
+	api    ConsulAPI
+	prefix string
+	node   string
+	log    *slog.Logger
+}
+
+func (r *consulRegistrar) owned(id string, s *consul.AgentService) bool {
+	return strings.HasPrefix(id, r.prefix+"-"+r.node+"-") && s.Meta[metaOwner] == r.node
+}
+
+// ConsulChange is one registration change applied.
+type ConsulChange struct {
+	Op  string // "register" or "deregister"
+	ID  string
+	Reg Registration
+}
+
+// apply registers what is missing or changed and deregisters what v6reg
+// owns but no longer wants. Deregistrations go first so that a stopping
+// allocation leaves Traefik before anything else happens.
+func (r *consulRegistrar) apply(ctx context.Context, want map[string]Registration) ([]ConsulChange, error) {
+	have, err := r.api.Services(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing consul services: %w", err)
+	}
+	var changes []ConsulChange
+	var errs []error
+	ids := make([]string, 0, len(have))
+	for id := range have {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if _, ok := want[id]; ok || !r.owned(id, have[id]) {
+			continue
+		}
+		if err := r.api.Deregister(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("deregistering consul service %s: %w", id, err))
+			continue
+		}
+		changes = append(changes, ConsulChange{Op: "deregister", ID: id})
+	}
+	ids = ids[:0]
+	for id := range want {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		reg := want[id]
+		if cur, ok := have[id]; ok && cur.Meta[metaHash] == reg.hash() {
+			continue
+		}
+		if err := r.api.Register(ctx, reg.toConsul(r.node)); err != nil {
+			errs = append(errs, fmt.Errorf("registering consul service %s: %w", id, err))
+			continue
+		}
+		changes = append(changes, ConsulChange{Op: "register", ID: id, Reg: reg})
+	}
+	return changes, errors.Join(errs...)
+}
+
+// peerWatches follows, by blocking query, the instances of every
+// service:NAME and job:NAME peer that a local policy uses, and only those.
+type peerWatches struct {
+	api     ConsulAPI
+	log     *slog.Logger
+	trigger func(string)
+	onError func()
+
+	mu      sync.Mutex
+	running map[string]context.CancelFunc
+	addrs   map[string][]netip.Prefix // by peer key; absent until first answer
+}
+
+func newPeerWatches(api ConsulAPI, log *slog.Logger, trigger func(string), onError func()) *peerWatches {
+	return &peerWatches{api: api, log: log, trigger: trigger, onError: onError, running: map[string]context.CancelFunc{}, addrs: map[string][]netip.Prefix{}}
+}
+
+// PeerKey names a Consul-backed peer set: "service:NAME" or
+// "job:NAMESPACE/NAME".
+type PeerKey string
+
+// want starts watches for keys not yet followed and stops the others.
+func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k, cancel := range w.running {
+		if !keys[PeerKey(k)] {
+			cancel()
+			delete(w.running, k)
+			delete(w.addrs, k)
+		}
+	}
+	for k := range keys {
+		if _, ok := w.running[string(k)]; ok {
+			continue
+		}
+		cctx, cancel := context.WithCancel(ctx)
+		w.running[string(k)] = cancel
+		go w.follow(cctx, string(k))
+	}
+}
+
+// get returns the addresses of a peer and whether Consul has answered.
+func (w *peerWatches) get(k PeerKey) ([]netip.Prefix, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	a, ok := w.addrs[string(k)]
+	return a, ok
+}
+
+func (w *peerWatches) follow(ctx context.Context, key string) {
+	service, tag := "", ""
+	switch {
+	case strings.HasPrefix(key, "service:"):
+		service = strings.TrimPrefix(key, "service:")
+	case strings.HasPrefix(key, "job:"):
+		service, tag = jobsService, "job="+strings.TrimPrefix(key, "job:")
+	default:
+		return
+	}
+	b := newBackoff(500*time.Millisecond, 30*time.Second)
+	var index uint64
+	for ctx.Err() == nil {
+		entries, next, err := w.api.HealthService(ctx, service, tag, index)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.onError()
+			d := b.next()
+			w.log.Warn("consul watch failed; keeping last known peers", "peer", key, "err", err, "retry_in", d)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			}
+			continue
+		}
+		b.reset()
+		if next < index {
+			next = 0
+		}
+		index = next
+		set := map[netip.Prefix]bool{}
+		for _, e := range entries {
+			addr := e.Service.Address
+			if addr == "" && e.Node != nil {
+				addr = e.Node.Address
+			}
+			if a, err := netip.ParseAddr(addr); err == nil && a.Is6() && !a.Is4In6() {
+				set[netip.PrefixFrom(a.WithZone(""), 128)] = true
+			}
+		}
+		list := make([]netip.Prefix, 0, len(set))
+		for p := range set {
+			list = append(list, p)
+		}
+		sort.Slice(list, func(i, j int) bool { return list[i].Addr().Less(list[j].Addr()) })
+		w.mu.Lock()
+		old, seen := w.addrs[key]
+		if _, still := w.running[key]; !still {
+			w.mu.Unlock()
+			return
+		}
+		w.addrs[key] = list
+		w.mu.Unlock()
+		if !seen || !prefixesEqual(old, list) {
+			w.trigger("consul: peer " + key + " changed")
+		}
+	}
+}
+
+func prefixesEqual(a, b []netip.Prefix) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

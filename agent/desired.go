@@ -1,0 +1,306 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/v6reg/v6reg/firewall"
+	"github.com/v6reg/v6reg/policies"
+)
+
+// Workload is one container as the agent understands it: where its policy
+// came from, what it evaluated to, and what each output should hold for it.
+type Workload struct {
+	Container Container
+	// Source is "nomad" or "labels".
+	Source                      string
+	Namespace, Job, Group, Task string
+	Stopping                    bool
+	Policy                      policies.Policy
+	// Closed is set when the container gets no opening at all; Reason says
+	// why (policy errors, unknown allocation, no address).
+	Closed bool
+	Reason string
+	Errors []string
+	// IngressSource and EgressSource say which meta key or label at which
+	// level the policy came from (for explain).
+	IngressSource, EgressSource string
+}
+
+// Desired is the whole node's desired state, rebuilt on every reconcile.
+type Desired struct {
+	Workloads     []Workload
+	Firewall      firewall.State
+	Registrations map[string]Registration
+	// PeerKeys are the Consul-backed peers some local policy uses.
+	PeerKeys map[PeerKey]bool
+}
+
+// buildInput is everything the builder reads; it does no I/O.
+type buildInput struct {
+	Node       string
+	IDPrefix   string
+	Prefix     netip.Prefix
+	Gateway    netip.Addr
+	Operator   policies.Operator
+	Containers []Container
+	// Nomad says whether Nomad is enabled, and looks allocations up.
+	Nomad  bool
+	Lookup func(allocID string) (Alloc, bool)
+	// Peers returns the addresses of a Consul-backed peer and whether
+	// Consul has answered for it yet.
+	Peers func(PeerKey) ([]netip.Prefix, bool)
+}
+
+// build computes the desired state. It is a pure function of its input, so
+// reconciling twice with the same input changes nothing.
+func build(in buildInput) Desired {
+	d := Desired{
+		Firewall: firewall.State{
+			Prefix:   in.Prefix,
+			Gateway:  in.Gateway,
+			PeerSets: map[string][]netip.Prefix{},
+		},
+		Registrations: map[string]Registration{},
+		PeerKeys:      map[PeerKey]bool{},
+	}
+	seen := map[netip.Addr]string{}
+	for _, c := range in.Containers {
+		w := workloadFor(c, in)
+		if reason := addrProblem(c, in.Prefix, seen); reason != "" {
+			// No firewall element and no registration without a usable,
+			// unique address; the workload still shows in status.
+			w.Closed, w.Reason = true, reason
+			d.Workloads = append(d.Workloads, w)
+			continue
+		}
+		seen[c.Addr] = c.ShortID()
+		fc := firewall.Container{ID: c.ID, Addr: c.Addr}
+		if !w.Closed {
+			fc.Ingress = firewallRules(w.Policy.Ingress, w.Namespace, &d, in)
+			fc.Egress = firewallRules(w.Policy.Egress, w.Namespace, &d, in)
+		}
+		d.Firewall.Containers = append(d.Firewall.Containers, fc)
+		for _, r := range registrationsFor(w, in) {
+			d.Registrations[r.ID] = r
+		}
+		d.Workloads = append(d.Workloads, w)
+	}
+	return d
+}
+
+func addrProblem(c Container, prefix netip.Prefix, seen map[netip.Addr]string) string {
+	switch {
+	case !c.Addr.IsValid():
+		return "no IPv6 address on the v6reg network"
+	case !prefix.Contains(c.Addr):
+		return fmt.Sprintf("address %s is outside the node prefix %s", c.Addr, prefix)
+	case seen[c.Addr] != "":
+		// Never program one address for two containers: the first (by ID)
+		// keeps it, the other stays closed and says so.
+		return fmt.Sprintf("address %s is also container %s's", c.Addr, seen[c.Addr])
+	}
+	return ""
+}
+
+// workloadFor finds the container's policy: from its Nomad allocation, or
+// from its v6reg.* labels when it has none.
+func workloadFor(c Container, in buildInput) Workload {
+	w := Workload{Container: c}
+	var meta policies.Meta
+	if c.AllocID != "" {
+		w.Source = "nomad"
+		if !in.Nomad {
+			w.Closed, w.Reason = true, "started by Nomad (label "+labelNomadAlloc+"), but nomad is disabled in the agent config"
+			return w
+		}
+		a, ok := in.Lookup(c.AllocID)
+		if !ok {
+			w.Closed, w.Reason = true, "policy unknown: Nomad has not (yet) listed allocation "+c.AllocID+" for this node"
+			return w
+		}
+		w.Namespace, w.Job, w.Group, w.Task, w.Stopping = a.Namespace, a.Job, a.Group, c.Task, a.Stopping
+		tm, ok := a.TaskMeta[c.Task]
+		if !ok {
+			w.Closed, w.Reason = true, fmt.Sprintf("task %q is not in group %q of job %q", c.Task, a.Group, a.Job)
+			return w
+		}
+		meta = policies.FromNomad(a.JobMeta, a.GroupMeta, tm)
+	} else {
+		w.Source = "labels"
+		w.Namespace = c.Labels[labelNamespace]
+		w.Job = c.Labels[labelJob]
+		w.Task = c.Name
+		meta = policies.FromLabels(c.Labels)
+	}
+	if w.Namespace == "" {
+		w.Namespace = "default"
+	}
+	w.IngressSource, w.EgressSource = metaSource(meta.Ingress, &w), metaSource(meta.Egress, &w)
+	pol, errs := policies.Evaluate(meta, policies.Context{
+		Namespace: w.Namespace, Job: w.Job, Group: w.Group, Task: w.Task, AllocID: c.AllocID,
+	}, in.Operator)
+	w.Policy = pol
+	for _, e := range errs {
+		w.Errors = append(w.Errors, e.Error())
+	}
+	if len(errs) > 0 {
+		w.Closed = true
+		w.Reason = fmt.Sprintf("policy refused (%d error(s)); the container stays closed until the job is fixed", len(errs))
+	}
+	return w
+}
+
+// firewallRules turns resolved rules into firewall rules, registering the
+// peer sets they use: literal prefix lists under a name derived from their
+// content (so identical lists are shared), and Consul-backed peers under
+// their key, filled from the watches.
+func firewallRules(rules []policies.ResolvedRule, namespace string, d *Desired, in buildInput) []firewall.Rule {
+	var out []firewall.Rule
+	for _, r := range rules {
+		proto, ports := fwProto(r)
+		var peers []string
+		var v6 []netip.Prefix
+		anyPeer := false
+		for _, p := range r.Prefixes {
+			if !p.Addr().Is6() || p.Addr().Is4In6() {
+				continue // IPv4 egress is Docker's NAT's business; this table is IPv6
+			}
+			if p.Bits() == 0 {
+				anyPeer = true
+			}
+			v6 = append(v6, p)
+		}
+		if anyPeer {
+			peers = append(peers, firewall.PeerAny)
+		} else if len(v6) > 0 {
+			name := prefixSetName(v6)
+			d.Firewall.PeerSets[name] = v6
+			peers = append(peers, name)
+		}
+		for _, s := range r.Services {
+			peers = append(peers, consulPeer(PeerKey("service:"+s), d, in))
+		}
+		for _, j := range r.Jobs {
+			peers = append(peers, consulPeer(PeerKey("job:"+namespace+"/"+j), d, in))
+		}
+		for _, p := range peers {
+			out = append(out, firewall.Rule{Peer: p, Proto: proto, Ports: ports})
+		}
+	}
+	return out
+}
+
+func consulPeer(k PeerKey, d *Desired, in buildInput) string {
+	d.PeerKeys[k] = true
+	name := string(k)
+	if _, done := d.Firewall.PeerSets[name]; !done {
+		addrs, _ := in.Peers(k) // until Consul answers, the set is empty: closed
+		d.Firewall.PeerSets[name] = addrs
+	}
+	return name
+}
+
+func fwProto(r policies.ResolvedRule) (firewall.Proto, []firewall.PortRange) {
+	var p firewall.Proto
+	switch r.Proto {
+	case policies.TCP:
+		p = firewall.TCP
+	case policies.UDP:
+		p = firewall.UDP
+	case policies.ICMP:
+		return firewall.ICMP, nil
+	default:
+		return firewall.Any, nil
+	}
+	var ports []firewall.PortRange
+	for _, pr := range r.Ports {
+		if pr == policies.AllPorts {
+			return p, nil
+		}
+		ports = append(ports, firewall.PortRange{First: pr.From, Last: pr.To})
+	}
+	return p, ports
+}
+
+func prefixSetName(ps []netip.Prefix) string {
+	strs := make([]string, len(ps))
+	for i, p := range ps {
+		strs[i] = p.String()
+	}
+	sort.Strings(strs)
+	sum := sha256.Sum256([]byte(strings.Join(strs, ",")))
+	return "pfx:" + hex.EncodeToString(sum[:6])
+}
+
+func shortAlloc(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+// registrationsFor makes the Consul services of one workload: one per
+// v6reg_services entry (none while its allocation is stopping, so Traefik
+// stops routing before the container is killed), one in v6reg-jobs for
+// job:NAME peers, and a critical check carrying the error when its policy
+// is refused.
+func registrationsFor(w Workload, in buildInput) []Registration {
+	c := w.Container
+	if w.Stopping || !c.Addr.IsValid() {
+		return nil
+	}
+	meta := map[string]string{metaContainer: c.ShortID(), metaNamespace: w.Namespace}
+	if c.AllocID != "" {
+		meta[metaAlloc] = c.AllocID
+	}
+	if w.Job != "" {
+		meta[metaJob] = w.Job
+	}
+	if w.Task != "" {
+		meta[metaTask] = w.Task
+	}
+	var tags []string
+	if c.AllocID != "" {
+		tags = append(tags, shortAlloc(c.AllocID))
+	}
+	var out []Registration
+	if len(w.Errors) > 0 {
+		notes := "v6reg refused this container's policy; it stays closed until fixed:\n" + strings.Join(w.Errors, "\n")
+		crit := Check{Kind: "critical", Notes: notes}
+		if len(w.Policy.Services) == 0 {
+			out = append(out, Registration{
+				ID: serviceID(in.IDPrefix, in.Node, c.ID, "policy", 0), Name: policyErrorService,
+				Addr: c.Addr, Tags: append(tags, jobTag(w.Namespace, w.Job)), Meta: meta, Check: crit,
+			})
+		}
+		for _, s := range w.Policy.Services {
+			out = append(out, Registration{
+				ID: serviceID(in.IDPrefix, in.Node, c.ID, s.Name, int(s.Port)), Name: s.Name,
+				Addr: c.Addr, Port: int(s.Port), Tags: tags, Meta: meta, Check: crit,
+			})
+		}
+		return out
+	}
+	if w.Closed {
+		return nil
+	}
+	for _, s := range w.Policy.Services {
+		out = append(out, Registration{
+			ID: serviceID(in.IDPrefix, in.Node, c.ID, s.Name, int(s.Port)), Name: s.Name,
+			Addr: c.Addr, Port: int(s.Port), Tags: append(append([]string{}, tags...), s.Tags...), Meta: meta,
+			Check: Check{Kind: string(s.Check), Path: "/"},
+		})
+	}
+	if w.Job != "" {
+		out = append(out, Registration{
+			ID: serviceID(in.IDPrefix, in.Node, c.ID, "job", 0), Name: jobsService,
+			Addr: c.Addr, Tags: []string{jobTag(w.Namespace, w.Job)}, Meta: meta,
+		})
+	}
+	return out
+}

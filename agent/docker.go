@@ -1,0 +1,170 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/filters"
+)
+
+// DockerAPI is the part of the Docker engine API the agent reads; the real
+// *client.Client satisfies it.
+type DockerAPI interface {
+	ContainerList(ctx context.Context, options container.ListOptions) ([]container.Summary, error)
+	Events(ctx context.Context, options events.ListOptions) (<-chan events.Message, <-chan error)
+}
+
+// Label and env names that Nomad's docker driver sets.
+const (
+	labelNomadAlloc = "com.hashicorp.nomad.alloc_id"
+	labelNomadTask  = "com.hashicorp.nomad.task_name" // only with extra_labels
+	labelNomadJob   = "com.hashicorp.nomad.job_name"  // only with extra_labels
+	labelNomadNS    = "com.hashicorp.nomad.namespace" // only with extra_labels
+	labelNomadGroup = "com.hashicorp.nomad.task_group_name"
+
+	// Labels for containers started without Nomad.
+	labelJob       = "v6reg.job"
+	labelNamespace = "v6reg.namespace"
+)
+
+// Container is what the agent knows of one running container on the v6reg
+// network, read from the Docker engine.
+type Container struct {
+	ID     string
+	Name   string
+	Addr   netip.Addr // IPv6 on the v6reg network; invalid if it has none
+	Addr4  netip.Addr
+	Labels map[string]string
+	// AllocID is the Nomad allocation (empty for containers without Nomad).
+	AllocID string
+	// Task is the Nomad task name, from the container name "<task>-<alloc>".
+	Task    string
+	Created time.Time
+}
+
+// ShortID is the 12-character container ID Docker shows.
+func (c Container) ShortID() string { return shortID(c.ID) }
+
+// listContainers reads every running container attached to network. One
+// list call carries names, labels and addresses, so a reconcile costs one
+// round trip to Docker however many containers run.
+func listContainers(ctx context.Context, api DockerAPI, network string) ([]Container, error) {
+	list, err := api.ContainerList(ctx, container.ListOptions{
+		Filters: filters.NewArgs(filters.Arg("network", network)),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing containers on network %s: %w", network, err)
+	}
+	out := make([]Container, 0, len(list))
+	for _, s := range list {
+		c := Container{ID: s.ID, Labels: s.Labels, Created: time.Unix(s.Created, 0)}
+		if len(s.Names) > 0 {
+			c.Name = strings.TrimPrefix(s.Names[0], "/")
+		}
+		if s.NetworkSettings != nil {
+			if ep := s.NetworkSettings.Networks[network]; ep != nil {
+				c.Addr, _ = netip.ParseAddr(ep.GlobalIPv6Address)
+				c.Addr4, _ = netip.ParseAddr(ep.IPAddress)
+			}
+		}
+		c.AllocID = s.Labels[labelNomadAlloc]
+		if c.AllocID != "" {
+			c.Task = s.Labels[labelNomadTask]
+			if c.Task == "" {
+				// Nomad names task containers "<task>-<alloc id>".
+				c.Task = strings.TrimSuffix(c.Name, "-"+c.AllocID)
+			}
+		}
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// watchDocker follows the engine's event stream and calls trigger for every
+// event that can change the desired state. It never returns before ctx is
+// done: when the stream breaks it reconnects with backoff, resumes from the
+// last event it saw, and asks for a full relist (events lost in the gap are
+// covered by the relist, not replayed one by one).
+func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.Logger, trigger func(reason string), onError func()) {
+	since := time.Now()
+	backoff := newBackoff(250*time.Millisecond, 10*time.Second)
+	for ctx.Err() == nil {
+		f := filters.NewArgs(
+			filters.Arg("type", string(events.ContainerEventType)),
+			filters.Arg("type", string(events.NetworkEventType)),
+			filters.Arg("event", "create"),
+			filters.Arg("event", "start"),
+			filters.Arg("event", "die"),
+			filters.Arg("event", "destroy"),
+			filters.Arg("event", "connect"),
+			filters.Arg("event", "disconnect"),
+			filters.Arg("event", "kill"),
+		)
+		sub, cancel := context.WithCancel(ctx)
+		msgs, errs := api.Events(sub, events.ListOptions{
+			Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
+			Filters: f,
+		})
+		trigger("docker: (re)subscribed to events")
+		err := func() error {
+			for {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case m := <-msgs:
+					if m.TimeNano > 0 {
+						since = time.Unix(0, m.TimeNano)
+					}
+					backoff.reset()
+					if m.Type == events.NetworkEventType && m.Actor.Attributes["name"] != network {
+						continue
+					}
+					trigger("docker: " + string(m.Type) + " " + string(m.Action))
+				case err := <-errs:
+					return err
+				}
+			}
+		}()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		onError()
+		d := backoff.next()
+		log.Warn("docker event stream broke; reconnecting", "err", err, "retry_in", d)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+	}
+}
+
+// backoff is a capped exponential backoff.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(minD, maxD time.Duration) *backoff { return &backoff{min: minD, max: maxD} }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur *= 2
+		if b.cur > b.max {
+			b.cur = b.max
+		}
+	}
+	return b.cur
+}
+
+func (b *backoff) reset() { b.cur = 0 }

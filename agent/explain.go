@@ -1,0 +1,240 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/v6reg/v6reg/policies"
+)
+
+// ExplainQuery asks why a flow to or from a container passes or not.
+type ExplainQuery struct {
+	// Target is the container: its address, its (short) container ID, or
+	// its (short) Nomad allocation ID.
+	Target string `json:"target"`
+	// Direction is "from" (ingress: PEER connects to the container) or "to"
+	// (egress: the container connects to PEER); empty asks for the
+	// container's rules only.
+	Direction string `json:"direction,omitempty"`
+	// Peer is an IPv6 address, or a peer as written in policies (@name,
+	// service:NAME, job:NAME, any).
+	Peer  string `json:"peer,omitempty"`
+	Port  uint16 `json:"port,omitempty"`
+	Proto string `json:"proto,omitempty"` // tcp, udp, icmp
+}
+
+// ExplainAnswer is the verdict and where it came from.
+type ExplainAnswer struct {
+	Container ContainerState `json:"container"`
+	// Verdict is "allow" or "deny" for a flow, "" for a rules listing.
+	Verdict string `json:"verdict,omitempty"`
+	Rule    string `json:"rule,omitempty"`
+	// Source says which meta key (or label) at which level holds the rule.
+	Source string `json:"source,omitempty"`
+	Reason string `json:"reason"`
+	// IngressSource and EgressSource say where each direction's policy was
+	// written.
+	IngressSource string `json:"ingress_source,omitempty"`
+	EgressSource  string `json:"egress_source,omitempty"`
+}
+
+// Explain answers q from the last reconcile's state and the kernel's
+// counters.
+func (a *Agent) Explain(ctx context.Context, q ExplainQuery) (ExplainAnswer, error) {
+	d := a.lastDesired.Load()
+	if d == nil {
+		return ExplainAnswer{}, fmt.Errorf("no reconcile has run yet; try again in a few seconds")
+	}
+	w, err := findWorkload(d.Workloads, q.Target)
+	if err != nil {
+		return ExplainAnswer{}, err
+	}
+	snap, _ := a.withDrops(ctx)
+	var cs ContainerState
+	for _, c := range snap.Containers {
+		if c.ID == w.Container.ID {
+			cs = c
+		}
+	}
+	ans := ExplainAnswer{Container: cs, IngressSource: w.IngressSource, EgressSource: w.EgressSource}
+	if q.Direction == "" {
+		ans.Reason = "rules listed; add 'from PEER port N/proto' or 'to PEER port N/proto' to check a flow"
+		if w.Closed {
+			ans.Reason = "closed: " + w.Reason
+		}
+		return ans, nil
+	}
+	rules, src := w.Policy.Ingress, w.IngressSource
+	if q.Direction == "to" {
+		rules, src = w.Policy.Egress, w.EgressSource
+	} else if q.Direction != "from" {
+		return ExplainAnswer{}, fmt.Errorf("direction %q: use from (ingress) or to (egress)", q.Direction)
+	}
+	ans.Verdict = "deny"
+	if w.Closed {
+		ans.Reason = "the container is closed: " + w.Reason
+		return ans, nil
+	}
+	proto := policies.TCP
+	switch strings.ToLower(q.Proto) {
+	case "", "tcp":
+	case "udp":
+		proto = policies.UDP
+	case "icmp", "icmpv6", "ping":
+		proto = policies.ICMP
+	default:
+		return ExplainAnswer{}, fmt.Errorf("protocol %q: use tcp, udp or icmp", q.Proto)
+	}
+	for _, r := range rules {
+		if !ruleMatches(r, proto, q.Port) {
+			continue
+		}
+		if ok, why := peerMatches(r, q.Peer, w.Namespace, d); ok {
+			ans.Verdict, ans.Rule, ans.Source = "allow", r.Source, src
+			ans.Reason = why
+			return ans, nil
+		}
+	}
+	ans.Reason = fmt.Sprintf("no %s rule allows %s %s port %d/%s; the default is deny", directionWord(q.Direction), q.Direction, q.Peer, q.Port, proto)
+	if len(rules) == 0 {
+		ans.Reason = fmt.Sprintf("the container has no %s rules (set %s); the default is deny", directionWord(q.Direction), metaKeyFor(q.Direction))
+	}
+	return ans, nil
+}
+
+func directionWord(dir string) string {
+	if dir == "to" {
+		return "egress"
+	}
+	return "ingress"
+}
+
+func metaKeyFor(dir string) string {
+	if dir == "to" {
+		return "v6reg_egress"
+	}
+	return "v6reg_ingress"
+}
+
+func findWorkload(ws []Workload, target string) (*Workload, error) {
+	addr, isAddr := netip.ParseAddr(target)
+	var found []*Workload
+	for i := range ws {
+		w := &ws[i]
+		c := w.Container
+		switch {
+		case isAddr == nil && c.Addr == addr:
+		case !(isAddr == nil) && len(target) >= 4 && (strings.HasPrefix(c.ID, target) || strings.HasPrefix(c.AllocID, target) || c.Name == target):
+		default:
+			continue
+		}
+		found = append(found, w)
+	}
+	switch len(found) {
+	case 0:
+		return nil, fmt.Errorf("no managed container has address, ID, name or allocation %q; `v6reg status` lists them", target)
+	case 1:
+		return found[0], nil
+	}
+	var names []string
+	for _, w := range found {
+		names = append(names, w.Container.Name)
+	}
+	return nil, fmt.Errorf("%q matches %d containers (%s); give more of the ID, or the address", target, len(found), strings.Join(names, ", "))
+}
+
+func ruleMatches(r policies.ResolvedRule, proto policies.Proto, port uint16) bool {
+	switch r.Proto {
+	case policies.Any:
+		return true
+	case proto:
+	default:
+		return false
+	}
+	if proto == policies.ICMP || len(r.Ports) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(r.Ports, func(pr policies.PortRange) bool { return pr.From <= port && port <= pr.To })
+}
+
+// peerMatches says whether peer is among the rule's peers: an address is
+// looked up in the resolved prefixes and Consul-backed sets, a name is
+// compared with the rule as written.
+func peerMatches(r policies.ResolvedRule, peer, namespace string, d *Desired) (bool, string) {
+	if a, err := netip.ParseAddr(peer); err == nil {
+		for _, p := range r.Prefixes {
+			if p.Contains(a) {
+				return true, fmt.Sprintf("%s is in %s", a, p)
+			}
+		}
+		for _, s := range r.Services {
+			if inSet(d.Firewall.PeerSets["service:"+s], a) {
+				return true, fmt.Sprintf("%s is an instance of Consul service %s", a, s)
+			}
+		}
+		for _, j := range r.Jobs {
+			if inSet(d.Firewall.PeerSets["job:"+namespace+"/"+j], a) {
+				return true, fmt.Sprintf("%s is a container of job %s", a, j)
+			}
+		}
+		return false, ""
+	}
+	_, peers, _ := strings.Cut(r.Source, " from ")
+	if peers == "" {
+		_, peers, _ = strings.Cut(r.Source, " to ")
+	}
+	for _, p := range strings.Split(peers, ",") {
+		if strings.TrimSpace(p) == peer {
+			return true, "the rule names " + peer
+		}
+	}
+	return false, ""
+}
+
+func inSet(ps []netip.Prefix, a netip.Addr) bool {
+	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
+}
+
+// explainHandler serves GET /v1/explain?target=&direction=&peer=&port=&proto=.
+func (a *Agent) explainHandler(w http.ResponseWriter, r *http.Request) {
+	v := r.URL.Query()
+	q := ExplainQuery{Target: v.Get("target"), Direction: v.Get("direction"), Peer: v.Get("peer"), Proto: v.Get("proto")}
+	if p := v.Get("port"); p != "" {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("port %q is not a port number", p), http.StatusBadRequest)
+			return
+		}
+		q.Port = uint16(n)
+	}
+	ans, err := a.Explain(r.Context(), q)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(ans)
+}
+
+// metaSource says where a policy value was written, for explain.
+func metaSource(v policies.Value, w *Workload) string {
+	if !v.Set() {
+		return ""
+	}
+	switch v.Level {
+	case policies.LevelLabel:
+		return fmt.Sprintf("label %q", v.Key)
+	case policies.LevelJob:
+		return fmt.Sprintf("job %q meta %q", w.Job, v.Key)
+	case policies.LevelGroup:
+		return fmt.Sprintf("job %q group %q meta %q", w.Job, w.Group, v.Key)
+	default:
+		return fmt.Sprintf("job %q group %q task %q meta %q", w.Job, w.Group, w.Task, v.Key)
+	}
+}

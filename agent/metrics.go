@@ -1,0 +1,73 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the agent's Prometheus metrics, on a registry of their own
+// (no global state, so tests can run several agents).
+type Metrics struct {
+	Registry         *prometheus.Registry
+	Containers       prometheus.Gauge
+	Closed           prometheus.Gauge
+	PolicyErrors     prometheus.Gauge
+	Leases           prometheus.Gauge
+	HeldDown         prometheus.Gauge
+	Registrations    prometheus.Gauge
+	FirewallRules    prometheus.Gauge
+	ReconcileSeconds prometheus.Histogram
+	EventToApplied   prometheus.Histogram
+	Errors           *prometheus.CounterVec
+	Drops            *prometheus.GaugeVec
+}
+
+// NewMetrics registers every metric on a new registry.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Registry:      prometheus.NewRegistry(),
+		Containers:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_containers", Help: "Containers on the v6reg network that the agent manages."}),
+		Closed:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_containers_closed", Help: "Managed containers kept closed (policy refused, allocation unknown, no address)."}),
+		PolicyErrors:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_containers_policy_errors", Help: "Managed containers whose policy was refused."}),
+		Leases:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_ipam_leases", Help: "Addresses leased to containers."}),
+		HeldDown:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_ipam_held_down", Help: "Released addresses still in hold-down."}),
+		Registrations: prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_consul_registrations", Help: "Consul services the agent wants registered."}),
+		FirewallRules: prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_firewall_rules", Help: "Per-container firewall rules in the desired state (ingress and egress)."}),
+		ReconcileSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "v6reg_reconcile_seconds", Help: "Duration of one reconcile.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "v6reg_event_to_applied_seconds", Help: "From the first event that asked for a reconcile to its changes applied.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v6reg_errors_total", Help: "Errors by kind: docker, nomad, consul, netlink, policy."}, []string{"kind"}),
+		Drops: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_dropped_packets", Help: "Packets dropped by default deny, per container and direction (kernel counter)."},
+			[]string{"container", "direction"}),
+	}
+	for _, kind := range []string{"docker", "nomad", "consul", "netlink", "policy"} {
+		m.Errors.WithLabelValues(kind)
+	}
+	m.Registry.MustRegister(m.Containers, m.Closed, m.PolicyErrors, m.Leases, m.HeldDown, m.Registrations, m.FirewallRules,
+		m.ReconcileSeconds, m.EventToApplied, m.Errors, m.Drops,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *Metrics) observe(d Desired, ipam IPAM, policyErrs int) {
+	closed, rules := 0, 0
+	for _, w := range d.Workloads {
+		if w.Closed {
+			closed++
+		}
+	}
+	for _, c := range d.Firewall.Containers {
+		rules += len(c.Ingress) + len(c.Egress)
+	}
+	m.Containers.Set(float64(len(d.Workloads)))
+	m.Closed.Set(float64(closed))
+	m.PolicyErrors.Set(float64(policyErrs))
+	m.Registrations.Set(float64(len(d.Registrations)))
+	m.FirewallRules.Set(float64(rules))
+	if ipam != nil {
+		l, h := ipam.Counts()
+		m.Leases.Set(float64(l))
+		m.HeldDown.Set(float64(h))
+	}
+}

@@ -1,0 +1,212 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"time"
+
+	nomad "github.com/hashicorp/nomad/api"
+)
+
+// NomadAPI is what the agent asks of Nomad: this node's allocations, by
+// blocking query, and the node ID of the local agent. *NomadClient adapts
+// the real client.
+type NomadAPI interface {
+	NodeAllocations(ctx context.Context, nodeID string, waitIndex uint64, wait time.Duration) ([]*nomad.Allocation, uint64, error)
+	LocalNodeID(ctx context.Context) (string, error)
+}
+
+// NomadClient adapts *nomad.Client to NomadAPI.
+type NomadClient struct{ C *nomad.Client }
+
+// NodeAllocations runs one blocking query on the node's allocation list.
+func (n NomadClient) NodeAllocations(ctx context.Context, nodeID string, waitIndex uint64, wait time.Duration) ([]*nomad.Allocation, uint64, error) {
+	q := (&nomad.QueryOptions{WaitIndex: waitIndex, WaitTime: wait, AllowStale: true}).WithContext(ctx)
+	allocs, meta, err := n.C.Nodes().Allocations(nodeID, q)
+	if err != nil {
+		return nil, 0, err
+	}
+	return allocs, meta.LastIndex, nil
+}
+
+// LocalNodeID asks the local Nomad agent for its client node ID.
+func (n NomadClient) LocalNodeID(ctx context.Context) (string, error) {
+	self, err := n.C.Agent().Self()
+	if err != nil {
+		return "", err
+	}
+	if id := self.Stats["client"]["node_id"]; id != "" {
+		return id, nil
+	}
+	return "", errors.New("the local Nomad agent is not a client (no stats.client.node_id): set nomad { node_id = ... }")
+}
+
+// Alloc is what the agent keeps of one allocation of this node.
+type Alloc struct {
+	ID        string
+	Namespace string
+	Job       string
+	Group     string
+	// Stopping is set when Nomad wants the allocation stopped: its services
+	// are deregistered before the container dies.
+	Stopping bool
+	// Meta as written at each level; policies merges them as Nomad does,
+	// keeping the level so that errors say where a value came from.
+	JobMeta, GroupMeta map[string]string
+	TaskMeta           map[string]map[string]string
+}
+
+// allocFrom reduces a Nomad allocation to what the agent needs.
+func allocFrom(a *nomad.Allocation) Alloc {
+	out := Alloc{
+		ID:        a.ID,
+		Namespace: a.Namespace,
+		Group:     a.TaskGroup,
+		Stopping:  a.DesiredStatus == nomad.AllocDesiredStatusStop || a.DesiredStatus == nomad.AllocDesiredStatusEvict,
+		TaskMeta:  map[string]map[string]string{},
+	}
+	if a.Job == nil {
+		return out
+	}
+	if a.Job.ID != nil {
+		out.Job = *a.Job.ID
+	}
+	if out.Namespace == "" && a.Job.Namespace != nil {
+		out.Namespace = *a.Job.Namespace
+	}
+	for _, g := range a.Job.TaskGroups {
+		if g.Name == nil || *g.Name != a.TaskGroup {
+			continue
+		}
+		out.JobMeta, out.GroupMeta = a.Job.Meta, g.Meta
+		for _, t := range g.Tasks {
+			out.TaskMeta[t.Name] = t.Meta
+		}
+	}
+	return out
+}
+
+// nomadSource follows this node's allocations. It keeps the last answer
+// when Nomad is unreachable, so running containers keep their policy.
+type nomadSource struct {
+	api    NomadAPI
+	nodeID string
+	wait   time.Duration
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	allocs map[string]Alloc
+	synced bool // at least one answer since start
+	lastOK time.Time
+	err    error
+}
+
+func newNomadSource(api NomadAPI, nodeID string, log *slog.Logger) *nomadSource {
+	return &nomadSource{api: api, nodeID: nodeID, wait: 5 * time.Minute, log: log, allocs: map[string]Alloc{}}
+}
+
+// lookup returns the allocation and whether it is known; known is false
+// until Nomad has answered once, and for an allocation Nomad did not list.
+func (s *nomadSource) lookup(id string) (Alloc, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.allocs[id]
+	return a, ok
+}
+
+// state reports whether Nomad answered at least once and the last error.
+func (s *nomadSource) state() (synced bool, lastOK time.Time, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.synced, s.lastOK, s.err
+}
+
+// run follows the node's allocation list with blocking queries until ctx
+// is done, calling trigger after every change.
+func (s *nomadSource) run(ctx context.Context, trigger func(string), onError func()) {
+	b := newBackoff(500*time.Millisecond, 30*time.Second)
+	var index uint64
+	for ctx.Err() == nil {
+		if s.nodeID == "" {
+			id, err := s.api.LocalNodeID(ctx)
+			if err != nil {
+				s.fail(ctx, b, fmt.Errorf("asking Nomad for this node's ID: %w", err), onError)
+				continue
+			}
+			s.nodeID = id
+			s.log.Info("nomad: following this node's allocations", "node_id", id)
+		}
+		allocs, next, err := s.api.NodeAllocations(ctx, s.nodeID, index, s.wait)
+		if err != nil {
+			s.fail(ctx, b, fmt.Errorf("reading allocations of node %s: %w", s.nodeID, err), onError)
+			continue
+		}
+		b.reset()
+		// An index that goes backwards means the servers were restored or
+		// the node changed: start over rather than block forever.
+		if next < index {
+			next = 0
+		}
+		changed := s.store(allocs)
+		index = next
+		if changed {
+			trigger("nomad: allocations changed")
+		}
+	}
+}
+
+func (s *nomadSource) fail(ctx context.Context, b *backoff, err error, onError func()) {
+	onError()
+	s.mu.Lock()
+	first := s.err == nil
+	s.err = err
+	s.mu.Unlock()
+	d := b.next()
+	if first {
+		s.log.Warn("nomad unreachable; keeping the last known allocations", "err", err, "retry_in", d)
+	} else {
+		s.log.Debug("nomad still unreachable", "err", err, "retry_in", d)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func (s *nomadSource) store(list []*nomad.Allocation) bool {
+	next := make(map[string]Alloc, len(list))
+	for _, a := range list {
+		// Terminal allocations have no running containers to serve.
+		if a.ClientStatus == nomad.AllocClientStatusComplete || a.ClientStatus == nomad.AllocClientStatusFailed || a.ClientStatus == nomad.AllocClientStatusLost {
+			continue
+		}
+		next[a.ID] = allocFrom(a)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		s.log.Info("nomad reachable again")
+	}
+	changed := !s.synced || !allocsEqual(s.allocs, next)
+	s.allocs, s.synced, s.lastOK, s.err = next, true, time.Now(), nil
+	return changed
+}
+
+func allocsEqual(a, b map[string]Alloc) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, x := range a {
+		y, ok := b[id]
+		if !ok || x.Stopping != y.Stopping || x.Job != y.Job || x.Namespace != y.Namespace || x.Group != y.Group ||
+			!maps.Equal(x.JobMeta, y.JobMeta) || !maps.Equal(x.GroupMeta, y.GroupMeta) ||
+			!maps.EqualFunc(x.TaskMeta, y.TaskMeta, maps.Equal) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,364 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/v6reg/v6reg/agent"
+	"github.com/v6reg/v6reg/agent/config"
+	"github.com/v6reg/v6reg/ipam"
+	"github.com/v6reg/v6reg/policies"
+)
+
+func init() {
+	loadOperatorConfig = config.LoadPolicy
+}
+
+func operatorFromConfig(cfg config.Config) (policies.Operator, error) {
+	if err := cfg.Policy.Validate(); err != nil {
+		return cfg.Policy, fmt.Errorf("policy configuration: %w", err)
+	}
+	return cfg.Policy, nil
+}
+
+// socketFlag adds -socket with the configured (or default) API socket.
+func socketFlag(fs *flag.FlagSet) *string {
+	def := config.Default().APISocket
+	if _, err := os.Stat(def); err != nil {
+		if dev := config.DevStateDir() + "/v6reg.sock"; fileExists(dev) {
+			def = dev
+		}
+	}
+	return fs.String("socket", def, "the agent's API unix `socket`")
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func apiGet(socket, path string, out any) error {
+	resp, err := apiClient(socket).Get("http://v6reg" + path)
+	if err != nil {
+		return fmt.Errorf("asking the agent on %s: %w (is `v6reg agent` running, and are you root?)", socket, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("reading the agent's answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(strings.TrimSpace(string(body)))
+	}
+	return json.Unmarshal(body, out)
+}
+
+const statusUsage = `Usage: v6reg status [-format table|json] [-socket PATH]
+
+Shows every container the agent manages on this node: job/task, allocation,
+address, rule counts, Consul services, drops, and why a container is closed.
+
+Flags:
+`
+
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, statusUsage); fs.PrintDefaults() }
+	format := fs.String("format", "table", "output `format`: table or json")
+	socket := socketFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var s agent.Snapshot
+	if err := apiGet(*socket, "/v1/status", &s); err != nil {
+		fmt.Fprintf(stderr, "v6reg status: %v\n", err)
+		return 1
+	}
+	switch *format {
+	case "json":
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(s)
+	case "table":
+		printStatus(stdout, &s)
+	default:
+		fmt.Fprintf(stderr, "v6reg status: -format %q: use table or json\n", *format)
+		return 2
+	}
+	return 0
+}
+
+// printStatus writes the status table; it fits 80 columns.
+func printStatus(w io.Writer, s *agent.Snapshot) {
+	fmt.Fprintf(w, "node %s  prefix %s  nomad %s  reconciled %s ago\n", s.Node, s.Prefix, s.Nomad, time.Since(s.At).Round(time.Second))
+	if s.FirewallErr != "" {
+		fmt.Fprintf(w, "FIREWALL ERROR: %s\n", s.FirewallErr)
+	}
+	if s.ConsulErr != "" {
+		fmt.Fprintf(w, "CONSUL ERROR: %s\n", s.ConsulErr)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	fmt.Fprintln(tw, "JOB/TASK\tALLOC\tADDRESS\tIN\tOUT\tCONSUL\tDROPS\tSTATE")
+	var notes []string
+	for _, c := range s.Containers {
+		name := c.Task
+		if c.Job != "" {
+			name = c.Job + "/" + c.Task
+		}
+		alloc := "-"
+		if c.AllocID != "" {
+			alloc = c.AllocID[:min(8, len(c.AllocID))]
+		}
+		consul := "-"
+		if len(c.Services) > 0 {
+			var names []string
+			for _, sv := range c.Services {
+				if sv.Name == "v6reg-jobs" {
+					continue
+				}
+				names = append(names, sv.Name+":"+strconv.Itoa(sv.Port))
+			}
+			if len(names) > 0 {
+				consul = strings.Join(names, ",")
+			}
+		}
+		drops := "-"
+		if c.Drops != nil {
+			drops = fmt.Sprintf("%d/%d", c.Drops.IngressPackets, c.Drops.EgressPackets)
+		}
+		state := "open"
+		switch {
+		case len(c.Errors) > 0:
+			state = "POLICY ERROR"
+		case c.Closed:
+			state = "closed"
+		case c.Stopping:
+			state = "stopping"
+		}
+		addr := c.Address
+		if addr == "" {
+			addr = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", trunc(name, 24), alloc, addr, len(c.Ingress), len(c.Egress), trunc(consul, 18), drops, state)
+		if c.Reason != "" {
+			notes = append(notes, fmt.Sprintf("%s: %s", trunc(name, 24), c.Reason))
+		}
+		for _, e := range c.Errors {
+			notes = append(notes, "  "+e)
+		}
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "%d containers; DROPS are ingress/egress packets denied\n", len(s.Containers))
+	for _, n := range notes {
+		fmt.Fprintln(w, n)
+	}
+}
+
+func trunc(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "~"
+}
+
+const explainUsage = `Usage: v6reg explain [-format text|json] CONTAINER [from|to PEER port N[/PROTO]]
+
+Says which rule allows a flow, or that none does, where the rule was written
+(meta key, job/group/task or label), and the container's drop counters.
+CONTAINER is an address, a container ID or name, or a Nomad allocation ID.
+PEER is an IPv6 address or a peer as policies write it (@traefik, service:pg).
+
+Examples:
+  v6reg explain 2001:db8:1:2:3::4c1
+  v6reg explain 5f3a2c1b from 2001:db8:100::7 port 9000/tcp
+  v6reg explain web-1 to @internet port 443
+
+Flags:
+`
+
+// parseFlow reads "from|to PEER [port N[/PROTO]]" or "... icmp".
+func parseFlow(words []string) (agent.ExplainQuery, error) {
+	var q agent.ExplainQuery
+	if len(words) == 0 {
+		return q, nil
+	}
+	if words[0] != "from" && words[0] != "to" || len(words) < 2 {
+		return q, fmt.Errorf("expected 'from PEER' or 'to PEER', got %q", strings.Join(words, " "))
+	}
+	q.Direction, q.Peer = words[0], words[1]
+	rest := words[2:]
+	for len(rest) > 0 {
+		switch rest[0] {
+		case "port":
+			if len(rest) < 2 {
+				return q, errors.New("'port' needs a number, e.g. port 443/tcp")
+			}
+			num, proto, _ := strings.Cut(rest[1], "/")
+			n, err := strconv.ParseUint(num, 10, 16)
+			if err != nil || n == 0 {
+				return q, fmt.Errorf("port %q is not a port number (1-65535)", num)
+			}
+			q.Port, q.Proto = uint16(n), proto
+			rest = rest[2:]
+		case "icmp", "ping", "tcp", "udp":
+			q.Proto = rest[0]
+			rest = rest[1:]
+		default:
+			return q, fmt.Errorf("unexpected %q: expected 'port N[/tcp|udp]' or 'icmp'", rest[0])
+		}
+	}
+	if q.Port == 0 && q.Proto != "icmp" && q.Proto != "ping" {
+		return q, errors.New("a flow needs 'port N[/tcp|udp]' or 'icmp'")
+	}
+	return q, nil
+}
+
+func runExplain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, explainUsage); fs.PrintDefaults() }
+	format := fs.String("format", "text", "output `format`: text or json")
+	socket := socketFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() < 1 {
+		fs.Usage()
+		return 2
+	}
+	q, err := parseFlow(fs.Args()[1:])
+	if err != nil {
+		fmt.Fprintf(stderr, "v6reg explain: %v\n", err)
+		return 2
+	}
+	q.Target = fs.Arg(0)
+	v := url.Values{"target": {q.Target}, "direction": {q.Direction}, "peer": {q.Peer}, "proto": {q.Proto}}
+	if q.Port != 0 {
+		v.Set("port", strconv.Itoa(int(q.Port)))
+	}
+	var ans agent.ExplainAnswer
+	if err := apiGet(*socket, "/v1/explain?"+v.Encode(), &ans); err != nil {
+		fmt.Fprintf(stderr, "v6reg explain: %v\n", err)
+		return 1
+	}
+	if *format == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(ans)
+		return 0
+	}
+	printExplain(stdout, &ans)
+	return 0
+}
+
+func printExplain(w io.Writer, a *agent.ExplainAnswer) {
+	c := a.Container
+	fmt.Fprintf(w, "container %s (%s) address %s\n", c.Name, c.ID[:min(12, len(c.ID))], c.Address)
+	if c.Job != "" {
+		fmt.Fprintf(w, "  job %s group %s task %s alloc %s namespace %s\n", c.Job, c.Group, c.Task, c.AllocID, c.Namespace)
+	}
+	printRules := func(title, src string, rules []agent.RuleState) {
+		fmt.Fprintf(w, "  %s", title)
+		if src != "" {
+			fmt.Fprintf(w, " (from %s)", src)
+		}
+		fmt.Fprintln(w, ":")
+		if len(rules) == 0 {
+			fmt.Fprintln(w, "    none: everything denied")
+		}
+		for _, r := range rules {
+			fmt.Fprintf(w, "    %s\n", r.Rule)
+		}
+	}
+	printRules("ingress", a.IngressSource, c.Ingress)
+	printRules("egress", a.EgressSource, c.Egress)
+	if c.Drops != nil {
+		fmt.Fprintf(w, "  dropped: %d packets in, %d packets out\n", c.Drops.IngressPackets, c.Drops.EgressPackets)
+	}
+	for _, e := range c.Errors {
+		fmt.Fprintf(w, "  policy error: %s\n", e)
+	}
+	switch a.Verdict {
+	case "allow":
+		fmt.Fprintf(w, "ALLOW by rule %q in %s: %s\n", a.Rule, a.Source, a.Reason)
+	case "deny":
+		fmt.Fprintf(w, "DENY: %s\n", a.Reason)
+	default:
+		fmt.Fprintln(w, a.Reason)
+	}
+}
+
+const ipamUsage = `Usage: v6reg ipam rebuild [-config FILE] [-dev]
+
+Recovery for a damaged lease store (the agent refuses to start on one and
+names this command). With the agent stopped, it moves the store aside
+(ipam.db.corrupt-TIMESTAMP) and rebuilds the leases from the addresses Docker
+has in use on the v6reg network. What is lost: hold-downs (recently released
+addresses may be handed out again at once) and grant times.
+
+Flags:
+`
+
+func runIPAM(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "rebuild" {
+		fmt.Fprint(stderr, ipamUsage)
+		return 2
+	}
+	fs := flag.NewFlagSet("ipam rebuild", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, ipamUsage); fs.PrintDefaults() }
+	var f agentFlags
+	fs.StringVar(&f.configPath, "config", "", "HCL config `file` (default "+config.DefaultPath+" if it exists)")
+	fs.BoolVar(&f.dev, "dev", false, "rebuild the -dev agent's store")
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	cfg, err := loadAgentConfig(f)
+	if err != nil {
+		fmt.Fprintf(stderr, "v6reg ipam rebuild: invalid configuration:\n%v\n", err)
+		return 1
+	}
+	if fileExists(cfg.APISocket) {
+		if _, err := apiClient(cfg.APISocket).Get("http://v6reg/v1/status"); err == nil {
+			fmt.Fprintf(stderr, "v6reg ipam rebuild: the agent is running (%s answers); stop it first (systemctl stop v6reg)\n", cfg.APISocket)
+			return 1
+		}
+	}
+	dc, err := dockerClient(cfg.Docker.Host)
+	if err != nil {
+		fmt.Fprintf(stderr, "v6reg ipam rebuild: %v\n", err)
+		return 1
+	}
+	defer dc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	movedTo, res, err := ipam.RebuildStore(ctx, ipamConfig(cfg), dc, ipam.ServiceOptions{Log: newLogger(stderr, cfg.LogLevel, cfg.LogFormat)})
+	if err != nil {
+		fmt.Fprintf(stderr, "v6reg ipam rebuild: %v\n", err)
+		return 1
+	}
+	if movedTo != "" {
+		fmt.Fprintf(stdout, "moved the old store to %s\n", movedTo)
+	}
+	fmt.Fprintf(stdout, "rebuilt %s from docker: %d leases adopted, %d ignored (outside the pools or reserved)\n",
+		ipamConfig(cfg).StateFile, len(res.Adopted), len(res.Ignored))
+	return 0
+}

@@ -1,0 +1,104 @@
+package firewall
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/v6reg/v6reg/integration/netns"
+)
+
+// bigState has n containers, each with a typical policy.
+func bigState(n int) State {
+	s := State{Prefix: testPrefix, Gateway: testGW, PeerSets: map[string][]netip.Prefix{
+		"@traefik": {pfx("2001:db8:a::/64")}, "@mon": {pfx("2001:db8:b::/64")}, "@internet": {pfx("::/0")},
+	}}
+	for i := 0; i < n; i++ {
+		s.Containers = append(s.Containers, benchContainer(i))
+	}
+	return s
+}
+
+func benchContainer(i int) Container {
+	a := testPrefix.Addr().As16()
+	binary.BigEndian.PutUint32(a[12:], uint32(0x10000+i))
+	return Container{ID: fmt.Sprintf("%064x", i), Addr: netip.AddrFrom16(a),
+		Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: ports(8080)}, {Peer: "@mon", Proto: TCP, Ports: ports(9100)}, {Peer: "@mon", Proto: ICMP}},
+		Egress:  []Rule{{Peer: "@internet", Proto: TCP, Ports: ports(443)}, {Peer: "@internet", Proto: UDP, Ports: ports(53)}}}
+}
+
+func benchAddOne(b *testing.B, n int) {
+	ns := netns.New(b, "bench")
+	fw := newFirewall(b, ns)
+	base := bigState(n)
+	if _, err := fw.Apply(context.Background(), base); err != nil {
+		b.Fatal(err)
+	}
+	with := base
+	with.Containers = append(append([]Container(nil), base.Containers...), benchContainer(n+1))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		s := with
+		if i%2 == 1 {
+			s = base
+		}
+		ch, err := fw.Apply(context.Background(), s)
+		if err != nil || ch.Batches != 1 {
+			b.Fatalf("apply: %+v %v", ch, err)
+		}
+	}
+}
+
+func BenchmarkAddOneContainerAt0(b *testing.B)     { benchAddOne(b, 0) }
+func BenchmarkAddOneContainerAt1000(b *testing.B)  { benchAddOne(b, 1000) }
+func BenchmarkAddOneContainerAt10000(b *testing.B) { benchAddOne(b, 10000) }
+
+func BenchmarkFullApply10000(b *testing.B) {
+	s := bigState(10000)
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		ns := netns.New(b, "bench")
+		fw := newFirewall(b, ns)
+		b.StartTimer()
+		ch, err := fw.Apply(context.Background(), s)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(ch.Batches), "batches")
+	}
+}
+
+// BenchmarkReapply10000Fresh is a restart: a new instance reads the whole
+// table, diffs and finds nothing to send.
+func BenchmarkReapply10000Fresh(b *testing.B) {
+	ns := netns.New(b, "bench")
+	s := bigState(10000)
+	if _, err := newFirewall(b, ns).Apply(context.Background(), s); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ch, err := newFirewall(b, ns).Apply(context.Background(), s)
+		if err != nil || !ch.Empty() {
+			b.Fatalf("%+v %v", ch, err)
+		}
+	}
+}
+
+// BenchmarkReapply10000Cached is the steady state of Watch.
+func BenchmarkReapply10000Cached(b *testing.B) {
+	ns := netns.New(b, "bench")
+	s := bigState(10000)
+	fw := newFirewall(b, ns)
+	if _, err := fw.Apply(context.Background(), s); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if ch, err := fw.Apply(context.Background(), s); err != nil || !ch.Empty() {
+			b.Fatalf("%+v %v", ch, err)
+		}
+	}
+}

@@ -1,0 +1,73 @@
+package firewall
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// Counter is a packet and byte count.
+type Counter struct{ Packets, Bytes uint64 }
+
+// DirCounters are one container's drops by direction.
+type DirCounters struct {
+	IngressDropped Counter // packets to the container that no ingress rule allowed
+	EgressDropped  Counter // packets from the container that no egress rule allowed
+}
+
+// Counters reads the drop counters of every programmed container, keyed by
+// container ID. Counters start at zero when a container is added and live
+// as long as its address is programmed.
+func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := map[string]DirCounters{}
+	for _, name := range []string{"in_drop", "eg_drop"} {
+		elems, err := f.conn.GetSetElements(&nftables.Set{Table: table, Name: name})
+		if err != nil {
+			return nil, fmt.Errorf("read drop counters from set %s: %w", name, err)
+		}
+		for _, e := range elems {
+			if e.Counter == nil {
+				continue
+			}
+			c := Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
+			d := out[e.Comment]
+			if name == "in_drop" {
+				d.IngressDropped = c
+			} else {
+				d.EgressDropped = c
+			}
+			out[e.Comment] = d
+		}
+	}
+	return out, nil
+}
+
+// SpoofDrops reads how many packets were dropped because their source was
+// in the prefix but owned by no container or came from the wrong link.
+func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
+	if err := ctx.Err(); err != nil {
+		return Counter{}, err
+	}
+	rules, err := f.conn.GetRules(table, &nftables.Chain{Table: table, Name: "egress"})
+	if err != nil {
+		return Counter{}, fmt.Errorf("read anti-spoofing counters: %w", err)
+	}
+	var sum Counter
+	for i, r := range rules {
+		if i >= 2 { // the first two rules of egress are the anti-spoofing ones
+			break
+		}
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Counter); ok {
+				sum.Packets += c.Packets
+				sum.Bytes += c.Bytes
+			}
+		}
+	}
+	return sum, nil
+}

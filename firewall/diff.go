@@ -1,0 +1,243 @@
+package firewall
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// plan is the difference between the live table and the desired one.
+type plan struct {
+	createTable   bool
+	addSets       []setSpec
+	addChains     []chainSpec // created empty, filled with their rules later
+	rewriteChains []chainSpec // exist with other rules: flushed and refilled
+	delElems      map[string][]elem
+	addElems      map[string][]elem
+	delChains     []string
+	delSets       []string
+}
+
+func (p plan) empty() bool {
+	return !p.createTable && len(p.addSets) == 0 && len(p.addChains) == 0 && len(p.rewriteChains) == 0 &&
+		len(p.delElems) == 0 && len(p.addElems) == 0 && len(p.delChains) == 0 && len(p.delSets) == 0
+}
+
+func (p plan) changes() Changes {
+	c := Changes{TableCreated: p.createTable, SetsAdded: len(p.addSets), SetsRemoved: len(p.delSets),
+		ChainsAdded: len(p.addChains), ChainsRemoved: len(p.delChains), ChainsRewritten: len(p.rewriteChains)}
+	for _, es := range p.addElems {
+		c.ElemsAdded += len(es)
+	}
+	for _, es := range p.delElems {
+		c.ElemsRemoved += len(es)
+	}
+	return c
+}
+
+// diff computes what turns live into want. live == nil or !live.present
+// means the table does not exist. Output is sorted, so it is deterministic.
+func diff(live *liveState, want content) plan {
+	p := plan{delElems: map[string][]elem{}, addElems: map[string][]elem{}}
+	if live == nil || !live.present {
+		p.createTable = true
+		live = &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}}}
+	}
+	for _, name := range slices.Sorted(maps.Keys(want.sets)) {
+		if _, ok := live.sets[name]; !ok {
+			p.addSets = append(p.addSets, want.sets[name])
+		}
+		have := live.elems[name]
+		var add []elem
+		for _, id := range slices.Sorted(maps.Keys(want.elems[name])) {
+			w := want.elems[name][id]
+			if l, ok := have[id]; ok && w.same(l) {
+				continue
+			} else if ok {
+				p.delElems[name] = append(p.delElems[name], l)
+			}
+			add = append(add, w)
+		}
+		if len(add) > 0 {
+			p.addElems[name] = add
+		}
+		for _, id := range slices.Sorted(maps.Keys(have)) {
+			if _, ok := want.elems[name][id]; !ok {
+				p.delElems[name] = append(p.delElems[name], have[id])
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(want.chains)) {
+		w := want.chains[name]
+		l, ok := live.chains[name]
+		switch {
+		case !ok:
+			p.addChains = append(p.addChains, w)
+		case l.tag != w.tag || len(l.rules) != len(w.rules) || l.base != w.base:
+			p.rewriteChains = append(p.rewriteChains, w)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(live.chains)) {
+		if _, ok := want.chains[name]; !ok {
+			p.delChains = append(p.delChains, name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(live.sets)) {
+		if _, ok := want.sets[name]; !ok {
+			p.delSets = append(p.delSets, name)
+			delete(p.delElems, name) // deleting the set removes its elements
+		}
+	}
+	return p
+}
+
+// Batch limits: a batch is one sendmsg, bounded by the socket's send
+// buffer (default 208 KiB; more is "message too long"), and every message
+// is acknowledged, so few large messages also keep acks within the receive
+// buffer (else ENOBUFS).
+const (
+	elemsPerMessage      = 256
+	maxBatchBytesDefault = 150 << 10
+	ruleBytes            = 600
+)
+
+type op struct {
+	size int
+	do   func(c *nftables.Conn) error
+}
+
+func (f *Firewall) send(p plan) (batches int, err error) {
+	var ops []op
+	add := func(size int, do func(c *nftables.Conn) error) { ops = append(ops, op{size, do}) }
+	sets := map[string]*nftables.Set{}
+	setOf := func(name string) *nftables.Set {
+		if s, ok := sets[name]; ok {
+			return s
+		}
+		return &nftables.Set{Table: table, Name: name}
+	}
+	if p.createTable {
+		add(100, func(c *nftables.Conn) error { c.AddTable(table); return nil })
+	}
+	for _, ss := range p.addSets {
+		s := &nftables.Set{Table: table, Name: ss.name, KeyType: ss.keyType, Concatenation: ss.concat,
+			Interval: ss.interval, Counter: ss.counter, Comment: ss.comment}
+		if ss.vmap {
+			s.IsMap = true
+			s.DataType = nftables.TypeVerdict
+		}
+		sets[ss.name] = s
+		add(300, func(c *nftables.Conn) error {
+			if err := c.AddSet(s, nil); err != nil {
+				return fmt.Errorf("set %s: %w", ss.name, err)
+			}
+			return nil
+		})
+	}
+	for _, cs := range p.addChains {
+		add(200, func(c *nftables.Conn) error { c.AddChain(chainObj(cs)); return nil })
+	}
+	elemOps := func(m map[string][]elem, del bool) {
+		for _, name := range slices.Sorted(maps.Keys(m)) {
+			es := m[name]
+			for i := 0; i < len(es); i += elemsPerMessage {
+				chunk := es[i:min(i+elemsPerMessage, len(es))]
+				size := 0
+				for _, e := range chunk {
+					size += 64 + len(e.key) + len(e.chain) + len(e.comment)
+				}
+				add(size, func(c *nftables.Conn) error {
+					s := setOf(name)
+					nes := make([]nftables.SetElement, len(chunk))
+					for j, e := range chunk {
+						nes[j] = nftables.SetElement{Key: e.key, IntervalEnd: e.end, Comment: e.comment}
+						if e.chain != "" {
+							nes[j].VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: e.chain}
+						}
+					}
+					if del {
+						return c.SetDeleteElements(s, nes)
+					}
+					return c.SetAddElements(s, nes)
+				})
+			}
+		}
+	}
+	elemOps(p.delElems, true)
+	elemOps(p.addElems, false)
+	for _, cs := range p.addChains {
+		for _, r := range cs.rules {
+			add(ruleBytes, func(c *nftables.Conn) error { c.AddRule(ruleObj(cs, r)); return nil })
+		}
+	}
+	for _, cs := range p.rewriteChains {
+		// Flush and refill in the same batch: the chain is never seen empty.
+		add(ruleBytes*len(cs.rules)+100, func(c *nftables.Conn) error {
+			ch := chainObj(cs)
+			c.AddChain(ch) // no-op if it exists; restores a base chain's hook if it was a regular one
+			c.FlushChain(ch)
+			for _, r := range cs.rules {
+				c.AddRule(ruleObj(cs, r))
+			}
+			return nil
+		})
+	}
+	for _, name := range p.delChains {
+		add(100, func(c *nftables.Conn) error {
+			ch := &nftables.Chain{Table: table, Name: name}
+			c.FlushChain(ch)
+			c.DelChain(ch)
+			return nil
+		})
+	}
+	for _, name := range p.delSets {
+		add(100, func(c *nftables.Conn) error { c.DelSet(setOf(name)); return nil })
+	}
+
+	size := 0
+	pending := false
+	flush := func() error {
+		if !pending {
+			return nil
+		}
+		batches++
+		pending, size = false, 0
+		return f.conn.Flush()
+	}
+	for _, o := range ops {
+		if pending && size+o.size > maxBatchBytes {
+			if err := flush(); err != nil {
+				return batches, err
+			}
+		}
+		if err := o.do(f.conn); err != nil {
+			return batches, err
+		}
+		size += o.size
+		pending = true
+	}
+	return batches, flush()
+}
+
+func chainObj(cs chainSpec) *nftables.Chain {
+	ch := &nftables.Chain{Table: table, Name: cs.name}
+	if cs.base {
+		accept := nftables.ChainPolicyAccept
+		ch.Type = nftables.ChainTypeFilter
+		ch.Hooknum = nftables.ChainHookForward
+		ch.Priority = nftables.ChainPriorityFilter
+		ch.Policy = &accept
+	}
+	return ch
+}
+
+func ruleObj(cs chainSpec, r ruleSpec) *nftables.Rule {
+	return &nftables.Rule{Table: table, Chain: &nftables.Chain{Table: table, Name: cs.name},
+		Exprs: r.exprs, UserData: ruleUserData(cs.tag)}
+}
+
+// maxBatchBytes is a variable so tests can force chunking.
+var maxBatchBytes = maxBatchBytesDefault

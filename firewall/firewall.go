@@ -1,0 +1,273 @@
+package firewall
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Firewall owns the table `inet v6reg` in one network namespace.
+type Firewall struct {
+	conn *nftables.Conn
+	log  *slog.Logger
+	gen  genReader
+
+	mu   sync.Mutex
+	live *content // what the table held after our last commit
+	// liveGen is the ruleset generation right after our last commit; if it
+	// is unchanged, nobody touched any table since and live is exact.
+	liveGen uint32
+
+	everApplied bool
+
+	restores atomic.Uint64
+}
+
+// Changes summarizes what one Apply sent.
+type Changes struct {
+	ElemsAdded, ElemsRemoved                    int
+	ChainsAdded, ChainsRemoved, ChainsRewritten int
+	SetsAdded, SetsRemoved                      int
+	TableCreated                                bool
+	Batches                                     int // netlink batches sent; 1 unless the change was chunked
+}
+
+// Empty reports whether nothing was sent.
+func (c Changes) Empty() bool { return c.Batches == 0 }
+
+// Restored reports whether the change repaired a missing table or a
+// rewritten base chain.
+func (c Changes) Restored() bool { return c.TableCreated || c.ChainsRewritten > 0 }
+
+// New returns a Firewall programming through conn. Pass a conn created with
+// nftables.WithNetNSFd(fd) to work in another namespace, and the same fd as
+// nsfd (0 for the current namespace) so the generation check reads the same
+// namespace.
+func New(conn *nftables.Conn, nsfd int, log *slog.Logger) *Firewall {
+	return &Firewall{conn: conn, log: log, gen: genReader{nsfd: nsfd}}
+}
+
+// Restores counts the Applies that found the table missing or a chain's
+// rules edited, and repaired it.
+func (f *Firewall) Restores() uint64 { return f.restores.Load() }
+
+var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+
+// Apply makes the table hold exactly what s describes.
+//
+// It reads the live table (only when something committed to nftables since
+// its own last commit: the ruleset generation tells), computes the
+// difference and sends it as one netlink batch, so a container's change is
+// atomic. The table is created when missing and never deleted or flushed.
+// A change larger than one netlink message can carry (a first apply of
+// thousands of containers) is sent as several batches in this order: new
+// sets and chains, element removals, element additions, rewritten chains,
+// removal of unused chains and sets. Each batch is atomic; between batches
+// a container may be partly programmed, which can only deny more than the
+// target state, never allow more than the union of old and new.
+//
+// Applying the same State again sends nothing.
+func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
+	if err := s.Validate(); err != nil {
+		return Changes{}, err
+	}
+	want := desired(s)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return Changes{}, err
+	}
+	live, err := f.liveContent()
+	if err != nil {
+		return Changes{}, err
+	}
+	plan := diff(live, want)
+	ch := plan.changes()
+	if plan.empty() {
+		return ch, nil
+	}
+	g0, gerr := f.gen.read()
+	batches, err := f.send(plan)
+	ch.Batches = batches
+	if err != nil {
+		f.live = nil // unknown: re-read next time
+		return ch, fmt.Errorf("nftables batch for table inet %s: %w", TableName, err)
+	}
+	g1, gerr1 := f.gen.read()
+	f.live = &want
+	f.liveGen = g1
+	if gerr != nil || gerr1 != nil || g1 != g0+uint32(batches) {
+		f.live = nil // someone else committed meanwhile: trust nothing cached
+	}
+	if ch.Restored() && f.everApplied {
+		f.restores.Add(1)
+		f.log.Warn("firewall table restored after an outside change", "table", "inet "+TableName,
+			"table_created", ch.TableCreated, "chains_rewritten", ch.ChainsRewritten)
+	}
+	f.everApplied = true
+	f.log.Info("firewall applied", "table", "inet "+TableName,
+		"elems_added", ch.ElemsAdded, "elems_removed", ch.ElemsRemoved,
+		"chains_added", ch.ChainsAdded, "chains_removed", ch.ChainsRemoved,
+		"chains_rewritten", ch.ChainsRewritten, "table_created", ch.TableCreated, "batches", batches)
+	return ch, nil
+}
+
+// liveContent returns the cached content when the ruleset generation shows
+// nobody committed since our last commit, else reads the table.
+func (f *Firewall) liveContent() (*liveState, error) {
+	if f.live != nil {
+		if g, err := f.gen.read(); err == nil && g == f.liveGen {
+			return &liveState{content: *f.live, present: true}, nil
+		}
+	}
+	return f.readLive()
+}
+
+// liveState is the table as read, plus whether it exists.
+type liveState struct {
+	content
+	present bool
+}
+
+func (f *Firewall) readLive() (*liveState, error) {
+	ls := &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}}}
+	tables, err := f.conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list nftables tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		return ls, nil
+	}
+	ls.present = true
+	sets, err := f.conn.GetSets(table)
+	if err != nil {
+		return nil, fmt.Errorf("list sets of inet %s: %w", TableName, err)
+	}
+	for _, s := range sets {
+		ls.sets[s.Name] = setSpec{name: s.Name}
+		elems, err := f.conn.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("list elements of set %s: %w", s.Name, err)
+		}
+		m := make(map[string]elem, len(elems))
+		for _, e := range elems {
+			le := elem{key: e.Key, end: e.IntervalEnd, comment: e.Comment}
+			if s.IsMap {
+				le.chain = verdictChain(e.Val)
+			}
+			m[le.id()] = le
+		}
+		ls.elems[s.Name] = m
+	}
+	chains, err := f.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	for _, c := range chains {
+		if c.Table.Name != TableName {
+			continue
+		}
+		rules, err := f.conn.GetRules(table, c)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of chain %s: %w", c.Name, err)
+		}
+		cs := chainSpec{name: c.Name, base: c.Hooknum != nil, rules: make([]ruleSpec, len(rules))}
+		// The chain's tag is only trusted if every rule carries it.
+		for i, r := range rules {
+			t, _ := userdata.GetString(r.UserData, udataRuleComment)
+			if i == 0 {
+				cs.tag = t
+			} else if t != cs.tag {
+				cs.tag = "mixed"
+			}
+		}
+		ls.chains[c.Name] = cs
+	}
+	return ls, nil
+}
+
+// verdictChain extracts the jump/goto target from a verdict map element's
+// data (nested NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN).
+func verdictChain(b []byte) string {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return ""
+	}
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
+			return ad.String()
+		}
+	}
+	return ""
+}
+
+// genReader reads the nftables ruleset generation id, which the kernel
+// bumps on every committed batch in the namespace.
+type genReader struct{ nsfd int }
+
+func (g genReader) read() (uint32, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: g.nsfd})
+	if err != nil {
+		return 0, fmt.Errorf("netlink dial for nftables generation: %w", err)
+	}
+	defer c.Close()
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
+			Flags: netlink.Request,
+		},
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	}
+	msgs, err := c.Execute(req)
+	if err != nil {
+		return 0, fmt.Errorf("nftables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, fmt.Errorf("nftables generation: %w", err)
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+	}
+	return 0, errors.New("nftables generation: no NFTA_GEN_ID in reply")
+}
+
+// EnableBridgeNetfilter turns on net.bridge.bridge-nf-call-ip6tables in the
+// calling thread's network namespace, so that traffic bridged between two
+// containers crosses the inet forward hook and obeys the same policy as
+// routed traffic. It is a /proc/sys write, not a command. Note that it also
+// makes other ip6tables/nftables forward rules (Docker's) see bridged
+// IPv6 traffic.
+func EnableBridgeNetfilter() error {
+	const p = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("bridge netfilter sysctl (is br_netfilter loaded?): %w", err)
+	}
+	if len(b) > 0 && b[0] == '1' {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("enable bridge netfilter: %w", err)
+	}
+	return nil
+}

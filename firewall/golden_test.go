@@ -1,0 +1,45 @@
+package firewall
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/v6reg/v6reg/integration/netns"
+)
+
+func TestGolden(t *testing.T) {
+	ns := netns.New(t, "gold")
+	fw := newFirewall(t, ns)
+	ch, err := fw.Apply(context.Background(), smallState())
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	if !ch.TableCreated || ch.Batches != 1 {
+		t.Errorf("first apply: got %+v, want table created in one batch", ch)
+	}
+	got := nftList(t, ns, "list", "table", "inet", TableName)
+	path := filepath.Join("testdata", "small.nft")
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden (run with -update to create): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("nft list table differs from %s (rerun with -update if intended):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+	ch, err = fw.Apply(context.Background(), smallState())
+	if err != nil || !ch.Empty() {
+		t.Errorf("second apply of the same state: changes %+v, err %v; want nothing sent", ch, err)
+	}
+	// A fresh Firewall (no cache) also finds nothing to do.
+	ch, err = newFirewall(t, ns).Apply(context.Background(), smallState())
+	if err != nil || !ch.Empty() {
+		t.Errorf("fresh instance, same state: changes %+v, err %v; want nothing sent", ch, err)
+	}
+}

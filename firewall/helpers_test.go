@@ -1,0 +1,80 @@
+package firewall
+
+import (
+	"flag"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/v6reg/v6reg/integration/netns"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.nft from the live table")
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(tWriter{t}, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+// newFirewall returns a Firewall on a fresh conn into ns.
+func newFirewall(t testing.TB, ns *netns.NS) *Firewall {
+	t.Helper()
+	conn, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	if err != nil {
+		t.Fatalf("nftables conn: %v", err)
+	}
+	return New(conn, ns.Fd(), testLogger(t))
+}
+
+// nftList runs the read-only nft CLI inside ns.
+func nftList(t testing.TB, ns *netns.NS, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.Name, "nft"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+var (
+	testPrefix = netip.MustParsePrefix("2001:db8:1:2:3::/80")
+	testGW     = netip.MustParseAddr("2001:db8:1:2:3::1")
+)
+
+func addr(s string) netip.Addr  { return netip.MustParseAddr(s) }
+func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func ports(p ...uint16) []PortRange {
+	var out []PortRange
+	for _, x := range p {
+		out = append(out, PortRange{x, x})
+	}
+	return out
+}
+
+// smallState is the state of the golden test.
+func smallState() State {
+	return State{
+		Prefix: testPrefix, Gateway: testGW,
+		PeerSets: map[string][]netip.Prefix{
+			"@traefik":   {pfx("2001:db8:a::/64")},
+			"service:pg": {pfx("2001:db8:1:2:3::c2/128"), pfx("2001:db8:9::/48")},
+		},
+		Containers: []Container{
+			{ID: "c1", Addr: addr("2001:db8:1:2:3::c1"),
+				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: ports(8080)}, {Peer: "any", Proto: ICMP}},
+				Egress:  []Rule{{Peer: "service:pg", Proto: TCP, Ports: ports(5432)}}},
+			{ID: "c2", Addr: addr("2001:db8:1:2:3::c2"),
+				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: []PortRange{{5432, 5433}}}, {Peer: "any", Proto: UDP}},
+				Egress:  []Rule{{Peer: "any", Proto: Any}}},
+		},
+	}
+}

@@ -1,0 +1,170 @@
+// Package firewall programs v6reg's nftables table (`inet v6reg`): default
+// deny for the node's prefix, per-container ingress and egress policy held
+// in verdict maps, shared peer sets, drop counters per container. It knows
+// nothing about Docker, Nomad or Consul: callers hand it a State.
+//
+// Layout (see DESIGN.md, "The firewall"): a forward base chain sends only
+// packets to or from the prefix to chain "filter"; everything else is left
+// to the node's other tables. Per-container policy lives in hash verdict
+// maps keyed on address . proto . port (in_port, eg_port), address . proto
+// (in_proto, eg_proto: all ports), address (in_icmp, eg_icmp: echo
+// requests; in_any, eg_any: any protocol). A map hit jumps to a small chain
+// shared by every rule with the same list of peers ("in_<hash>",
+// "eg_<hash>"), which looks the peer address up in the peers' interval sets.
+// A miss returns and the next map is tried; what is left is counted per
+// container (sets in_drop, eg_drop with per-element counters) and dropped.
+// So the per-packet cost is a fixed number of hash lookups, and one
+// container's change is a handful of element additions or removals.
+//
+// Bridged traffic between two containers crosses the inet forward hook only
+// with br_netfilter and net.bridge.bridge-nf-call-ip6tables=1, see
+// EnableBridgeNetfilter. Traffic from the node itself (its own address, a
+// health check from the gateway) leaves through the output hook, not
+// forward, so it is not filtered here; its replies are established.
+package firewall
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Proto is the protocol of a Rule.
+type Proto uint8
+
+// Protocols a Rule can name. ICMP means ICMPv6 echo requests only: the
+// errors IPv6 needs (RFC 4890) always pass.
+const (
+	Any  Proto = 0
+	TCP  Proto = 6
+	UDP  Proto = 17
+	ICMP Proto = 58
+)
+
+func (p Proto) String() string {
+	switch p {
+	case Any:
+		return "any"
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	case ICMP:
+		return "icmp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// PeerAny is the Rule.Peer that matches every address.
+const PeerAny = "any"
+
+// MaxRulePorts bounds how many ports one rule's ranges may cover: ranges
+// are expanded into hash map elements (constant per-packet and per-change
+// cost); a wider opening should use all ports (empty Ports).
+const MaxRulePorts = 1024
+
+// State is the desired content of the table.
+type State struct {
+	Prefix     netip.Prefix // the node prefix; only traffic to or from it is filtered
+	Gateway    netip.Addr   // the bridge's address in Prefix
+	Containers []Container
+	// PeerSets are named prefix lists shared by every rule that names
+	// them ("@traefik", "service:pg", ...). A literal prefix in a policy is
+	// registered by the caller as a peer set of its own (e.g. named after
+	// the prefix).
+	PeerSets map[string][]netip.Prefix
+}
+
+// Container is one address on the prefix and its policy.
+type Container struct {
+	ID      string // owner id, stored as the comment of every element it owns
+	Addr    netip.Addr
+	Ingress []Rule // who may connect to Addr
+	Egress  []Rule // where Addr may connect to
+}
+
+// Rule opens Proto/Ports from (ingress) or to (egress) Peer.
+type Rule struct {
+	Peer  string // a key of State.PeerSets, or PeerAny
+	Proto Proto
+	Ports []PortRange // TCP/UDP only; empty means all ports
+}
+
+// PortRange is an inclusive port range; a single port has First == Last.
+type PortRange struct{ First, Last uint16 }
+
+// Validate reports every problem of s, each naming the container and rule.
+func (s State) Validate() error {
+	var errs []string
+	if !s.Prefix.IsValid() || !s.Prefix.Addr().Is6() || s.Prefix.Addr().Is4In6() {
+		errs = append(errs, fmt.Sprintf("prefix %q is not an IPv6 prefix: set State.Prefix to the node's /80", s.Prefix))
+	}
+	if s.Gateway.IsValid() && !s.Prefix.Contains(s.Gateway) {
+		errs = append(errs, fmt.Sprintf("gateway %s is outside prefix %s", s.Gateway, s.Prefix))
+	}
+	for name, ps := range s.PeerSets {
+		if name == PeerAny || name == "" {
+			errs = append(errs, fmt.Sprintf("peer set %q: the name is reserved; rename it", name))
+		}
+		for _, p := range ps {
+			if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() {
+				errs = append(errs, fmt.Sprintf("peer set %q: %q is not an IPv6 prefix", name, p))
+			}
+		}
+	}
+	seenAddr := map[netip.Addr]string{}
+	seenID := map[string]bool{}
+	for i, c := range s.Containers {
+		where := fmt.Sprintf("container %d (%q)", i, c.ID)
+		if c.ID == "" {
+			errs = append(errs, where+": empty ID; every container needs its owner id")
+		} else if seenID[c.ID] {
+			errs = append(errs, where+": duplicate ID")
+		}
+		seenID[c.ID] = true
+		if !s.Prefix.Contains(c.Addr) {
+			errs = append(errs, fmt.Sprintf("%s: address %s is outside prefix %s", where, c.Addr, s.Prefix))
+		}
+		if c.Addr == s.Gateway {
+			errs = append(errs, fmt.Sprintf("%s: address %s is the gateway", where, c.Addr))
+		}
+		if other, ok := seenAddr[c.Addr]; ok {
+			errs = append(errs, fmt.Sprintf("%s: address %s is also container %q's", where, c.Addr, other))
+		}
+		seenAddr[c.Addr] = c.ID
+		for dir, rules := range map[string][]Rule{"ingress": c.Ingress, "egress": c.Egress} {
+			for j, r := range rules {
+				rw := fmt.Sprintf("%s %s rule %d", where, dir, j)
+				if _, ok := s.PeerSets[r.Peer]; !ok && r.Peer != PeerAny {
+					errs = append(errs, fmt.Sprintf("%s: peer %q is not in State.PeerSets; add it (possibly empty) or use %q", rw, r.Peer, PeerAny))
+				}
+				switch r.Proto {
+				case TCP, UDP:
+					n := 0
+					for _, pr := range r.Ports {
+						if pr.First == 0 || pr.Last < pr.First {
+							errs = append(errs, fmt.Sprintf("%s: port range %d-%d is empty or starts at 0", rw, pr.First, pr.Last))
+							continue
+						}
+						n += int(pr.Last-pr.First) + 1
+					}
+					if n > MaxRulePorts {
+						errs = append(errs, fmt.Sprintf("%s: ports cover %d ports, more than %d; open all ports instead", rw, n, MaxRulePorts))
+					}
+				case ICMP, Any:
+					if len(r.Ports) > 0 {
+						errs = append(errs, fmt.Sprintf("%s: %s takes no ports", rw, r.Proto))
+					}
+				default:
+					errs = append(errs, fmt.Sprintf("%s: unknown protocol %d", rw, r.Proto))
+				}
+			}
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	slices.Sort(errs)
+	return fmt.Errorf("invalid firewall state: %s", strings.Join(errs, "; "))
+}

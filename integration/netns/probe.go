@@ -1,0 +1,177 @@
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv6"
+)
+
+// ServeTCP listens on [addr]:port inside ns, greets every connection with
+// "ok\n" and then echoes what it reads, until the test ends.
+func (ns *NS) ServeTCP(t testing.TB, addr netip.Addr, port int) {
+	t.Helper()
+	var ln net.Listener
+	err := ns.Run(func() (err error) {
+		ln, err = net.Listen("tcp6", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen tcp %s:%d in %s: %v", addr, port, ns.Name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = io.WriteString(c, "ok\n")
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// ServeUDP echoes datagrams on [addr]:port inside ns until the test ends.
+func (ns *NS) ServeUDP(t testing.TB, addr netip.Addr, port int) {
+	t.Helper()
+	var pc net.PacketConn
+	err := ns.Run(func() (err error) {
+		pc, err = net.ListenPacket("udp6", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen udp %s:%d in %s: %v", addr, port, ns.Name, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], from)
+		}
+	}()
+}
+
+// DialTCP connects from ns to [dst]:port (source address src if valid) and
+// reads the server's greeting; nil means the round trip worked.
+func (ns *NS) DialTCP(src, dst netip.Addr, port int, timeout time.Duration) error {
+	c, err := ns.ConnectTCP(src, dst, port, timeout)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}
+
+// ConnectTCP is DialTCP that keeps the connection open (greeting consumed).
+func (ns *NS) ConnectTCP(src, dst netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Run(func() error {
+		d := net.Dialer{Timeout: timeout}
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
+		var err error
+		c, err = d.Dial("tcp6", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tcp %s -> [%s]:%d: %w", ns.Name, dst, port, err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("tcp greeting from [%s]:%d: %w", dst, port, err)
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+// EchoUDP sends one datagram from ns to [dst]:port and waits for the echo.
+func (ns *NS) EchoUDP(dst netip.Addr, port int, timeout time.Duration) error {
+	var c net.Conn
+	err := ns.Run(func() (err error) {
+		c, err = net.Dial("udp6", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("udp dial [%s]:%d: %w", dst, port, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return fmt.Errorf("udp send: %w", err)
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if err != nil {
+		return fmt.Errorf("udp echo from [%s]:%d: %w", dst, port, err)
+	}
+	if string(buf[:n]) != "ping" {
+		return fmt.Errorf("udp echo from [%s]:%d: got %q", dst, port, buf[:n])
+	}
+	return nil
+}
+
+// Ping sends one ICMPv6 echo request from ns to dst (raw socket) and waits
+// for the matching echo reply.
+func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
+	var pc *icmp.PacketConn
+	err := ns.Run(func() (err error) {
+		pc, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("icmp socket: %w", err)
+	}
+	defer pc.Close()
+	id := os.Getpid() & 0xffff
+	seq := int(time.Now().UnixNano() & 0x7fff)
+	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("v6reg")}}
+	b, err := msg.Marshal(nil)
+	if err != nil {
+		return err
+	}
+	if _, err := pc.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		return fmt.Errorf("icmp send to %s: %w", dst, err)
+	}
+	deadline := time.Now().Add(timeout)
+	_ = pc.SetReadDeadline(deadline)
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return fmt.Errorf("icmp echo reply from %s: %w", dst, err)
+		}
+		m, err := icmp.ParseMessage(58, buf[:n])
+		if err != nil || m.Type != ipv6.ICMPTypeEchoReply {
+			continue
+		}
+		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && from.String() == dst.String() {
+			return nil
+		}
+	}
+}
+
+// ErrTimeout reports whether err is a timeout (what a dropped packet looks
+// like to a dialer), as opposed to a refusal or an unreachable error.
+func ErrTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
+}

@@ -1,0 +1,102 @@
+# /etc/v6reg/v6reg.hcl: the v6reg agent's configuration.
+# Every field is optional except node_prefix. Environment variables override
+# the file (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT,
+# CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, NOMAD_ADDR, NOMAD_TOKEN, NOMAD_CACERT,
+# NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY, DOCKER_HOST, V6REG_NODE_PREFIX), and
+# `v6reg agent` flags override both. An invalid field stops the agent at start
+# with "file:line: field: what is wrong: what to do".
+# SIGHUP (systemctl reload v6reg) applies peer, namespace and services
+# changes live; everything else needs a restart (the agent logs which).
+
+# The IPv6 prefix routed to this node (/64 to /112; /80 is the convention).
+# node_prefix = "2001:db8:1:2:3::/80"
+
+# The bridge's address in node_prefix; never leased. Default: prefix::1.
+# gateway = "2001:db8:1:2:3::1"
+
+# Private IPv4 subnet for containers' IPv4 egress through the node's NAT.
+# ipv4_egress_subnet = "172.30.0.0/16"
+
+# Addresses never handed out (besides prefix::0 and the gateway).
+# reserved = []
+
+# How long a released address stays unused (stale DNS, Traefik and peer
+# caches still point at the old container).
+# hold_down = "1h"
+
+# state_dir       = "/var/lib/v6reg"          # lease store (ipam.db)
+# api_socket      = "/run/v6reg/v6reg.sock"   # root-only; v6reg status/explain
+# metrics_address = "127.0.0.1:9466"          # Prometheus /metrics, /healthz; "" disables
+# resync_interval = "60s"                     # full reconcile period
+# log_level       = "info"                    # debug, info, warn, error
+# log_format      = "text"                    # text or json
+# node_name       = ""                        # default: hostname
+
+docker {
+  # host           = "unix:///var/run/docker.sock"
+  # network        = "v6reg"        # jobs use network_mode = "v6reg"
+  # create_network = true           # create it at start, or check it matches
+  # bridge_name    = "v6reg0"
+  # plugin_name    = "v6reg"        # IPAM driver: /run/docker/plugins/v6reg.sock
+}
+
+consul {
+  # enabled           = true
+  # address           = "127.0.0.1:8500"
+  # token             = ""
+  # ca_file           = ""
+  # cert_file         = ""
+  # key_file          = ""
+  # service_id_prefix = "v6reg"     # marks the registrations v6reg owns
+}
+
+nomad {
+  # Read this node's allocations (policy from job meta). Containers started
+  # by Nomad stay closed while this is off.
+  enabled = true
+  # address = "http://127.0.0.1:4646"
+  # token   = ""
+  # node_id = ""                     # default: ask the local Nomad agent
+}
+
+# firewall {
+#   enabled = true                   # false leaves the whole prefix open
+# }
+
+# Your own prefixes: excluded from @internet.
+# internal_prefixes = ["2001:db8::/32"]
+
+# Named peer sets; jobs write them as @name.
+peer "traefik" {
+  prefixes = []
+}
+peer "monitoring" {
+  prefixes = []
+}
+peer "ops" {
+  prefixes = []
+}
+peer "dns" {
+  prefixes = []
+}
+
+# What the jobs of each Nomad namespace may ask for; "*" covers the others.
+# A namespace with no bounds may declare no rules (its containers stay closed).
+namespace "*" {
+  peers          = ["traefik", "monitoring", "ops", "dns"]
+  allow_internet = true
+  allow_any      = false
+  # prefixes     = ["2001:db8::/32"]   # where literal prefixes may point
+  # ingress_ports = ["80", "443", "8000-9999"]
+  # egress_ports  = []
+}
+
+services {
+  domain = "cloud.example"
+  # Tags for every v6reg_services entry: Go templates over .Job .Group .Task
+  # .Namespace .Service .Port .Check .Tier .Domain .Name .AllocID .ShortAllocID
+  # tags = [
+  #   "{{if ne .Check \"tcp\"}}traefik.enable=true{{end}}",
+  #   "{{if ne .Check \"tcp\"}}traefik.http.routers.{{.Name}}.rule=Host(`{{.Name}}.{{.Domain}}`){{end}}",
+  # ]
+}
