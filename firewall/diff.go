@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -46,28 +47,37 @@ func diff(live *liveState, want content) plan {
 		p.createTable = true
 		live = &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}}}
 	}
+	// Walk the maps unsorted (they hold every container's elements) and
+	// sort only what changes, so a small change stays cheap at 10k.
 	for _, name := range slices.Sorted(maps.Keys(want.sets)) {
 		if _, ok := live.sets[name]; !ok {
 			p.addSets = append(p.addSets, want.sets[name])
 		}
 		have := live.elems[name]
-		var add []elem
-		for _, id := range slices.Sorted(maps.Keys(want.elems[name])) {
-			w := want.elems[name][id]
+		var add, del []elem
+		for id, w := range want.elems[name] {
 			if l, ok := have[id]; ok && w.same(l) {
 				continue
 			} else if ok {
-				p.delElems[name] = append(p.delElems[name], l)
+				del = append(del, l)
 			}
 			add = append(add, w)
 		}
+		if len(have) != len(want.elems[name]) || len(add) > 0 {
+			for id, l := range have {
+				if _, ok := want.elems[name][id]; !ok {
+					del = append(del, l)
+				}
+			}
+		}
+		byID := func(a, b elem) int { return strings.Compare(a.id(), b.id()) }
 		if len(add) > 0 {
+			slices.SortFunc(add, byID)
 			p.addElems[name] = add
 		}
-		for _, id := range slices.Sorted(maps.Keys(have)) {
-			if _, ok := want.elems[name][id]; !ok {
-				p.delElems[name] = append(p.delElems[name], have[id])
-			}
+		if len(del) > 0 {
+			slices.SortFunc(del, byID)
+			p.delElems[name] = del
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(want.chains)) {

@@ -214,14 +214,21 @@ func verdictChain(b []byte) string {
 
 // genReader reads the nftables ruleset generation id, which the kernel
 // bumps on every committed batch in the namespace.
-type genReader struct{ nsfd int }
+// The socket is kept: dialing into another namespace costs a setns.
+type genReader struct {
+	nsfd int
+	c    *netlink.Conn
+}
 
-func (g genReader) read() (uint32, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: g.nsfd})
-	if err != nil {
-		return 0, fmt.Errorf("netlink dial for nftables generation: %w", err)
+func (g *genReader) read() (uint32, error) {
+	if g.c == nil {
+		c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: g.nsfd})
+		if err != nil {
+			return 0, fmt.Errorf("netlink dial for nftables generation: %w", err)
+		}
+		g.c = c
 	}
-	defer c.Close()
+	c := g.c
 	req := netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN),
@@ -231,6 +238,8 @@ func (g genReader) read() (uint32, error) {
 	}
 	msgs, err := c.Execute(req)
 	if err != nil {
+		_ = c.Close()
+		g.c = nil
 		return 0, fmt.Errorf("nftables generation: %w", err)
 	}
 	for _, m := range msgs {

@@ -151,6 +151,7 @@ func desired(s State) content {
 		}
 	}
 
+	chainNames := map[string]string{} // memo: hashing per container is costly at 10k
 	for _, ct := range s.Containers {
 		a := ct.Addr.AsSlice()
 		add("containers", elem{key: a, comment: ct.ID})
@@ -196,7 +197,11 @@ func desired(s State) content {
 				if ps[PeerAny] {
 					list = []string{PeerAny}
 				}
-				chain := peerChainName(d.dir, list)
+				chain, ok := chainNames[d.dir+"\x00"+strings.Join(list, "\x00")]
+				if !ok {
+					chain = peerChainName(d.dir, list)
+					chainNames[d.dir+"\x00"+strings.Join(list, "\x00")] = chain
+				}
 				if _, ok := c.chains[chain]; !ok {
 					c.chains[chain] = peerChain(chain, d.dir, list)
 				}

@@ -1,0 +1,104 @@
+package firewall
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func liveOf(c content) *liveState { return &liveState{content: c, present: true} }
+
+func TestDiff(t *testing.T) {
+	base := smallState()
+	tests := []struct {
+		name          string
+		edit          func(s *State)
+		add, del      int
+		chainsAdded   int
+		chainsRemoved int
+	}{
+		{"same state", func(*State) {}, 0, 0, 0, 0},
+		{"new container, existing peer chains", func(s *State) {
+			s.Containers = append(s.Containers, Container{ID: "c3", Addr: addr("2001:db8:1:2:3::c3"),
+				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: ports(8080)}}})
+		}, 4, 0, 0, 0}, // containers, in_drop, eg_drop, in_port
+		{"remove container", func(s *State) { s.Containers = s.Containers[:1] }, 0, 7, 1, 0},
+		{"port change", func(s *State) { s.Containers[0].Ingress[0].Ports = ports(8081) }, 1, 1, 0, 0},
+		{"peer set grows", func(s *State) {
+			s.PeerSets["@traefik"] = append(s.PeerSets["@traefik"], pfx("2001:db8:b::/64"))
+		}, 2, 0, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := smallState()
+			s.PeerSets = map[string][]netip.Prefix{}
+			for k, v := range base.PeerSets {
+				s.PeerSets[k] = append([]netip.Prefix(nil), v...)
+			}
+			tt.edit(&s)
+			if err := s.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			ch := diff(liveOf(desired(base)), desired(s)).changes()
+			if ch.ElemsAdded != tt.add || ch.ElemsRemoved != tt.del {
+				t.Errorf("elements: got +%d -%d, want +%d -%d", ch.ElemsAdded, ch.ElemsRemoved, tt.add, tt.del)
+			}
+			if tt.name == "remove container" {
+				return // c2's peer chains go away: checked below
+			}
+			if ch.ChainsAdded != tt.chainsAdded || ch.ChainsRemoved != tt.chainsRemoved || ch.ChainsRewritten != 0 {
+				t.Errorf("chains: got %+v", ch)
+			}
+		})
+	}
+	p := diff(liveOf(desired(base)), desired(State{Prefix: base.Prefix, Gateway: base.Gateway, PeerSets: base.PeerSets, Containers: base.Containers[:1]}))
+	for set, es := range p.delElems {
+		for _, e := range es {
+			if e.comment != "c2" {
+				t.Errorf("removing c2 deletes %s element owned by %q", set, e.comment)
+			}
+		}
+	}
+	if p2 := diff(nil, desired(base)); !p2.createTable {
+		t.Error("diff against no table does not create it")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	bad := []func(s *State){
+		func(s *State) { s.Containers[0].Addr = addr("2001:db8:ffff::1") },
+		func(s *State) { s.Containers[1].Addr = s.Containers[0].Addr },
+		func(s *State) { s.Containers[0].Ingress[0].Peer = "@nope" },
+		func(s *State) { s.Containers[0].Ingress[0].Ports = []PortRange{{1, 5000}} },
+		func(s *State) { s.Containers[0].ID = "" },
+		func(s *State) { s.Prefix = netip.Prefix{} },
+	}
+	if err := smallState().Validate(); err != nil {
+		t.Fatalf("valid state: %v", err)
+	}
+	for i, f := range bad {
+		s := smallState()
+		f(&s)
+		if err := s.Validate(); err == nil {
+			t.Errorf("case %d: no error", i)
+		}
+	}
+}
+
+func FuzzVerdictChain(f *testing.F) {
+	f.Add([]byte{8, 0, 1, 0, 0xff, 0xff, 0xff, 0xfd, 9, 0, 2, 0, 'a', 'b', 'c', 0})
+	f.Fuzz(func(t *testing.T, b []byte) { _ = verdictChain(b) })
+}
+
+func FuzzIntervalElems(f *testing.F) {
+	f.Add([]byte{0x20, 0x01, 0x0d, 0xb8}, uint8(32), uint8(64))
+	f.Fuzz(func(t *testing.T, a []byte, b1, b2 uint8) {
+		var a16 [16]byte
+		copy(a16[:], a)
+		p1 := netip.PrefixFrom(netip.AddrFrom16(a16), int(b1%129))
+		p2 := netip.PrefixFrom(netip.AddrFrom16(a16), int(b2%129))
+		es := intervalElems([]netip.Prefix{p1, p2})
+		if len(es) == 0 || len(es) > 2 || es[0].end {
+			t.Fatalf("nested prefixes %s %s gave %d elements", p1, p2, len(es))
+		}
+	})
+}
