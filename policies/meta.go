@@ -20,6 +20,12 @@ const (
 
 var fields = []Field{FieldIngress, FieldEgress, FieldServices, FieldTier}
 
+// labelIdentity are the label keys (v6reg.job, v6reg.namespace) that give a
+// container started without Nomad the job and namespace Nomad would give
+// it: what job:NAME peers, bounds and tag templates see. They are not
+// policy, so only labels may carry them.
+var labelIdentity = []string{"job", "namespace"}
+
 // Key returns the underscore spelling used in Nomad meta blocks.
 func (f Field) Key() string { return "v6reg_" + string(f) }
 
@@ -111,6 +117,9 @@ func (m *Meta) apply(meta map[string]string, level Level) {
 			continue
 		}
 		if slices.Contains(fields, Field(rest[1:])) {
+			continue
+		}
+		if level == LevelLabel && slices.Contains(labelIdentity, rest[1:]) {
 			continue
 		}
 		known := make([]string, 0, 2*len(fields))
