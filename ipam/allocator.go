@@ -53,6 +53,10 @@ func NewAllocator(store Store, pools []PoolConfig, o AllocatorOptions) (*Allocat
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	// Times as the store keeps them: no monotonic reading, UTC, so a lease
+	// in memory equals the same lease read back after a restart.
+	clock := o.Now
+	o.Now = func() time.Time { return clock().Round(0).UTC() }
 	if o.Rand == nil {
 		o.Rand = rand.Reader
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
+	"github.com/vishvananda/netlink"
 )
 
 // BusyboxRef is the locally built test image.
@@ -45,6 +46,10 @@ type Options struct {
 	ExtraArgs []string
 	// Logf receives progress lines; nil discards.
 	Logf func(format string, args ...any)
+	// Start starts the dockerd process; nil starts it in the current
+	// network namespace. The end-to-end topology passes a netns' Start so
+	// dockerd, its bridge and its containers live in the node namespace.
+	Start func(*exec.Cmd) error
 }
 
 // Daemon is a running private dockerd.
@@ -111,7 +116,11 @@ func (d *Daemon) start(ctx context.Context) error {
 	// Its own process group, so a test's ctrl-C does not kill it before
 	// cleanup, and so cleanup can signal what it spawned.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	startFn := d.opts.Start
+	if startFn == nil {
+		startFn = (*exec.Cmd).Start
+	}
+	if err := startFn(cmd); err != nil {
 		return fmt.Errorf("dockerd start: %w", err)
 	}
 	d.cmd = cmd
@@ -203,39 +212,87 @@ func (d *Daemon) Restart(ctx context.Context) error {
 	return d.start(ctx)
 }
 
-// Cleanup removes every container and network, stops the daemon, unmounts
-// whatever it left below Dir and removes Dir. It is safe on a partly
+// RemoveAll force-removes every container and every non-default network.
+// Tests that run a network plugin call it (via t.Cleanup registered after
+// the plugin starts, so it runs before the plugin stops): without the
+// plugin, dockerd retries the plugin on every removal.
+func (d *Daemon) RemoveAll(ctx context.Context) error {
+	if d.cmd == nil || d.Client == nil {
+		return nil
+	}
+	var errs []error
+	cs, err := d.Client.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	for _, c := range cs {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := d.Client.ContainerRemove(rctx, c.ID, container.RemoveOptions{Force: true}); err != nil {
+			errs = append(errs, fmt.Errorf("remove container %.12s: %w", c.ID, err))
+		}
+		cancel()
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	ns, err := d.Client.NetworkList(ctx, network.ListOptions{})
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list networks: %w", err))...)
+	}
+	for _, n := range ns {
+		if n.Name == "none" || n.Name == "host" || n.Name == "bridge" {
+			continue
+		}
+		if err := d.Client.NetworkRemove(ctx, n.ID); err != nil {
+			errs = append(errs, fmt.Errorf("remove network %s: %w", n.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Cleanup removes every container and network, stops the daemon, kills
+// whatever it left running (containerd, shims and their containers),
+// unmounts what is left below Dir and removes Dir. It is safe on a partly
 // started or already stopped daemon and returns every failure.
 func (d *Daemon) Cleanup(ctx context.Context) error {
 	var errs []error
+	// Bridges of networks that fail to go away would outlive the daemon.
+	var bridges []string
 	if d.cmd != nil && d.Client != nil {
-		cs, err := d.Client.ContainerList(ctx, container.ListOptions{All: true})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list containers: %w", err))
-		}
-		for _, c := range cs {
-			if err := d.Client.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil {
-				errs = append(errs, fmt.Errorf("remove container %s: %w", c.ID[:12], err))
-			}
-		}
-		ns, err := d.Client.NetworkList(ctx, network.ListOptions{})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("list networks: %w", err))
-		}
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		ns, _ := d.Client.NetworkList(lctx, network.ListOptions{})
+		cancel()
 		for _, n := range ns {
-			if n.Name == "none" || n.Name == "host" || n.Name == "bridge" {
+			if n.Driver != "bridge" {
 				continue
 			}
-			if err := d.Client.NetworkRemove(ctx, n.ID); err != nil {
-				errs = append(errs, fmt.Errorf("remove network %s: %w", n.Name, err))
+			if b := n.Options["com.docker.network.bridge.name"]; b != "" {
+				bridges = append(bridges, b)
+			} else if len(n.ID) >= 12 {
+				bridges = append(bridges, "br-"+n.ID[:12])
 			}
 		}
 	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := d.RemoveAll(rctx); err != nil {
+		errs = append(errs, err)
+	}
+	cancel()
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	if err := d.Stop(sctx); err != nil {
 		errs = append(errs, err)
 	}
 	cancel()
+	if n := killBelow(d.Dir); n > 0 {
+		d.opts.Logf("dockerd cleanup: killed %d leftover processes (containerd, shims, container processes)", n)
+	}
+	for _, b := range bridges {
+		if l, err := netlink.LinkByName(b); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("delete leftover bridge %s: %w", b, err))
+			}
+		}
+	}
 	if d.Client != nil {
 		_ = d.Client.Close()
 	}
@@ -246,6 +303,44 @@ func (d *Daemon) Cleanup(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("remove %s: %w", d.Dir, err))
 	}
 	return errors.Join(errs...)
+}
+
+// killBelow SIGKILLs every process whose command line names dir (the
+// containerd and shims of this daemon) and all their descendants.
+func killBelow(dir string) int {
+	entries, _ := os.ReadDir("/proc")
+	parent := map[int]int{}
+	victims := map[int]bool{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && bytes.Contains(cmd, []byte(dir)) {
+			victims[pid] = true
+		}
+		if stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
+			// The comm field may hold spaces; ppid follows the last ')'.
+			if i := bytes.LastIndexByte(stat, ')'); i > 0 {
+				if f := strings.Fields(string(stat[i+1:])); len(f) > 1 {
+					ppid, _ := strconv.Atoi(f[1])
+					parent[pid] = ppid
+				}
+			}
+		}
+	}
+	for changed := true; changed; {
+		changed = false
+		for pid, ppid := range parent {
+			if victims[ppid] && !victims[pid] {
+				victims[pid], changed = true, true
+			}
+		}
+	}
+	for pid := range victims {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return len(victims)
 }
 
 // unmountBelow detaches every mount under dir, deepest first.
@@ -301,6 +396,12 @@ func unescapeMount(s string) string {
 // Without dockerd the test fails, naming the package to install.
 func Start(t testing.TB) *Daemon {
 	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options (Logf defaults to t.Logf).
+func StartWith(t testing.TB, o Options) *Daemon {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
 			t.Fatal("dockerd tests need root; CI runs as root")
@@ -317,7 +418,10 @@ func Start(t testing.TB) *Daemon {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	d, err := StartDaemon(ctx, dir, Options{Logf: t.Logf})
+	if o.Logf == nil {
+		o.Logf = t.Logf
+	}
+	d, err := StartDaemon(ctx, dir, o)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()

@@ -16,7 +16,6 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
-	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -25,11 +24,20 @@ import (
 
 // RequireRoot skips the test when not running as root: namespaces, veths
 // and nftables need CAP_SYS_ADMIN and CAP_NET_ADMIN.
-func RequireRoot(t testing.TB) {
+func RequireRoot(t T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, veths and nftables tables")
 	}
+}
+
+// T is what New needs of its caller: *testing.T and *testing.B satisfy it,
+// and so does the demo's runner, which is not a test.
+type T interface {
+	Helper()
+	Cleanup(func())
+	Fatalf(format string, args ...any)
+	Skip(args ...any)
 }
 
 var seq atomic.Uint32
@@ -44,7 +52,7 @@ type NS struct {
 // New creates a network namespace whose name is unique to this process
 // (name, pid and a counter) and deletes it in t.Cleanup, even on failure.
 // Loopback is brought up.
-func New(t testing.TB, name string) *NS {
+func New(t T, name string) *NS {
 	t.Helper()
 	RequireRoot(t)
 	full := fmt.Sprintf("v6t-%s-%d-%d", name, os.Getpid(), seq.Add(1))
