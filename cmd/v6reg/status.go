@@ -269,8 +269,14 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 func printExplain(w io.Writer, a *agent.ExplainAnswer) {
 	c := a.Container
 	fmt.Fprintf(w, "container %s (%s) address %s\n", c.Name, c.ID[:min(12, len(c.ID))], c.Address)
-	if c.Job != "" {
-		fmt.Fprintf(w, "  job %s group %s task %s alloc %s namespace %s\n", c.Job, c.Group, c.Task, c.AllocID, c.Namespace)
+	var who []string
+	for _, kv := range [][2]string{{"job", c.Job}, {"group", c.Group}, {"task", c.Task}, {"alloc", c.AllocID}, {"namespace", c.Namespace}} {
+		if kv[1] != "" {
+			who = append(who, kv[0]+" "+kv[1])
+		}
+	}
+	if len(who) > 0 {
+		fmt.Fprintf(w, "  %s\n", strings.Join(who, ", "))
 	}
 	printRules := func(title, src string, rules []agent.RuleState) {
 		fmt.Fprintf(w, "  %s", title)
