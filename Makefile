@@ -8,7 +8,7 @@ LDFLAGS      := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 BIN          := bin/v6reg
 CACHE        ?= /var/cache/v6reg
 TEST_TIMEOUT ?= 18m
-GOLANGCI     := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.6.2
+GOLANGCI     := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
 .PHONY: all build test test-unit deps consul lint fuzz bench demo demo-clean rpm clean
 
@@ -59,8 +59,25 @@ demo: deps build
 demo-clean:
 	$(GO) run ./integration/cmd/demo -clean
 
+## rpm: the RPM into $(RPM_DIR): v6reg-VERSION-1.ARCH.rpm, and v6reg.rpm linking
+## to it (a stable name for scripts). Version from git (packaging/rpm-version.sh).
+## RPM_VERSION=1.2.3 overrides the version (it must not contain '-').
+## nfpm comes from the Go module proxy: v2.45.2 is the newest whose
+## dependencies all resolve there (v2.46+ need go.digitalxero.dev modules).
+NFPM        := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+RPM_DIR     ?= bin
+RPM_VERSION ?=
 rpm: build
-	$(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.43.1 package -f packaging/nfpm.yaml -p rpm -t bin/
+	@set -euo pipefail; \
+	ver='$(RPM_VERSION)'; [ -n "$$ver" ] || ver=$$(packaging/rpm-version.sh); \
+	case $$ver in *-*) echo "rpm: version $$ver contains '-'; RPM forbids it" >&2; exit 1;; esac; \
+	arch=$$($(GO) env GOARCH); \
+	mkdir -p $(RPM_DIR); rm -f $(RPM_DIR)/v6reg-*.rpm $(RPM_DIR)/v6reg.rpm; \
+	V6REG_RPM_VERSION=$$ver V6REG_ARCH=$$arch V6REG_BIN=$(BIN) \
+	  $(GO) run $(NFPM) package -f packaging/nfpm.yaml -p rpm -t $(RPM_DIR)/; \
+	pkg=$$(cd $(RPM_DIR) && ls v6reg-*.rpm); \
+	ln -sfn $$pkg $(RPM_DIR)/v6reg.rpm; \
+	echo "$(RPM_DIR)/$$pkg ($(RPM_DIR)/v6reg.rpm)"
 
 clean:
 	rm -rf bin bench.out

@@ -48,7 +48,8 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 }
 
 // SpoofDrops reads how many packets were dropped because their source was
-// in the prefix but owned by no container or came from the wrong link.
+// in the prefix but owned by no container, came from the wrong link, or
+// came from another MAC than its container's (Container.MAC).
 func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
 	if err := ctx.Err(); err != nil {
 		return Counter{}, err
@@ -58,10 +59,9 @@ func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
 		return Counter{}, fmt.Errorf("read anti-spoofing counters: %w", err)
 	}
 	var sum Counter
-	for i, r := range rules {
-		if i >= 2 { // the first two rules of egress are the anti-spoofing ones
-			break
-		}
+	// Only the anti-spoofing rules of egress (wrong link, unowned
+	// address, wrong MAC) carry counters.
+	for _, r := range rules {
 		for _, e := range r.Exprs {
 			if c, ok := e.(*expr.Counter); ok {
 				sum.Packets += c.Packets

@@ -21,13 +21,15 @@ import (
 type Firewall struct {
 	conn *nftables.Conn
 	log  *slog.Logger
-	gen  genReader
+	gen  interface{ read() (uint32, error) } // a *genReader but in tests
 
-	mu   sync.Mutex
-	live *content // what the table held after our last commit
-	// liveGen is the ruleset generation right after our last commit; if it
-	// is unchanged, nobody touched any table since and live is exact.
+	mu sync.Mutex
+	// m is what the table held after our last commit (nil: unknown).
+	// liveGen is the ruleset generation right after it; if the generation
+	// is unchanged, nobody touched any table since and m.want is exact.
+	m       *model
 	liveGen uint32
+	comp    *compiler
 
 	everApplied bool
 
@@ -55,7 +57,7 @@ func (c Changes) Restored() bool { return c.TableCreated || c.ChainsRewritten > 
 // nsfd (0 for the current namespace) so the generation check reads the same
 // namespace.
 func New(conn *nftables.Conn, nsfd int, log *slog.Logger) *Firewall {
-	return &Firewall{conn: conn, log: log, gen: genReader{nsfd: nsfd}}
+	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}}
 }
 
 // Restores counts the Applies that found the table missing or a chain's
@@ -66,9 +68,15 @@ var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 
 // Apply makes the table hold exactly what s describes.
 //
-// It reads the live table (only when something committed to nftables since
-// its own last commit: the ruleset generation tells), computes the
-// difference and sends it as one netlink batch, so a container's change is
+// It keeps what it committed last, per container and peer set. When the
+// ruleset generation shows that nobody committed to nftables since, the
+// table is known without reading it, and only the containers and peer sets
+// that differ from the last Apply are validated, compiled and sent: the
+// cost of a change is proportional to the change, plus one comparison per
+// container. Otherwise (first Apply, someone else's commit, an earlier
+// error) it validates everything, reads the table and diffs it whole.
+//
+// The difference is sent as one netlink batch, so a container's change is
 // atomic. The table is created when missing and never deleted or flushed.
 // A change larger than one netlink message can carry (a first apply of
 // thousands of containers) is sent as several batches in this order: new
@@ -79,36 +87,71 @@ var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 //
 // Applying the same State again sends nothing.
 func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
-	if err := s.Validate(); err != nil {
-		return Changes{}, err
-	}
-	want := desired(s)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return Changes{}, err
 	}
-	live, err := f.liveContent()
-	if err != nil {
-		return Changes{}, err
-	}
-	plan := diff(live, want)
-	ch := plan.changes()
-	if plan.empty() {
-		return ch, nil
+	if f.comp == nil {
+		f.comp = newCompiler()
 	}
 	g0, gerr := f.gen.read()
-	batches, err := f.send(plan)
+	var p plan
+	incremental := false
+	if f.m != nil && gerr == nil && g0 == f.liveGen {
+		var ok bool
+		if p, ok = f.m.update(s, f.comp, nil); ok {
+			incremental = true
+		} else if err := s.Validate(); err != nil {
+			return Changes{}, err // the model is untouched
+		}
+	}
+	if !incremental {
+		if err := s.Validate(); err != nil {
+			return Changes{}, err
+		}
+		var reuse map[string]*compiled
+		var live *liveState
+		if f.m != nil {
+			reuse = f.m.conts
+			if gerr == nil && g0 == f.liveGen && f.m.prefix == s.Prefix && f.m.gateway == s.Gateway {
+				live = &liveState{content: f.m.want, present: true}
+			}
+		}
+		m := newModel(s.Prefix, s.Gateway)
+		if _, ok := m.update(s, f.comp, reuse); !ok {
+			return Changes{}, fmt.Errorf("firewall state: accepted by Validate but not by the model (a bug)")
+		}
+		f.m = nil // until the table is known to match
+		if live == nil {
+			var err error
+			if live, err = f.readLive(); err != nil {
+				return Changes{}, err
+			}
+		}
+		p = diff(live, m.want)
+		f.m = m
+	}
+	ch := p.changes()
+	if p.empty() {
+		if !incremental {
+			f.liveGen = g0
+			if gerr != nil {
+				f.m = nil
+			}
+		}
+		return ch, nil
+	}
+	batches, err := f.send(p)
 	ch.Batches = batches
 	if err != nil {
-		f.live = nil // unknown: re-read next time
+		f.m = nil // unknown: re-read next time
 		return ch, fmt.Errorf("nftables batch for table inet %s: %w", TableName, err)
 	}
 	g1, gerr1 := f.gen.read()
-	f.live = &want
 	f.liveGen = g1
 	if gerr != nil || gerr1 != nil || g1 != g0+uint32(batches) {
-		f.live = nil // someone else committed meanwhile: trust nothing cached
+		f.m = nil // someone else committed meanwhile: trust nothing cached
 	}
 	if ch.Restored() && f.everApplied {
 		f.restores.Add(1)
@@ -121,17 +164,6 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		"chains_added", ch.ChainsAdded, "chains_removed", ch.ChainsRemoved,
 		"chains_rewritten", ch.ChainsRewritten, "table_created", ch.TableCreated, "batches", batches)
 	return ch, nil
-}
-
-// liveContent returns the cached content when the ruleset generation shows
-// nobody committed since our last commit, else reads the table.
-func (f *Firewall) liveContent() (*liveState, error) {
-	if f.live != nil {
-		if g, err := f.gen.read(); err == nil && g == f.liveGen {
-			return &liveState{content: *f.live, present: true}, nil
-		}
-	}
-	return f.readLive()
 }
 
 // liveState is the table as read, plus whether it exists.

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os/exec"
 	"testing"
@@ -28,10 +29,13 @@ func (w tWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b
 // newFirewall returns a Firewall on a fresh conn into ns.
 func newFirewall(t testing.TB, ns *netns.NS) *Firewall {
 	t.Helper()
-	conn, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	// A lasting conn: one socket for every call, as the agent should use
+	// (a transient conn dials, and enters the namespace, per call).
+	conn, err := nftables.New(nftables.WithNetNSFd(ns.Fd()), nftables.AsLasting())
 	if err != nil {
 		t.Fatalf("nftables conn: %v", err)
 	}
+	t.Cleanup(func() { _ = conn.CloseLasting() })
 	return New(conn, ns.Fd(), testLogger(t))
 }
 
@@ -69,7 +73,7 @@ func smallState() State {
 			"service:pg": {pfx("2001:db8:1:2:3::c2/128"), pfx("2001:db8:9::/48")},
 		},
 		Containers: []Container{
-			{ID: "c1", Addr: addr("2001:db8:1:2:3::c1"),
+			{ID: "c1", Addr: addr("2001:db8:1:2:3::c1"), MAC: net.HardwareAddr{0x02, 0x42, 0xac, 0x11, 0, 0xc1},
 				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: ports(8080)}, {Peer: "any", Proto: ICMP}},
 				Egress:  []Rule{{Peer: "service:pg", Proto: TCP, Ports: ports(5432)}}},
 			{ID: "c2", Addr: addr("2001:db8:1:2:3::c2"),

@@ -69,6 +69,7 @@ var (
 	keyAddr      = nftables.TypeIP6Addr
 	keyAddrProto = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto)
 	keyAddrPort  = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
+	keyAddrMAC   = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeEtherAddr)
 )
 
 // Static sets and maps; names are part of the table's public shape
@@ -77,6 +78,12 @@ var staticSets = []setSpec{
 	{name: "containers", keyType: keyAddr, comment: "addresses owned by containers"},
 	{name: "in_drop", keyType: keyAddr, counter: true, comment: "ingress drops per container"},
 	{name: "eg_drop", keyType: keyAddr, counter: true, comment: "egress drops per container"},
+	{name: "mac_bound", keyType: keyAddr, comment: "addresses whose source MAC is checked"},
+	{name: "src_mac", keyType: keyAddrMAC, concat: true, comment: "address . MAC of each container"},
+	// Verdict maps that jump to a peer chain. The kernel re-validates every
+	// verdict map reachable from a base chain, walking all its elements,
+	// whenever an element with a jump is added; that walk, not the diff, is
+	// most of the cost of a change at 10k containers (see README.md).
 	{name: "in_port", keyType: keyAddrPort, concat: true, vmap: true},
 	{name: "in_proto", keyType: keyAddrProto, concat: true, vmap: true},
 	{name: "in_icmp", keyType: keyAddr, vmap: true},
@@ -132,87 +139,140 @@ func port(p uint16) []byte { return binary.BigEndian.AppendUint16(nil, p) }
 
 // desired computes the table content for s. s must be valid.
 func desired(s State) content {
-	c := content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}}
-	for _, ss := range staticSets {
-		c.sets[ss.name] = ss
-		c.elems[ss.name] = map[string]elem{}
+	m := newModel(s.Prefix, s.Gateway)
+	if _, ok := m.update(s, newCompiler(), nil); !ok {
+		panic("desired: invalid state")
 	}
-	add := func(set string, e elem) { c.elems[set][e.id()] = e }
+	return m.want
+}
 
-	for name, prefixes := range s.PeerSets {
-		sn := peerSetName(name)
-		c.sets[sn] = setSpec{name: sn, keyType: keyAddr, interval: true, comment: name}
-		c.elems[sn] = map[string]elem{}
-		for _, e := range intervalElems(prefixes) {
-			if !e.end { // the kernel refuses userdata on interval ends
-				e.comment = name
-			}
-			add(sn, e)
+// setElem is one element and the set it belongs to.
+type setElem struct {
+	set string
+	e   elem
+}
+
+// compiled is one container's share of the table: everything it adds, so
+// that removing or changing it touches only these elements.
+type compiled struct {
+	c      Container // a deep copy of what was compiled, to detect changes
+	elems  []setElem
+	chains []chainSpec // peer chains its map elements jump to
+	peers  []string    // peer sets its rules name
+	// seen and kept are the model epoch in which the container was found
+	// in the State (seen) and found unchanged (kept).
+	seen, kept uint64
+}
+
+// compiler turns containers into elements. It memoizes peer chains:
+// naming and tagging one costs two hashes, and thousands of containers
+// share a few peer lists.
+type compiler struct {
+	chains map[string]chainSpec // dir + "\x00" + peers -> chain
+}
+
+func newCompiler() *compiler { return &compiler{chains: map[string]chainSpec{}} }
+
+func (cp *compiler) peerChain(dir string, list []string) chainSpec {
+	k := dir + "\x00" + strings.Join(list, "\x00")
+	if ch, ok := cp.chains[k]; ok {
+		return ch
+	}
+	if len(cp.chains) > 1<<14 { // bound the memo; it is only a cache
+		clear(cp.chains)
+	}
+	ch := peerChain(peerChainName(dir, list), dir, list)
+	cp.chains[k] = ch
+	return ch
+}
+
+// container computes the elements of one (valid) container.
+func (cp *compiler) container(ct Container) *compiled {
+	out := &compiled{c: cloneContainer(ct)}
+	a := ct.Addr.AsSlice()
+	add := func(set string, e elem) { out.elems = append(out.elems, setElem{set, e}) }
+	add("containers", elem{key: a, comment: ct.ID})
+	add("in_drop", elem{key: a, comment: ct.ID})
+	add("eg_drop", elem{key: a, comment: ct.ID})
+	if len(ct.MAC) == 6 {
+		add("mac_bound", elem{key: a, comment: ct.ID})
+		add("src_mac", elem{key: key(a, ct.MAC), comment: ct.ID})
+	}
+	peerSeen := map[string]bool{}
+	chainSeen := map[string]bool{}
+	for _, d := range []struct {
+		dir   string
+		rules []Rule
+	}{{"in", ct.Ingress}, {"eg", ct.Egress}} {
+		// Rules that share a key are merged into one peer chain.
+		type keyed struct {
+			set, key string
+			peers    []string
 		}
-	}
-
-	chainNames := map[string]string{} // memo: hashing per container is costly at 10k
-	for _, ct := range s.Containers {
-		a := ct.Addr.AsSlice()
-		add("containers", elem{key: a, comment: ct.ID})
-		add("in_drop", elem{key: a, comment: ct.ID})
-		add("eg_drop", elem{key: a, comment: ct.ID})
-		for _, d := range []struct {
-			dir   string
-			rules []Rule
-		}{{"in", ct.Ingress}, {"eg", ct.Egress}} {
-			// Rules that share a key are merged into one peer chain.
-			peers := map[string]map[string]bool{} // set + "\x00" + key -> peers
-			note := func(set string, k []byte, peer string) {
-				id := set + "\x00" + string(k)
-				if peers[id] == nil {
-					peers[id] = map[string]bool{}
-				}
-				peers[id][peer] = true
+		var order []string
+		peers := map[string]*keyed{}
+		note := func(set string, k []byte, peer string) {
+			id := set + "\x00" + string(k)
+			kd := peers[id]
+			if kd == nil {
+				kd = &keyed{set: set, key: string(k)}
+				peers[id] = kd
+				order = append(order, id)
 			}
-			for _, r := range d.rules {
-				switch r.Proto {
-				case TCP, UDP:
-					if len(r.Ports) == 0 {
-						note(d.dir+"_proto", key(a, []byte{byte(r.Proto)}), r.Peer)
-					}
-					for _, pr := range r.Ports {
-						for p := int(pr.First); p <= int(pr.Last); p++ {
-							note(d.dir+"_port", key(a, []byte{byte(r.Proto)}, port(uint16(p))), r.Peer)
-						}
-					}
-				case ICMP:
-					note(d.dir+"_icmp", a, r.Peer)
-				case Any:
-					note(d.dir+"_any", a, r.Peer)
-				}
+			if !slices.Contains(kd.peers, peer) {
+				kd.peers = append(kd.peers, peer)
 			}
-			for id, ps := range peers {
-				set, k, _ := strings.Cut(id, "\x00")
-				list := make([]string, 0, len(ps))
-				for p := range ps {
-					list = append(list, p)
+		}
+		for _, r := range d.rules {
+			if r.Peer != PeerAny && !peerSeen[r.Peer] {
+				peerSeen[r.Peer] = true
+				out.peers = append(out.peers, r.Peer)
+			}
+			switch r.Proto {
+			case TCP, UDP:
+				if len(r.Ports) == 0 {
+					note(d.dir+"_proto", key(a, []byte{byte(r.Proto)}), r.Peer)
 				}
+				for _, pr := range r.Ports {
+					for p := int(pr.First); p <= int(pr.Last); p++ {
+						note(d.dir+"_port", key(a, []byte{byte(r.Proto)}, port(uint16(p))), r.Peer)
+					}
+				}
+			case ICMP:
+				note(d.dir+"_icmp", a, r.Peer)
+			case Any:
+				note(d.dir+"_any", a, r.Peer)
+			}
+		}
+		for _, id := range order {
+			kd := peers[id]
+			list := kd.peers
+			if slices.Contains(list, PeerAny) {
+				list = []string{PeerAny}
+			} else {
 				slices.Sort(list)
-				if ps[PeerAny] {
-					list = []string{PeerAny}
-				}
-				chain, ok := chainNames[d.dir+"\x00"+strings.Join(list, "\x00")]
-				if !ok {
-					chain = peerChainName(d.dir, list)
-					chainNames[d.dir+"\x00"+strings.Join(list, "\x00")] = chain
-				}
-				if _, ok := c.chains[chain]; !ok {
-					c.chains[chain] = peerChain(chain, d.dir, list)
-				}
-				add(set, elem{key: []byte(k), chain: chain, comment: ct.ID})
 			}
+			ch := cp.peerChain(d.dir, list)
+			if !chainSeen[ch.name] {
+				chainSeen[ch.name] = true
+				out.chains = append(out.chains, ch)
+			}
+			add(kd.set, elem{key: []byte(kd.key), chain: ch.name, comment: ct.ID})
 		}
 	}
-	for _, ch := range baseChains(s.Prefix) {
-		c.chains[ch.name] = ch
+	return out
+}
+
+// peerSetElems computes a peer set's spec and elements.
+func peerSetElems(name string, prefixes []netip.Prefix) (setSpec, []elem) {
+	sn := peerSetName(name)
+	es := intervalElems(prefixes)
+	for i := range es {
+		if !es[i].end { // the kernel refuses userdata on interval ends
+			es[i].comment = name
+		}
 	}
-	return c
+	return setSpec{name: sn, keyType: keyAddr, interval: true, comment: name}, es
 }
 
 // intervalElems turns prefixes into the start/end elements of an interval
@@ -371,6 +431,16 @@ func baseChains(prefix netip.Prefix) []chainSpec {
 			&expr.Counter{}, verdict(expr.VerdictDrop, "")),
 		// Anti-spoofing 2: only addresses that a container owns may send.
 		rule(payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "containers", Invert: true},
+			&expr.Counter{}, verdict(expr.VerdictDrop, "")),
+		// Anti-spoofing 3: an address whose container's MAC is known may
+		// only be sent from that MAC, so a container cannot use another
+		// container's address on the shared bridge. The frame's source MAC
+		// is read from the link-layer header, which the forward hook still
+		// has for routed packets from the bridge and for bridged ones
+		// (br_netfilter); see README.md.
+		rule(payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "mac_bound"},
+			&expr.Payload{DestRegister: reg32b, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+			&expr.Lookup{SourceRegister: reg1, SetName: "src_mac", Invert: true},
 			&expr.Counter{}, verdict(expr.VerdictDrop, "")),
 	}
 	egress = append(egress, directionChain("eg")...)

