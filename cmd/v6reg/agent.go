@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -335,6 +336,11 @@ func restartFields(a, b config.Config) []string {
 	check("gateway", a.Gateway != b.Gateway)
 	check("ipv4_egress_subnet", a.IPv4Subnet != b.IPv4Subnet)
 	check("hold_down", a.HoldDown != b.HoldDown)
+	check("reserved", !slices.Equal(a.Reserved, b.Reserved))
+	check("resync_interval", a.ResyncInterval != b.ResyncInterval)
+	check("log_level", a.LogLevel != b.LogLevel)
+	check("log_format", a.LogFormat != b.LogFormat)
+	check("node_name", a.NodeName != b.NodeName)
 	check("state_dir", a.StateDir != b.StateDir)
 	check("api_socket", a.APISocket != b.APISocket)
 	check("metrics_address", a.MetricsAddress != b.MetricsAddress)

@@ -24,7 +24,8 @@ func (ns *NS) Path() string { return "/run/netns/" + ns.Name }
 func (ns *NS) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	var c net.Conn
 	err := ns.Run(func() error {
-		var d net.Dialer
+		// Bounded, so a dial to a dropped address cannot outlive the test.
+		d := net.Dialer{Timeout: 10 * time.Second}
 		var err error
 		c, err = d.DialContext(ctx, network, addr)
 		return err

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
@@ -47,6 +48,12 @@ type NS struct {
 	Name   string
 	handle netns.NsHandle
 	nl     *netlink.Handle
+
+	// mu guards handle against close: a Run still in flight when the test
+	// ends (an HTTP dial to a dropped address outlives its request) must
+	// see a closed namespace, not a closed or reused fd.
+	mu     sync.RWMutex
+	closed bool
 }
 
 // New creates a network namespace whose name is unique to this process
@@ -110,11 +117,24 @@ func newNamed(name string) (netns.NsHandle, error) {
 }
 
 func (ns *NS) close() {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	ns.closed = true
 	if ns.nl != nil {
 		ns.nl.Close()
 	}
 	ns.handle.Close()
 	_ = netns.DeleteNamed(ns.Name)
+}
+
+// enter switches the calling (locked) thread into the namespace.
+func (ns *NS) enter() error {
+	ns.mu.RLock()
+	defer ns.mu.RUnlock()
+	if ns.closed {
+		return fmt.Errorf("netns %s: already removed", ns.Name)
+	}
+	return netns.Set(ns.handle)
 }
 
 // Fd is the namespace's file descriptor, e.g. for nftables.WithNetNSFd.
@@ -138,7 +158,7 @@ func (ns *NS) Run(f func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(ns.handle); err != nil {
+		if err := ns.enter(); err != nil {
 			errc <- fmt.Errorf("enter netns %s: %w", ns.Name, err)
 			return
 		}
