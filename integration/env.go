@@ -226,7 +226,15 @@ func (e *Env) StartAgent(ctx context.Context) error {
 	done := make(chan struct{})
 	e.agentDone = done
 	go func() { _ = cmd.Wait(); close(done) }()
-	e.t.Cleanup(func() { e.StopAgent(syscall.SIGKILL) })
+	e.t.Cleanup(func() {
+		// Containers and the network go while the agent, Docker's IPAM
+		// driver, still answers: otherwise dockerd waits on the dead
+		// driver for every release (about a minute per topology).
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		_ = e.Docker.RemoveAll(ctx)
+		e.StopAgent(syscall.SIGKILL)
+	})
 	for {
 		s, err := e.Status()
 		if err == nil && !s.At.IsZero() {

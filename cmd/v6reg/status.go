@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -100,7 +101,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// printStatus writes the status table; it fits 80 columns.
+// printStatus writes the status table. It fits 80 columns for a /80: the
+// address column shows the host part (the prefix is in the header), rule
+// and drop counts are in/out pairs, and long names are cut with a '~'.
 func printStatus(w io.Writer, s *agent.Snapshot) {
 	fmt.Fprintf(w, "node %s  prefix %s  nomad %s  reconciled %s ago\n", s.Node, s.Prefix, s.Nomad, time.Since(s.At).Round(time.Second))
 	if s.FirewallErr != "" {
@@ -109,30 +112,31 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 	if s.ConsulErr != "" {
 		fmt.Fprintf(w, "CONSUL ERROR: %s\n", s.ConsulErr)
 	}
+	prefix, _ := netip.ParsePrefix(s.Prefix)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
-	fmt.Fprintln(tw, "JOB/TASK\tALLOC\tADDRESS\tIN\tOUT\tCONSUL\tDROPS\tSTATE")
+	fmt.Fprintln(tw, "JOB/TASK\tALLOC\tADDRESS\tRULES\tCONSUL\tDROPS\tSTATE")
 	var notes []string
 	for _, c := range s.Containers {
 		name := c.Task
-		if c.Job != "" {
+		if c.Job != "" && c.Job != c.Task {
 			name = c.Job + "/" + c.Task
+		} else if c.Job != "" {
+			name = c.Job
 		}
 		alloc := "-"
 		if c.AllocID != "" {
 			alloc = c.AllocID[:min(8, len(c.AllocID))]
 		}
 		consul := "-"
-		if len(c.Services) > 0 {
-			var names []string
-			for _, sv := range c.Services {
-				if sv.Name == "v6reg-jobs" {
-					continue
-				}
-				names = append(names, sv.Name+":"+strconv.Itoa(sv.Port))
+		var names []string
+		for _, sv := range c.Services {
+			if sv.Name == "v6reg-jobs" || sv.Name == "v6reg-policy-errors" {
+				continue
 			}
-			if len(names) > 0 {
-				consul = strings.Join(names, ",")
-			}
+			names = append(names, sv.Name+":"+strconv.Itoa(sv.Port))
+		}
+		if len(names) > 0 {
+			consul = strings.Join(names, ",")
 		}
 		drops := "-"
 		if c.Drops != nil {
@@ -141,29 +145,42 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 		state := "open"
 		switch {
 		case len(c.Errors) > 0:
-			state = "POLICY ERROR"
+			state = "ERROR"
 		case c.Closed:
 			state = "closed"
 		case c.Stopping:
 			state = "stopping"
 		}
-		addr := c.Address
-		if addr == "" {
-			addr = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", trunc(name, 24), alloc, addr, len(c.Ingress), len(c.Egress), trunc(consul, 18), drops, state)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", trunc(name, 18), alloc, hostPart(prefix, c.Address), len(c.Ingress), len(c.Egress), trunc(consul, 12), drops, state)
 		if c.Reason != "" {
-			notes = append(notes, fmt.Sprintf("%s: %s", trunc(name, 24), c.Reason))
+			notes = append(notes, fmt.Sprintf("%s: %s", name, c.Reason))
 		}
 		for _, e := range c.Errors {
 			notes = append(notes, "  "+e)
 		}
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(w, "%d containers; DROPS are ingress/egress packets denied\n", len(s.Containers))
+	fmt.Fprintf(w, "%d containers (ADDRESS: host part in the prefix; RULES, DROPS: in/out)\n", len(s.Containers))
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
 	}
+}
+
+// hostPart writes an address of prefix as its host bits ("::ef2f:140f:a512"),
+// anything else in full.
+func hostPart(prefix netip.Prefix, addr string) string {
+	a, err := netip.ParseAddr(addr)
+	if err != nil {
+		return "-"
+	}
+	if !prefix.IsValid() || !prefix.Contains(a) {
+		return addr
+	}
+	b, p := a.As16(), prefix.Addr().As16()
+	for i := range b {
+		b[i] ^= p[i]
+	}
+	return netip.AddrFrom16(b).String()
 }
 
 func trunc(s string, n int) string {

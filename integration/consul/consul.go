@@ -26,7 +26,7 @@ type Agent struct {
 	HTTPAddr, DNSAddr string
 	cmd               *exec.Cmd
 	dir               string
-	done              chan error
+	done              chan struct{} // closed when the process has exited
 }
 
 // Binary returns the Consul binary to use, or an error saying how to get one.
@@ -107,8 +107,8 @@ func Start(ctx context.Context, o Options) (*Agent, error) {
 		return nil, fmt.Errorf("starting consul: %w", err)
 	}
 	a := &Agent{HTTPAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), DNSAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(p+100)),
-		cmd: cmd, dir: o.Dir, done: make(chan error, 1)}
-	go func() { a.done <- cmd.Wait() }()
+		cmd: cmd, dir: o.Dir, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(a.done) }()
 	hc := o.HTTP
 	if hc == nil {
 		hc = &http.Client{Timeout: time.Second}
@@ -126,8 +126,8 @@ func (a *Agent) waitLeader(ctx context.Context, c *http.Client, limit time.Durat
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		select {
-		case err := <-a.done:
-			return fmt.Errorf("consul exited at start: %v", err)
+		case <-a.done:
+			return fmt.Errorf("consul exited at start: %v", a.cmd.ProcessState)
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
