@@ -82,6 +82,10 @@ type Agent struct {
 	// lastDesired is the last reconcile's desired state, for explain.
 	lastDesired atomic.Pointer[Desired]
 
+	// peerWait bounds how long a reconcile waits for Consul's first
+	// answer on a newly referenced service:/job: peer.
+	peerWait time.Duration
+
 	// applied is what the firewall last took, per container ID (a digest
 	// of its rules), to log one line per container that changed.
 	applied map[string]string
@@ -104,7 +108,7 @@ func New(o Options) *Agent {
 			Help: "Times the table was found deleted or altered by someone else and restored.",
 		}, func() float64 { return float64(r.Restores()) }))
 	}
-	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator}
+	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator, peerWait: 5 * time.Second}
 	if o.Nomad != nil {
 		a.nomad = newNomadSource(o.Nomad, o.NomadID, o.Log.With("source", "nomad"))
 	}
@@ -159,7 +163,7 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	go func() {
 		defer wg.Done()
 		watchDocker(ctx, a.o.Docker, a.o.Network, a.log.With("source", "docker"), a.Trigger,
-			func() { a.o.Metrics.Errors.WithLabelValues("docker").Inc() })
+			func() { a.o.Metrics.Errors.WithLabelValues("docker").Inc() }, time.After)
 	}()
 	if a.nomad != nil {
 		wg.Add(1)
@@ -279,8 +283,12 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	in := a.input(containers)
 	d := build(in)
 	if a.peers != nil {
-		a.peers.want(ctx, d.PeerKeys)
-		if a.waitPeers(ctx, d.PeerKeys, 5*time.Second) {
+		// Wait only for watches this pass started: a peer whose Consul
+		// stays silent must not add the wait to every later reconcile.
+		// Rebuild whenever a watch started, even if it answered before
+		// waitPeers looked: d was built before that answer.
+		if started := a.peers.want(ctx, d.PeerKeys); len(started) > 0 {
+			a.waitPeers(ctx, started, a.peerWait)
 			d = build(in) // now with the peers' addresses
 		}
 	}
@@ -336,23 +344,19 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 
 // waitPeers waits (bounded) until Consul has answered for every peer key,
 // so that a start or a new reference does not first apply an empty set.
-func (a *Agent) waitPeers(ctx context.Context, keys map[PeerKey]bool, limit time.Duration) bool {
+func (a *Agent) waitPeers(ctx context.Context, keys []PeerKey, limit time.Duration) {
 	missing := func() bool {
-		for k := range keys {
+		for _, k := range keys {
 			if _, ok := a.peers.get(k); !ok {
 				return true
 			}
 		}
 		return false
 	}
-	if !missing() {
-		return false
-	}
 	deadline := time.Now().Add(limit)
 	for missing() && time.Now().Before(deadline) && ctx.Err() == nil {
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
-	return true
 }
 
 // logFirewall writes one line per container whose firewall changed, with

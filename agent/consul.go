@@ -233,37 +233,42 @@ type peerWatches struct {
 	onError func()
 
 	mu      sync.Mutex
-	running map[string]context.CancelFunc
+	running map[string]*peerWatch
 	addrs   map[string][]netip.Prefix // by peer key; absent until first answer
 }
 
 func newPeerWatches(api ConsulAPI, log *slog.Logger, trigger func(string), onError func()) *peerWatches {
-	return &peerWatches{api: api, log: log, trigger: trigger, onError: onError, running: map[string]context.CancelFunc{}, addrs: map[string][]netip.Prefix{}}
+	return &peerWatches{api: api, log: log, trigger: trigger, onError: onError, running: map[string]*peerWatch{}, addrs: map[string][]netip.Prefix{}}
 }
 
 // PeerKey names a Consul-backed peer set: "service:NAME" or
 // "job:NAMESPACE/NAME".
 type PeerKey string
 
-// want starts watches for keys not yet followed and stops the others.
-func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) {
+// want starts watches for keys not yet followed and stops the others. It
+// returns the keys it started.
+func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) []PeerKey {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for k, cancel := range w.running {
+	for k, pw := range w.running {
 		if !keys[PeerKey(k)] {
-			cancel()
+			pw.cancel()
 			delete(w.running, k)
 			delete(w.addrs, k)
 		}
 	}
+	var started []PeerKey
 	for k := range keys {
 		if _, ok := w.running[string(k)]; ok {
 			continue
 		}
 		cctx, cancel := context.WithCancel(ctx)
-		w.running[string(k)] = cancel
-		go w.follow(cctx, string(k))
+		pw := &peerWatch{cancel: cancel}
+		w.running[string(k)] = pw
+		started = append(started, k)
+		go w.follow(cctx, string(k), pw)
 	}
+	return started
 }
 
 // get returns the addresses of a peer and whether Consul has answered.
@@ -274,7 +279,11 @@ func (w *peerWatches) get(k PeerKey) ([]netip.Prefix, bool) {
 	return a, ok
 }
 
-func (w *peerWatches) follow(ctx context.Context, key string) {
+// peerWatch is one running watch; its identity tells a stopped watch from
+// a newer one of the same key.
+type peerWatch struct{ cancel context.CancelFunc }
+
+func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 	service, tag := "", ""
 	switch {
 	case strings.HasPrefix(key, "service:"):
@@ -324,7 +333,9 @@ func (w *peerWatches) follow(ctx context.Context, key string) {
 		sort.Slice(list, func(i, j int) bool { return list[i].Addr().Less(list[j].Addr()) })
 		w.mu.Lock()
 		old, seen := w.addrs[key]
-		if _, still := w.running[key]; !still {
+		if w.running[key] != me {
+			// Stopped (maybe replaced by a newer watch of the same key)
+			// while Consul answered: this answer is not ours to store.
 			w.mu.Unlock()
 			return
 		}

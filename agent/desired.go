@@ -71,7 +71,7 @@ func build(in buildInput) Desired {
 	seen := map[netip.Addr]string{}
 	for _, c := range in.Containers {
 		w := workloadFor(c, in)
-		if reason := addrProblem(c, in.Prefix, seen); reason != "" {
+		if reason := addrProblem(c, in.Prefix, in.Gateway, seen); reason != "" {
 			// No firewall element and no registration without a usable,
 			// unique address; the workload still shows in status.
 			w.Closed, w.Reason = true, reason
@@ -80,6 +80,14 @@ func build(in buildInput) Desired {
 		}
 		seen[c.Addr] = c.ShortID()
 		fc := firewall.Container{ID: c.ID, Addr: c.Addr}
+		// The firewall refuses a whole State with one rule it cannot
+		// take; one job's policy must not freeze the node's table, so that
+		// container alone stays closed and says why.
+		if errs := tooWide(w.Policy); !w.Closed && len(errs) > 0 {
+			w.Errors = append(w.Errors, errs...)
+			w.Closed = true
+			w.Reason = fmt.Sprintf("policy refused (%d error(s)); the container stays closed until the job is fixed", len(w.Errors))
+		}
 		if !w.Closed {
 			fc.Ingress = firewallRules(w.Policy.Ingress, w.Namespace, &d, in)
 			fc.Egress = firewallRules(w.Policy.Egress, w.Namespace, &d, in)
@@ -93,12 +101,39 @@ func build(in buildInput) Desired {
 	return d
 }
 
-func addrProblem(c Container, prefix netip.Prefix, seen map[netip.Addr]string) string {
+// tooWide reports the rules whose port ranges are more than one firewall
+// rule can hold (policies accepts any range).
+func tooWide(p policies.Policy) []string {
+	var errs []string
+	for _, rules := range [][]policies.ResolvedRule{p.Ingress, p.Egress} {
+		for _, r := range rules {
+			if r.Proto != policies.TCP && r.Proto != policies.UDP {
+				continue
+			}
+			n := 0
+			for _, pr := range r.Ports {
+				if pr == policies.AllPorts {
+					n = 0
+					break
+				}
+				n += int(pr.To) - int(pr.From) + 1
+			}
+			if n > firewall.MaxRulePorts {
+				errs = append(errs, fmt.Sprintf("rule %q opens %d ports, more than the %d one rule may list; open all ports (leave the ports out) or list fewer", r.Source, n, firewall.MaxRulePorts))
+			}
+		}
+	}
+	return errs
+}
+
+func addrProblem(c Container, prefix netip.Prefix, gateway netip.Addr, seen map[netip.Addr]string) string {
 	switch {
 	case !c.Addr.IsValid():
 		return "no IPv6 address on the v6reg network"
 	case !prefix.Contains(c.Addr):
 		return fmt.Sprintf("address %s is outside the node prefix %s", c.Addr, prefix)
+	case c.Addr == gateway:
+		return fmt.Sprintf("address %s is the network's gateway", c.Addr)
 	case seen[c.Addr] != "":
 		// Never program one address for two containers: the first (by ID)
 		// keeps it, the other stays closed and says so.
@@ -275,7 +310,7 @@ func registrationsFor(w Workload, in buildInput) []Registration {
 		if len(w.Policy.Services) == 0 {
 			out = append(out, Registration{
 				ID: serviceID(in.IDPrefix, in.Node, c.ID, "policy", 0), Name: policyErrorService,
-				Addr: c.Addr, Tags: append(tags, jobTag(w.Namespace, w.Job)), Meta: meta, Check: crit,
+				Addr: c.Addr, Tags: errorTags(tags, w), Meta: meta, Check: crit,
 			})
 		}
 		for _, s := range w.Policy.Services {
@@ -293,7 +328,7 @@ func registrationsFor(w Workload, in buildInput) []Registration {
 		out = append(out, Registration{
 			ID: serviceID(in.IDPrefix, in.Node, c.ID, s.Name, int(s.Port)), Name: s.Name,
 			Addr: c.Addr, Port: int(s.Port), Tags: append(append([]string{}, tags...), s.Tags...), Meta: meta,
-			Check: Check{Kind: string(s.Check), Path: "/"},
+			Check: Check{Kind: s.Check.String(), Path: "/"},
 		})
 	}
 	if w.Job != "" {
@@ -301,6 +336,16 @@ func registrationsFor(w Workload, in buildInput) []Registration {
 			ID: serviceID(in.IDPrefix, in.Node, c.ID, "job", 0), Name: jobsService,
 			Addr: c.Addr, Tags: []string{jobTag(w.Namespace, w.Job)}, Meta: meta,
 		})
+	}
+	return out
+}
+
+// errorTags tags a policy-error registration with its job, when it has one,
+// so the Consul UI can be filtered by job.
+func errorTags(tags []string, w Workload) []string {
+	out := append([]string{}, tags...)
+	if w.Job != "" {
+		out = append(out, jobTag(w.Namespace, w.Job))
 	}
 	return out
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -93,7 +94,10 @@ func listContainers(ctx context.Context, api DockerAPI, network string) ([]Conta
 // done: when the stream breaks it reconnects with backoff, resumes from the
 // last event it saw, and asks for a full relist (events lost in the gap are
 // covered by the relist, not replayed one by one).
-func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.Logger, trigger func(reason string), onError func()) {
+//
+// after is time.After outside tests (a seam, so tests see the backoff
+// without waiting it out).
+func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.Logger, trigger func(reason string), onError func(), after func(time.Duration) <-chan time.Time) {
 	since := time.Now()
 	backoff := newBackoff(250*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
@@ -119,7 +123,12 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 				select {
 				case <-ctx.Done():
 					return ctx.Err()
-				case m := <-msgs:
+				case m, ok := <-msgs:
+					if !ok {
+						// A closed message channel is a broken stream too;
+						// reading on would spin on zero values.
+						return errors.New("event stream closed")
+					}
 					if m.TimeNano > 0 {
 						since = time.Unix(0, m.TimeNano)
 					}
@@ -128,7 +137,10 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 						continue
 					}
 					trigger("docker: " + string(m.Type) + " " + string(m.Action))
-				case err := <-errs:
+				case err, ok := <-errs:
+					if err == nil || !ok {
+						err = errors.New("event stream ended")
+					}
 					return err
 				}
 			}
@@ -143,7 +155,7 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(d):
+		case <-after(d):
 		}
 	}
 }

@@ -123,18 +123,27 @@ func metaKeyFor(dir string) string {
 }
 
 func findWorkload(ws []Workload, target string) (*Workload, error) {
-	addr, isAddr := netip.ParseAddr(target)
-	var found []*Workload
+	addr, err := netip.ParseAddr(target)
+	isAddr := err == nil
+	var found, exact []*Workload
 	for i := range ws {
 		w := &ws[i]
 		c := w.Container
 		switch {
-		case isAddr == nil && c.Addr == addr:
-		case !(isAddr == nil) && len(target) >= 4 && (strings.HasPrefix(c.ID, target) || strings.HasPrefix(c.AllocID, target) || c.Name == target):
+		case isAddr && c.Addr == addr:
+		case !isAddr && target != "" && (c.Name == target || c.ID == target || c.AllocID == target):
+			// A whole name or ID is found however short it is, and wins
+			// over another container's ID that merely starts with it
+			// (a container named "cafe" and an ID cafe12...).
+			exact = append(exact, w)
+		case !isAddr && len(target) >= 4 && (strings.HasPrefix(c.ID, target) || strings.HasPrefix(c.AllocID, target)):
 		default:
 			continue
 		}
 		found = append(found, w)
+	}
+	if len(exact) == 1 {
+		return exact[0], nil
 	}
 	switch len(found) {
 	case 0:

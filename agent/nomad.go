@@ -35,8 +35,10 @@ func (n NomadClient) NodeAllocations(ctx context.Context, nodeID string, waitInd
 
 // LocalNodeID asks the local Nomad agent for its client node ID.
 func (n NomadClient) LocalNodeID(ctx context.Context) (string, error) {
-	self, err := n.C.Agent().Self()
-	if err != nil {
+	// Agent().Self takes no context; Raw does, so a hung Nomad cannot
+	// hold the agent's shutdown.
+	var self nomad.AgentSelf
+	if _, err := n.C.Raw().Query("/v1/agent/self", &self, (&nomad.QueryOptions{}).WithContext(ctx)); err != nil {
 		return "", err
 	}
 	if id := self.Stats["client"]["node_id"]; id != "" {
@@ -97,6 +99,8 @@ type nomadSource struct {
 	nodeID string
 	wait   time.Duration
 	log    *slog.Logger
+	// retryMin and retryMax bound the backoff while Nomad is unreachable.
+	retryMin, retryMax time.Duration
 
 	mu     sync.Mutex
 	allocs map[string]Alloc
@@ -106,7 +110,8 @@ type nomadSource struct {
 }
 
 func newNomadSource(api NomadAPI, nodeID string, log *slog.Logger) *nomadSource {
-	return &nomadSource{api: api, nodeID: nodeID, wait: 5 * time.Minute, log: log, allocs: map[string]Alloc{}}
+	return &nomadSource{api: api, nodeID: nodeID, wait: 5 * time.Minute, log: log, allocs: map[string]Alloc{},
+		retryMin: 500 * time.Millisecond, retryMax: 30 * time.Second}
 }
 
 // lookup returns the allocation and whether it is known; known is false
@@ -128,11 +133,14 @@ func (s *nomadSource) state() (synced bool, lastOK time.Time, err error) {
 // run follows the node's allocation list with blocking queries until ctx
 // is done, calling trigger after every change.
 func (s *nomadSource) run(ctx context.Context, trigger func(string), onError func()) {
-	b := newBackoff(500*time.Millisecond, 30*time.Second)
+	b := newBackoff(s.retryMin, s.retryMax)
 	var index uint64
 	for ctx.Err() == nil {
 		if s.nodeID == "" {
 			id, err := s.api.LocalNodeID(ctx)
+			if err != nil && ctx.Err() != nil {
+				return
+			}
 			if err != nil {
 				s.fail(ctx, b, fmt.Errorf("asking Nomad for this node's ID: %w", err), onError)
 				continue
@@ -141,6 +149,9 @@ func (s *nomadSource) run(ctx context.Context, trigger func(string), onError fun
 			s.log.Info("nomad: following this node's allocations", "node_id", id)
 		}
 		allocs, next, err := s.api.NodeAllocations(ctx, s.nodeID, index, s.wait)
+		if err != nil && ctx.Err() != nil {
+			return // shutting down, not an outage
+		}
 		if err != nil {
 			s.fail(ctx, b, fmt.Errorf("reading allocations of node %s: %w", s.nodeID, err), onError)
 			continue
@@ -160,11 +171,11 @@ func (s *nomadSource) run(ctx context.Context, trigger func(string), onError fun
 }
 
 func (s *nomadSource) fail(ctx context.Context, b *backoff, err error, onError func()) {
-	onError()
 	s.mu.Lock()
 	first := s.err == nil
 	s.err = err
 	s.mu.Unlock()
+	onError()
 	d := b.next()
 	if first {
 		s.log.Warn("nomad unreachable; keeping the last known allocations", "err", err, "retry_in", d)

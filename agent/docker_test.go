@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/events"
+)
+
+// TestWatchDockerReconnects breaks the event stream three ways (an error
+// after an event, an error right away, a closed channel) and checks that
+// the watch reconnects with a growing backoff, resumes from the last event
+// it saw, asks for a relist after every (re)subscription, and only returns
+// when its context ends.
+func TestWatchDockerReconnects(t *testing.T) {
+	t1 := time.Date(2026, 11, 22, 0, 55, 13, 123456789, time.UTC)
+	type call struct{ since string }
+	calls := make(chan call, 10)
+	var mu sync.Mutex
+	n := 0
+	api := &fakeDocker{events: func(ctx context.Context, o events.ListOptions) (<-chan events.Message, <-chan error) {
+		mu.Lock()
+		n++
+		k := n
+		mu.Unlock()
+		calls <- call{o.Since}
+		msgs, errs := make(chan events.Message, 4), make(chan error, 1)
+		switch k {
+		case 1:
+			// An event on another network is not ours; then one that is.
+			msgs <- events.Message{Type: events.NetworkEventType, Action: "connect", TimeNano: t1.Add(-time.Second).UnixNano(),
+				Actor: events.Actor{Attributes: map[string]string{"name": "bridge"}}}
+			msgs <- events.Message{Type: events.ContainerEventType, Action: "start", TimeNano: t1.UnixNano()}
+			go func() {
+				// The error comes after both events were read.
+				for len(msgs) > 0 {
+					time.Sleep(time.Millisecond)
+				}
+				errs <- errors.New("unexpected EOF")
+			}()
+		case 2:
+			errs <- errors.New("connection refused")
+		case 3:
+			close(msgs)
+		}
+		return msgs, errs
+	}}
+	var backoffs []time.Duration
+	after := func(d time.Duration) <-chan time.Time {
+		backoffs = append(backoffs, d)
+		c := make(chan time.Time, 1)
+		c <- time.Now()
+		return c
+	}
+	triggers := make(chan string, 100)
+	errCount := 0
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		watchDocker(ctx, api, testNetwork, testLog(t), func(r string) { triggers <- r }, func() { errCount++ }, after)
+	}()
+
+	first := wait(t, calls, "the first subscription")
+	if first.since == "" {
+		t.Errorf("first subscription has no since")
+	}
+	wantSince := fmt.Sprintf("%d.%09d", t1.Unix(), t1.Nanosecond())
+	for i := 2; i <= 4; i++ {
+		c := wait(t, calls, fmt.Sprintf("subscription %d", i))
+		if c.since != wantSince {
+			t.Errorf("subscription %d since %q, want the last event's time %q", i, c.since, wantSince)
+		}
+	}
+	select {
+	case <-done:
+		t.Fatal("watchDocker returned before its context ended")
+	default:
+	}
+	// A relist per subscription (the 4th comes right after its Events
+	// call returned) and one for the start event.
+	var got []string
+	subs, starts := 0, 0
+	for subs < 4 {
+		r := wait(t, triggers, "a trigger")
+		got = append(got, r)
+		switch {
+		case strings.Contains(r, "subscribed"):
+			subs++
+		case r == "docker: container start":
+			starts++
+		default:
+			t.Errorf("unexpected trigger %q (an event of another network?)", r)
+		}
+	}
+	cancel()
+	wait(t, done, "watchDocker to return after cancel")
+	if starts != 1 || len(triggers) != 0 {
+		t.Errorf("triggers %q (and %d more): want 4 subscriptions and one start", got, len(triggers))
+	}
+	// The event reset the backoff; the next two breaks doubled it.
+	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second}
+	if len(backoffs) != 3 || backoffs[0] != want[0] || backoffs[1] != want[1] || backoffs[2] != want[2] {
+		t.Errorf("backoffs = %v, want %v", backoffs, want)
+	}
+	if errCount != 3 {
+		t.Errorf("errors counted = %d, want 3", errCount)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := newBackoff(time.Second, 5*time.Second)
+	var got []time.Duration
+	for range 5 {
+		got = append(got, b.next())
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("backoff = %v, want %v", got, want)
+		}
+	}
+	b.reset()
+	if d := b.next(); d != time.Second {
+		t.Errorf("after reset %v", d)
+	}
+}

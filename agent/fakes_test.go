@@ -1,0 +1,373 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/events"
+	"github.com/docker/docker/api/types/network"
+	consul "github.com/hashicorp/consul/api"
+	nomad "github.com/hashicorp/nomad/api"
+
+	"github.com/v6reg/v6reg/firewall"
+	"github.com/v6reg/v6reg/policies"
+)
+
+// Shared test values: the node prefix of the recorded Nomad fixtures.
+var (
+	testPrefix  = netip.MustParsePrefix("fd00:f1:0:0:1::/80")
+	testGateway = netip.MustParseAddr("fd00:f1::1:0:0:1")
+	traefikV6   = netip.MustParsePrefix("fd00:aa::/64")
+	traefikV4   = netip.MustParsePrefix("10.1.0.0/16")
+)
+
+const testNetwork = "v6"
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// testLog writes to the test's log, so a failure shows what the agent said.
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// addrN is the n-th address of the test prefix (fd00:f1::1:0:0:n).
+func addrN(n int) netip.Addr {
+	a := testPrefix.Addr().As16()
+	a[14], a[15] = byte(n>>8), byte(n)
+	return netip.AddrFrom16(a)
+}
+
+// cid is a 64-hex container ID that starts with tag (hex digits only).
+func cid(tag string) string { return (tag + strings.Repeat("0", 64))[:64] }
+
+// testOperator is DefaultOperator with real addresses in @traefik (one
+// IPv4 prefix too, which the IPv6 table must not get) and a namespace
+// "open" that may use any.
+func testOperator() policies.Operator {
+	op := policies.DefaultOperator()
+	op.Peers["traefik"] = []netip.Prefix{traefikV6, traefikV4}
+	op.Peers["ops"] = []netip.Prefix{netip.MustParsePrefix("fd00:0:0:ff::/64")}
+	op.Namespaces["open"] = policies.Bounds{AllowAny: true, AllowInternet: true}
+	return op
+}
+
+func testInput(cs ...Container) buildInput {
+	return buildInput{
+		Node: "n1", IDPrefix: "v6reg", Prefix: testPrefix, Gateway: testGateway,
+		Operator: testOperator(), Containers: cs, Nomad: true,
+		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
+		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
+	}
+}
+
+// --- Docker ---
+
+type fakeDocker struct {
+	mu        sync.Mutex
+	list      []container.Summary
+	listErr   error
+	listCalls int
+	// onList, if set, runs inside ContainerList (call number n, from 1)
+	// and may block, to make a reconcile slow.
+	onList func(ctx context.Context, n int)
+	// events serves Events; nil blocks until ctx is done.
+	events func(ctx context.Context, o events.ListOptions) (<-chan events.Message, <-chan error)
+}
+
+func (f *fakeDocker) ContainerList(ctx context.Context, _ container.ListOptions) ([]container.Summary, error) {
+	f.mu.Lock()
+	f.listCalls++
+	n, hook := f.listCalls, f.onList
+	f.mu.Unlock()
+	if hook != nil {
+		hook(ctx, n)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
+	return slices.Clone(f.list), nil
+}
+
+func (f *fakeDocker) Events(ctx context.Context, o events.ListOptions) (<-chan events.Message, <-chan error) {
+	if f.events != nil {
+		return f.events(ctx, o)
+	}
+	return make(chan events.Message), make(chan error)
+}
+
+func (f *fakeDocker) calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.listCalls
+}
+
+func (f *fakeDocker) set(list ...container.Summary) {
+	f.mu.Lock()
+	f.list = list
+	f.mu.Unlock()
+}
+
+// summary is what `docker ps` gives for a container on the test network.
+func summary(id, name string, addr netip.Addr, labels map[string]string) container.Summary {
+	ep := &network.EndpointSettings{}
+	if addr.IsValid() {
+		ep.GlobalIPv6Address = addr.String()
+	}
+	return container.Summary{
+		ID: id, Names: []string{"/" + name}, Labels: labels, State: "running",
+		NetworkSettings: &container.NetworkSettingsSummary{Networks: map[string]*network.EndpointSettings{testNetwork: ep}},
+	}
+}
+
+// --- Firewall ---
+
+type fakeFirewall struct {
+	mu      sync.Mutex
+	applied []firewall.State
+	err     error
+}
+
+func (f *fakeFirewall) Apply(_ context.Context, s firewall.State) (firewall.Changes, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return firewall.Changes{}, f.err
+	}
+	if err := s.Validate(); err != nil {
+		return firewall.Changes{}, err
+	}
+	f.applied = append(f.applied, s)
+	return firewall.Changes{Batches: 1}, nil
+}
+
+func (f *fakeFirewall) Counters(context.Context) (map[string]firewall.DirCounters, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]firewall.DirCounters{}
+	if n := len(f.applied); n > 0 {
+		for i, c := range f.applied[n-1].Containers {
+			var dc firewall.DirCounters
+			dc.IngressDropped.Packets = uint64(10 + i)
+			dc.EgressDropped.Packets = uint64(20 + i)
+			out[c.ID] = dc
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeFirewall) states() []firewall.State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.applied)
+}
+
+// --- Consul ---
+
+type fakeConsul struct {
+	mu          sync.Mutex
+	services    map[string]*consul.AgentService
+	checks      map[string]*consul.AgentServiceCheck // by service ID
+	registers   []string
+	deregisters []string
+	registerErr error
+	servicesErr error
+	// health serves HealthService: instances by "service" or "service|tag".
+	health      map[string][]*consul.ServiceEntry
+	healthIndex map[string]uint64
+	healthCalls []string
+	wake        chan struct{}
+}
+
+func newFakeConsul() *fakeConsul {
+	return &fakeConsul{services: map[string]*consul.AgentService{}, checks: map[string]*consul.AgentServiceCheck{}, health: map[string][]*consul.ServiceEntry{}, healthIndex: map[string]uint64{}}
+}
+
+func (f *fakeConsul) Services(context.Context) (map[string]*consul.AgentService, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.servicesErr != nil {
+		return nil, f.servicesErr
+	}
+	out := make(map[string]*consul.AgentService, len(f.services))
+	for id, s := range f.services {
+		c := *s
+		c.Meta = maps.Clone(s.Meta)
+		out[id] = &c
+	}
+	return out, nil
+}
+
+func (f *fakeConsul) Register(_ context.Context, r *consul.AgentServiceRegistration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.registerErr != nil {
+		return f.registerErr
+	}
+	f.registers = append(f.registers, r.ID)
+	f.services[r.ID] = &consul.AgentService{ID: r.ID, Service: r.Name, Address: r.Address, Port: r.Port,
+		Tags: slices.Clone(r.Tags), Meta: maps.Clone(r.Meta)}
+	f.checks[r.ID] = r.Check
+	return nil
+}
+
+func (f *fakeConsul) Deregister(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.services[id]; !ok {
+		return fmt.Errorf("unknown service %s", id)
+	}
+	f.deregisters = append(f.deregisters, id)
+	delete(f.services, id)
+	delete(f.checks, id)
+	return nil
+}
+
+// HealthService is a blocking query: it answers when the key's entries
+// are newer than waitIndex (every setHealth is a new index).
+func (f *fakeConsul) HealthService(ctx context.Context, service, tag string, waitIndex uint64) ([]*consul.ServiceEntry, uint64, error) {
+	key := service
+	if tag != "" {
+		key += "|" + tag
+	}
+	f.mu.Lock()
+	f.healthCalls = append(f.healthCalls, key)
+	f.mu.Unlock()
+	for {
+		f.mu.Lock()
+		entries, ok := f.health[key]
+		index := f.healthIndex[key]
+		if index == 0 && ok {
+			index = 1 // set directly in f.health before the watch
+		}
+		if f.wake == nil {
+			f.wake = make(chan struct{})
+		}
+		wake := f.wake
+		f.mu.Unlock()
+		if ok && index > waitIndex {
+			return entries, index, nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		}
+	}
+}
+
+func (f *fakeConsul) setHealth(key string, entries ...*consul.ServiceEntry) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.health[key] = entries
+	f.healthIndex[key] = max(f.healthIndex[key], 1) + 1
+	if f.wake != nil {
+		close(f.wake)
+	}
+	f.wake = make(chan struct{})
+}
+
+func (f *fakeConsul) put(id string, s *consul.AgentService) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s.ID = id
+	f.services[id] = s
+}
+
+func (f *fakeConsul) ids() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Sorted(maps.Keys(f.services))
+}
+
+func (f *fakeConsul) counts() (registers, deregisters int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.registers), len(f.deregisters)
+}
+
+func entry(addr string) *consul.ServiceEntry {
+	return &consul.ServiceEntry{Service: &consul.AgentService{Address: addr}, Node: &consul.Node{Address: "192.0.2.1"}}
+}
+
+// --- Nomad ---
+
+// fakeNomad answers NodeAllocations from a fixed list once, then blocks.
+type fakeNomad struct {
+	allocs []*nomad.Allocation
+}
+
+func (f *fakeNomad) NodeAllocations(ctx context.Context, _ string, waitIndex uint64, _ time.Duration) ([]*nomad.Allocation, uint64, error) {
+	if waitIndex > 0 {
+		<-ctx.Done()
+		return nil, 0, ctx.Err()
+	}
+	return f.allocs, 10, nil
+}
+
+func (f *fakeNomad) LocalNodeID(context.Context) (string, error) { return "node-1", nil }
+
+// --- IPAM ---
+
+type fakeIPAM struct {
+	mu    sync.Mutex
+	calls int
+	err   error
+}
+
+func (f *fakeIPAM) ReconcileWithDocker(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	return f.err
+}
+
+func (f *fakeIPAM) Counts() (int, int) { return 3, 1 }
+
+var errDown = errors.New("connection refused")
+
+// wait receives from ch or fails the test after a generous deadline (the
+// deadline is only hit when the code under test is broken).
+func wait[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// eventually polls cond until it holds (the deadline is only reached when
+// the code under test is broken).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
