@@ -175,7 +175,9 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	}
 	resync := time.NewTicker(a.o.ResyncInterval)
 	defer resync.Stop()
-	retry := newBackoff(500*time.Millisecond, 30*time.Second)
+	// Capped at 10 s: a failed output (Consul down) is retried at least
+	// that often, so it converges soon after coming back.
+	retry := newBackoff(500*time.Millisecond, 10*time.Second)
 	var retryC <-chan time.Time
 	readyDone := false
 	full := true
@@ -193,6 +195,17 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		// Ready once the firewall holds the node's state: the containers
+		// are protected and reachable as their policies say. A Consul
+		// that is down must not keep systemd waiting (and restarting us);
+		// registration catches up on the retries.
+		if !readyDone && (a.o.Firewall == nil && err == nil || a.lastFW.Load() != nil) {
+			readyDone = true
+			a.startWatch(ctx, &wg)
+			if ready != nil {
+				ready()
+			}
+		}
 		if err != nil {
 			d := retry.next()
 			a.log.Error("reconcile failed; retrying", "err", err, "retry_in", d)
@@ -202,13 +215,6 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 		retry.reset()
 		retryC = nil
 		full = false
-		if !readyDone {
-			readyDone = true
-			a.startWatch(ctx, &wg)
-			if ready != nil {
-				ready()
-			}
-		}
 	}
 }
 

@@ -295,12 +295,14 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 	}
 	b := newBackoff(500*time.Millisecond, 30*time.Second)
 	var index uint64
+	failing := false
 	for ctx.Err() == nil {
 		entries, next, err := w.api.HealthService(ctx, service, tag, index)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			failing = true
 			w.onError()
 			d := b.next()
 			w.log.Warn("consul watch failed; keeping last known peers", "peer", key, "err", err, "retry_in", d)
@@ -312,6 +314,13 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 			continue
 		}
 		b.reset()
+		if failing {
+			// Consul is back: registrations failed meanwhile may be
+			// missing there (a restarted dev agent has none), so
+			// reconcile now rather than at the next retry or resync.
+			failing = false
+			w.trigger("consul: reachable again (" + key + ")")
+		}
 		if next < index {
 			next = 0
 		}

@@ -79,15 +79,7 @@ func build(in buildInput) Desired {
 			continue
 		}
 		seen[c.Addr] = c.ShortID()
-		fc := firewall.Container{ID: c.ID, Addr: c.Addr}
-		// The firewall refuses a whole State with one rule it cannot
-		// take; one job's policy must not freeze the node's table, so that
-		// container alone stays closed and says why.
-		if errs := tooWide(w.Policy); !w.Closed && len(errs) > 0 {
-			w.Errors = append(w.Errors, errs...)
-			w.Closed = true
-			w.Reason = fmt.Sprintf("policy refused (%d error(s)); the container stays closed until the job is fixed", len(w.Errors))
-		}
+		fc := firewall.Container{ID: c.ID, Addr: c.Addr, MAC: c.MAC}
 		if !w.Closed {
 			fc.Ingress = firewallRules(w.Policy.Ingress, w.Namespace, &d, in)
 			fc.Egress = firewallRules(w.Policy.Egress, w.Namespace, &d, in)
@@ -99,31 +91,6 @@ func build(in buildInput) Desired {
 		d.Workloads = append(d.Workloads, w)
 	}
 	return d
-}
-
-// tooWide reports the rules whose port ranges are more than one firewall
-// rule can hold (policies accepts any range).
-func tooWide(p policies.Policy) []string {
-	var errs []string
-	for _, rules := range [][]policies.ResolvedRule{p.Ingress, p.Egress} {
-		for _, r := range rules {
-			if r.Proto != policies.TCP && r.Proto != policies.UDP {
-				continue
-			}
-			n := 0
-			for _, pr := range r.Ports {
-				if pr == policies.AllPorts {
-					n = 0
-					break
-				}
-				n += int(pr.To) - int(pr.From) + 1
-			}
-			if n > firewall.MaxRulePorts {
-				errs = append(errs, fmt.Sprintf("rule %q opens %d ports, more than the %d one rule may list; open all ports (leave the ports out) or list fewer", r.Source, n, firewall.MaxRulePorts))
-			}
-		}
-	}
-	return errs
 }
 
 func addrProblem(c Container, prefix netip.Prefix, gateway netip.Addr, seen map[netip.Addr]string) string {

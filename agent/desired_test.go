@@ -397,6 +397,9 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
+			// policies refuses what the firewall cannot hold (the limits
+			// agree: TestPortLimitsAgree), so one job's policy never
+			// makes the node's whole Apply fail.
 			name: "a port range the firewall cannot hold closes that container only",
 			in: func() buildInput {
 				return testInput(
@@ -406,7 +409,7 @@ func TestBuild(t *testing.T) {
 			},
 			check: func(t *testing.T, d Desired) {
 				w := workloadOf(t, d, cid("af01"))
-				if !w.Closed || len(w.Errors) != 1 || !strings.Contains(w.Errors[0], "opens 2001 ports") {
+				if !w.Closed || len(w.Errors) != 1 || !strings.Contains(w.Errors[0], "covers 2001 ports") {
 					t.Fatalf("wide = %+v", w)
 				}
 				assertNoRules(t, d, cid("af01"))

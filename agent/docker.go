@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
@@ -38,10 +39,13 @@ const (
 // Container is what the agent knows of one running container on the v6reg
 // network, read from the Docker engine.
 type Container struct {
-	ID     string
-	Name   string
-	Addr   netip.Addr // IPv6 on the v6reg network; invalid if it has none
-	Addr4  netip.Addr
+	ID    string
+	Name  string
+	Addr  netip.Addr // IPv6 on the v6reg network; invalid if it has none
+	Addr4 netip.Addr
+	// MAC is the endpoint's MAC: the firewall binds Addr to it, so a
+	// container cannot send as another on the same bridge.
+	MAC    net.HardwareAddr
 	Labels map[string]string
 	// AllocID is the Nomad allocation (empty for containers without Nomad).
 	AllocID string
@@ -73,6 +77,7 @@ func listContainers(ctx context.Context, api DockerAPI, network string) ([]Conta
 			if ep := s.NetworkSettings.Networks[network]; ep != nil {
 				c.Addr, _ = netip.ParseAddr(ep.GlobalIPv6Address)
 				c.Addr4, _ = netip.ParseAddr(ep.IPAddress)
+				c.MAC, _ = net.ParseMAC(ep.MacAddress)
 			}
 		}
 		c.AllocID = s.Labels[labelNomadAlloc]
@@ -104,13 +109,11 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 		f := filters.NewArgs(
 			filters.Arg("type", string(events.ContainerEventType)),
 			filters.Arg("type", string(events.NetworkEventType)),
-			filters.Arg("event", "create"),
 			filters.Arg("event", "start"),
 			filters.Arg("event", "die"),
 			filters.Arg("event", "destroy"),
 			filters.Arg("event", "connect"),
 			filters.Arg("event", "disconnect"),
-			filters.Arg("event", "kill"),
 		)
 		sub, cancel := context.WithCancel(ctx)
 		msgs, errs := api.Events(sub, events.ListOptions{

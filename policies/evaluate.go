@@ -151,6 +151,10 @@ func (e *evaluator) resolve(r Rule, b Bounds, v Value) (ResolvedRule, bool) {
 			}
 		}
 	}
+	if n := portCount(r.Ports); r.Proto.hasPorts() && n > MaxRulePorts && !(len(r.Ports) == 1 && r.Ports[0] == AllPorts) {
+		fail(r.PortsCol, formatPorts(r.Ports), "write fewer ports, or no ports for all of them (tcp from ...)",
+			"the rule covers %d ports; a rule may name at most %d (each port is a firewall element)", n, MaxRulePorts)
+	}
 	rr := ResolvedRule{Proto: r.Proto, Ports: r.Ports, Source: r.String()}
 	var prefixes []netip.Prefix
 	for _, p := range r.Peers {
@@ -217,6 +221,19 @@ func (e *evaluator) resolve(r Rule, b Bounds, v Value) (ResolvedRule, bool) {
 	slices.Sort(rr.Jobs)
 	rr.Jobs = slices.Compact(rr.Jobs)
 	return rr, ok
+}
+
+// MaxRulePorts is how many ports one rule may name (the firewall's
+// firewall.MaxRulePorts): ports become hash-map elements, so the cost per
+// packet stays constant; all ports (no ports written) is one element.
+const MaxRulePorts = 1024
+
+func portCount(rs []PortRange) int {
+	n := 0
+	for _, r := range rs {
+		n += int(r.To) - int(r.From) + 1
+	}
+	return n
 }
 
 func formatPorts(rs []PortRange) string {
