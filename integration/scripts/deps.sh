@@ -24,3 +24,6 @@ fi
 # forward hook (see firewall/README.md); dockerd loads it too.
 modprobe br_netfilter 2>/dev/null || true
 "$(dirname "$0")/build-consul.sh" >/dev/null
+# Traefik, for the check that its Consul Catalog provider routes to the
+# container (about 6 minutes on 2 idle cores the first time, then cached).
+"$(dirname "$0")/build-traefik.sh" >/dev/null

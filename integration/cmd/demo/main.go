@@ -9,6 +9,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -228,6 +230,38 @@ func demo(r *runner, agentBin string, keep bool, sigs chan os.Signal) int {
 		})
 		fmt.Printf("  dig AAAA %-20s -> %v\n", q.name, got)
 		expectEq(q.name+" answers the container's address", err)
+	}
+
+	if tbin := "/var/cache/v6reg/traefik-3.6.12/traefik"; fileExists(tbin) {
+		step("Traefik (Consul Catalog provider) routes Host(`demo-web.demo.example`) to the web container")
+		cmd := exec.Command(tbin, "--entryPoints.web.address=:8088",
+			"--providers.consulCatalog.endpoint.address="+e.Consul.HTTPAddr,
+			"--providers.consulCatalog.exposedByDefault=false", "--providers.consulCatalog.refreshInterval=1s")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := e.Node.Start(cmd); err != nil {
+			r.Fatalf("starting traefik: %v", err)
+		}
+		r.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		c := e.Office.HTTPClient()
+		c.Timeout = 2 * time.Second
+		var answer string
+		err := integration.WaitFor(ctx, 45*time.Second, func() error {
+			req, _ := http.NewRequest("GET", "http://[2001:db8:ff:1::2]:8088/", nil)
+			req.Host = "demo-web.demo.example"
+			resp, err := c.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			answer = strings.TrimSpace(string(b))
+			if resp.StatusCode != http.StatusOK || answer != "web" {
+				return fmt.Errorf("HTTP %d %q", resp.StatusCode, answer)
+			}
+			return nil
+		})
+		fmt.Printf("  office -> traefik [2001:db8:ff:1::2]:8088 Host: demo-web.demo.example -> %q\n", answer)
+		expectEq("Traefik routes to the container's IPv6 address", err)
 	}
 
 	step("v6reg status")
