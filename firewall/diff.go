@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 )
 
 // plan is the difference between the live table and the desired one.
@@ -135,9 +134,9 @@ func (f *Firewall) send(p plan) (batches int, err error) {
 	for _, ss := range p.addSets {
 		s := &nftables.Set{Table: table, Name: ss.name, KeyType: ss.keyType, Concatenation: ss.concat,
 			Interval: ss.interval, Counter: ss.counter, Comment: ss.comment}
-		if ss.vmap {
+		if ss.idMap {
 			s.IsMap = true
-			s.DataType = nftables.TypeVerdict
+			s.DataType = nftables.TypeMark
 		}
 		sets[ss.name] = s
 		add(300, func(c *nftables.Conn) error {
@@ -157,16 +156,13 @@ func (f *Firewall) send(p plan) (batches int, err error) {
 				chunk := es[i:min(i+elemsPerMessage, len(es))]
 				size := 0
 				for _, e := range chunk {
-					size += 64 + len(e.key) + len(e.chain) + len(e.comment)
+					size += 64 + len(e.key) + len(e.keyEnd) + len(e.data) + len(e.comment)
 				}
 				add(size, func(c *nftables.Conn) error {
 					s := setOf(name)
 					nes := make([]nftables.SetElement, len(chunk))
 					for j, e := range chunk {
-						nes[j] = nftables.SetElement{Key: e.key, IntervalEnd: e.end, Comment: e.comment}
-						if e.chain != "" {
-							nes[j].VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: e.chain}
-						}
+						nes[j] = nftables.SetElement{Key: e.key, KeyEnd: e.keyEnd, IntervalEnd: e.end, Val: e.data, Comment: e.comment}
 					}
 					if del {
 						return c.SetDeleteElements(s, nes)
@@ -194,6 +190,12 @@ func (f *Firewall) send(p plan) (batches int, err error) {
 			}
 			return nil
 		})
+	}
+	// A set to delete may be a verdict map of an older layout whose
+	// elements jump to a chain to delete: flush it first, so the chain is
+	// free. Rules naming the set were rewritten above.
+	for _, name := range p.delSets {
+		add(100, func(c *nftables.Conn) error { c.FlushSet(setOf(name)); return nil })
 	}
 	for _, name := range p.delChains {
 		add(100, func(c *nftables.Conn) error {

@@ -194,9 +194,9 @@ func (f *Firewall) readLive() (*liveState, error) {
 		}
 		m := make(map[string]elem, len(elems))
 		for _, e := range elems {
-			le := elem{key: e.Key, end: e.IntervalEnd, comment: e.Comment}
+			le := elem{key: e.Key, keyEnd: e.KeyEnd, end: e.IntervalEnd, comment: e.Comment}
 			if s.IsMap {
-				le.chain = verdictChain(e.Val)
+				le.data = e.Val
 			}
 			m[le.id()] = le
 		}
@@ -227,21 +227,6 @@ func (f *Firewall) readLive() (*liveState, error) {
 		ls.chains[c.Name] = cs
 	}
 	return ls, nil
-}
-
-// verdictChain extracts the jump/goto target from a verdict map element's
-// data (nested NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN).
-func verdictChain(b []byte) string {
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return ""
-	}
-	for ad.Next() {
-		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
-			return ad.String()
-		}
-	}
-	return ""
 }
 
 // genReader reads the nftables ruleset generation id, which the kernel

@@ -82,3 +82,9 @@ func smallState() State {
 		},
 	}
 }
+
+// nftRun is nftList for cleanups: it returns the error instead of failing.
+func nftRun(ns *netns.NS, args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.Name, "nft"}, args...)...).CombinedOutput()
+	return string(out), err
+}

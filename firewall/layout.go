@@ -22,8 +22,9 @@ const TableName = "v6reg"
 // elem is one set or map element as the diff sees it.
 type elem struct {
 	key     []byte
-	end     bool   // interval end (peer sets)
-	chain   string // verdict map: jump target
+	keyEnd  []byte // last key of a range (concatenated interval set "lists")
+	end     bool   // interval end element (rbtree interval sets; none today)
+	data    []byte // map value: a peer list id
 	comment string // owner
 }
 
@@ -35,13 +36,15 @@ func (e elem) id() string {
 }
 
 // same reports whether the live element l is what e wants.
-func (e elem) same(l elem) bool { return e.chain == l.chain && e.comment == l.comment }
+func (e elem) same(l elem) bool {
+	return string(e.data) == string(l.data) && string(e.keyEnd) == string(l.keyEnd) && e.comment == l.comment
+}
 
 type setSpec struct {
 	name     string
 	keyType  nftables.SetDatatype
 	concat   bool
-	vmap     bool
+	idMap    bool // a map whose values are peer list ids (type mark)
 	interval bool
 	counter  bool
 	comment  string
@@ -67,6 +70,7 @@ type content struct {
 
 var (
 	keyAddr      = nftables.TypeIP6Addr
+	keyListAddr  = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIP6Addr)
 	keyAddrProto = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto)
 	keyAddrPort  = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 	keyAddrMAC   = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeEtherAddr)
@@ -80,49 +84,31 @@ var staticSets = []setSpec{
 	{name: "eg_drop", keyType: keyAddr, counter: true, comment: "egress drops per container"},
 	{name: "mac_bound", keyType: keyAddr, comment: "addresses whose source MAC is checked"},
 	{name: "src_mac", keyType: keyAddrMAC, concat: true, comment: "address . MAC of each container"},
-	// Verdict maps that jump to a peer chain. The kernel re-validates every
-	// verdict map reachable from a base chain, walking all its elements,
-	// whenever an element with a jump is added; that walk, not the diff, is
-	// most of the cost of a change at 10k containers (see README.md).
-	{name: "in_port", keyType: keyAddrPort, concat: true, vmap: true},
-	{name: "in_proto", keyType: keyAddrProto, concat: true, vmap: true},
-	{name: "in_icmp", keyType: keyAddr, vmap: true},
-	{name: "in_any", keyType: keyAddr, vmap: true},
-	{name: "eg_port", keyType: keyAddrPort, concat: true, vmap: true},
-	{name: "eg_proto", keyType: keyAddrProto, concat: true, vmap: true},
-	{name: "eg_icmp", keyType: keyAddr, vmap: true},
-	{name: "eg_any", keyType: keyAddr, vmap: true},
+	// Maps from a container's address (and protocol, port) to the id of
+	// a peer list. They hold data, not verdicts: adding a jump element to
+	// a verdict map makes the kernel re-validate every verdict map of the
+	// table, walking all their elements, so a change cost grew with the
+	// number of containers (see README.md).
+	{name: "in_port_list", keyType: keyAddrPort, concat: true, idMap: true},
+	{name: "in_proto_list", keyType: keyAddrProto, concat: true, idMap: true},
+	{name: "in_icmp_list", keyType: keyAddr, idMap: true},
+	{name: "in_any_list", keyType: keyAddr, idMap: true},
+	{name: "eg_port_list", keyType: keyAddrPort, concat: true, idMap: true},
+	{name: "eg_proto_list", keyType: keyAddrProto, concat: true, idMap: true},
+	{name: "eg_icmp_list", keyType: keyAddr, idMap: true},
+	{name: "eg_any_list", keyType: keyAddr, idMap: true},
+	// The members of every peer list in use: list id . peer prefix. Its
+	// size is peer lists x prefixes, independent of the number of
+	// containers.
+	{name: "lists", keyType: keyListAddr, concat: true, interval: true, comment: "peer list id . peer prefix"},
 }
 
-const peerSetPrefix = "peer_"
+// listID is a peer list's id: the value of the *_list maps and the first
+// field of set "lists". Ids are 32 bits because nft can only print a map
+// result that is stored in the packet mark (see directionChain).
+type listID uint32
 
-// peerSetName maps a peer name (any string) to a set name nft prints
-// without quoting; the hash keeps distinct names distinct.
-func peerSetName(peer string) string {
-	var b strings.Builder
-	for _, r := range peer {
-		if r < 128 && (r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
-			b.WriteRune(r)
-		} else {
-			b.WriteByte('_')
-		}
-		if b.Len() >= 32 {
-			break
-		}
-	}
-	return peerSetPrefix + b.String() + "_" + shortHash(peer)
-}
-
-func shortHash(s string) string {
-	h := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(h[:4])
-}
-
-// peerChainName names the chain shared by all rules of one direction with
-// the same set of peers.
-func peerChainName(dir string, peers []string) string {
-	return dir + "_" + shortHash(strings.Join(peers, "\x00"))
-}
+func (id listID) bytes() []byte { return binary.NativeEndian.AppendUint32(nil, uint32(id)) }
 
 func key(parts ...[]byte) []byte {
 	var b []byte
@@ -152,38 +138,55 @@ type setElem struct {
 	e   elem
 }
 
+// peerList is a sorted list of peer names ([PeerAny] alone if it has
+// "any") and its id.
+type peerList struct {
+	id    listID
+	peers []string
+}
+
 // compiled is one container's share of the table: everything it adds, so
 // that removing or changing it touches only these elements.
 type compiled struct {
-	c      Container // a deep copy of what was compiled, to detect changes
-	elems  []setElem
-	chains []chainSpec // peer chains its map elements jump to
-	peers  []string    // peer sets its rules name
+	c     Container // a deep copy of what was compiled, to detect changes
+	elems []setElem
+	lists []peerList // peer lists its map elements name
+	peers []string   // peer sets its rules name
 	// seen and kept are the model epoch in which the container was found
 	// in the State (seen) and found unchanged (kept).
 	seen, kept uint64
 }
 
-// compiler turns containers into elements. It memoizes peer chains:
-// naming and tagging one costs two hashes, and thousands of containers
-// share a few peer lists.
+// compiler turns containers into elements. It assigns peer list ids:
+// a hash of the list, probed on a collision so that two lists never share
+// an id (that would let one list's peers in through the other's rules).
+// The assignment is kept for the compiler's life, so every compiled
+// container it handed out stays consistent; it holds one entry per
+// distinct peer list ever seen (a few hundred).
 type compiler struct {
-	chains map[string]chainSpec // dir + "\x00" + peers -> chain
+	ids   map[string]listID // peers joined by \x00 -> id
+	taken map[listID]string
 }
 
-func newCompiler() *compiler { return &compiler{chains: map[string]chainSpec{}} }
+func newCompiler() *compiler {
+	return &compiler{ids: map[string]listID{}, taken: map[listID]string{}}
+}
 
-func (cp *compiler) peerChain(dir string, list []string) chainSpec {
-	k := dir + "\x00" + strings.Join(list, "\x00")
-	if ch, ok := cp.chains[k]; ok {
-		return ch
+func (cp *compiler) listID(list []string) listID {
+	k := strings.Join(list, "\x00")
+	if id, ok := cp.ids[k]; ok {
+		return id
 	}
-	if len(cp.chains) > 1<<14 { // bound the memo; it is only a cache
-		clear(cp.chains)
+	for salt := 0; ; salt++ {
+		h := sha256.Sum256(fmt.Appendf(nil, "%d\x00%s", salt, k))
+		id := listID(binary.BigEndian.Uint32(h[:4]))
+		if _, used := cp.taken[id]; id == 0 || used {
+			continue
+		}
+		cp.ids[k] = id
+		cp.taken[id] = k
+		return id
 	}
-	ch := peerChain(peerChainName(dir, list), dir, list)
-	cp.chains[k] = ch
-	return ch
 }
 
 // container computes the elements of one (valid) container.
@@ -199,12 +202,12 @@ func (cp *compiler) container(ct Container) *compiled {
 		add("src_mac", elem{key: key(a, ct.MAC), comment: ct.ID})
 	}
 	peerSeen := map[string]bool{}
-	chainSeen := map[string]bool{}
+	listSeen := map[listID]bool{}
 	for _, d := range []struct {
 		dir   string
 		rules []Rule
 	}{{"in", ct.Ingress}, {"eg", ct.Egress}} {
-		// Rules that share a key are merged into one peer chain.
+		// Rules that share a key are merged into one peer list.
 		type keyed struct {
 			set, key string
 			peers    []string
@@ -231,17 +234,17 @@ func (cp *compiler) container(ct Container) *compiled {
 			switch r.Proto {
 			case TCP, UDP:
 				if len(r.Ports) == 0 {
-					note(d.dir+"_proto", key(a, []byte{byte(r.Proto)}), r.Peer)
+					note(d.dir+"_proto_list", key(a, []byte{byte(r.Proto)}), r.Peer)
 				}
 				for _, pr := range r.Ports {
 					for p := int(pr.First); p <= int(pr.Last); p++ {
-						note(d.dir+"_port", key(a, []byte{byte(r.Proto)}, port(uint16(p))), r.Peer)
+						note(d.dir+"_port_list", key(a, []byte{byte(r.Proto)}, port(uint16(p))), r.Peer)
 					}
 				}
 			case ICMP:
-				note(d.dir+"_icmp", a, r.Peer)
+				note(d.dir+"_icmp_list", a, r.Peer)
 			case Any:
-				note(d.dir+"_any", a, r.Peer)
+				note(d.dir+"_any_list", a, r.Peer)
 			}
 		}
 		for _, id := range order {
@@ -252,43 +255,55 @@ func (cp *compiler) container(ct Container) *compiled {
 			} else {
 				slices.Sort(list)
 			}
-			ch := cp.peerChain(d.dir, list)
-			if !chainSeen[ch.name] {
-				chainSeen[ch.name] = true
-				out.chains = append(out.chains, ch)
+			pl := peerList{id: cp.listID(list), peers: list}
+			if !listSeen[pl.id] {
+				listSeen[pl.id] = true
+				out.lists = append(out.lists, pl)
 			}
-			add(kd.set, elem{key: []byte(kd.key), chain: ch.name, comment: ct.ID})
+			add(kd.set, elem{key: []byte(kd.key), data: pl.id.bytes(), comment: ct.ID})
 		}
 	}
 	return out
 }
 
-// peerSetElems computes a peer set's spec and elements.
-func peerSetElems(name string, prefixes []netip.Prefix) (setSpec, []elem) {
-	sn := peerSetName(name)
-	es := intervalElems(prefixes)
-	for i := range es {
-		if !es[i].end { // the kernel refuses userdata on interval ends
-			es[i].comment = name
+// listElems computes the elements of set "lists" for one peer list: the
+// union of its peer sets' prefixes, merged into disjoint ranges.
+func listElems(pl peerList, peerSets func(string) []netip.Prefix) []elem {
+	var prefixes []netip.Prefix
+	for _, p := range pl.peers {
+		if p == PeerAny {
+			prefixes = append(prefixes, netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+			continue
 		}
+		prefixes = append(prefixes, peerSets(p)...)
 	}
-	return setSpec{name: sn, keyType: keyAddr, interval: true, comment: name}, es
+	comment := strings.Join(pl.peers, " ")
+	if len(comment) > 120 { // element userdata is limited to 256 bytes
+		comment = comment[:117] + "..."
+	}
+	idb := pl.id.bytes()
+	var out []elem
+	for _, r := range mergeRanges(prefixes) {
+		last := new(big.Int).Sub(r.hi, big.NewInt(1))
+		out = append(out, elem{key: key(idb, addr16(r.lo)), keyEnd: key(idb, addr16(last)), comment: comment})
+	}
+	return out
 }
 
-// intervalElems turns prefixes into the start/end elements of an interval
-// set, merging overlaps (the kernel refuses overlapping intervals).
-func intervalElems(prefixes []netip.Prefix) []elem {
-	type rng struct{ lo, hi *big.Int }
-	var rs []rng
+type addrRange struct{ lo, hi *big.Int } // hi exclusive
+
+// mergeRanges turns prefixes into sorted disjoint ranges, merging overlaps
+// (the kernel refuses overlapping intervals).
+func mergeRanges(prefixes []netip.Prefix) []addrRange {
+	var rs []addrRange
 	for _, p := range prefixes {
 		p = p.Masked()
 		lo := new(big.Int).SetBytes(p.Addr().AsSlice())
 		size := new(big.Int).Lsh(big.NewInt(1), uint(128-p.Bits()))
-		hi := new(big.Int).Add(lo, size) // exclusive
-		rs = append(rs, rng{lo, hi})
+		rs = append(rs, addrRange{lo, new(big.Int).Add(lo, size)})
 	}
-	slices.SortFunc(rs, func(a, b rng) int { return a.lo.Cmp(b.lo) })
-	var merged []rng
+	slices.SortFunc(rs, func(a, b addrRange) int { return a.lo.Cmp(b.lo) })
+	var merged []addrRange
 	for _, r := range rs {
 		if n := len(merged); n > 0 && r.lo.Cmp(merged[n-1].hi) <= 0 {
 			if r.hi.Cmp(merged[n-1].hi) > 0 {
@@ -298,9 +313,15 @@ func intervalElems(prefixes []netip.Prefix) []elem {
 		}
 		merged = append(merged, r)
 	}
+	return merged
+}
+
+// intervalElems turns prefixes into the start/end elements of a
+// single-field interval set (rbtree), merging overlaps.
+func intervalElems(prefixes []netip.Prefix) []elem {
 	top := new(big.Int).Lsh(big.NewInt(1), 128)
 	var out []elem
-	for _, r := range merged {
+	for _, r := range mergeRanges(prefixes) {
 		out = append(out, elem{key: addr16(r.lo)})
 		if r.hi.Cmp(top) < 0 { // an interval up to the top of the space has no end element
 			out = append(out, elem{key: addr16(r.hi), end: true})
@@ -381,42 +402,60 @@ func rule(parts ...any) ruleSpec {
 	return r
 }
 
-func peerChain(name, dir string, peers []string) chainSpec {
-	src := dir == "in"
-	allow := verdict(expr.VerdictAccept, "")
-	if !src {
-		allow = verdict(expr.VerdictGoto, "egress_ok")
-	}
-	ch := chainSpec{name: name}
-	for _, p := range peers {
-		if p == PeerAny {
-			ch.rules = append(ch.rules, rule(allow))
-			continue
-		}
-		ch.rules = append(ch.rules, rule(payloadAddr(src),
-			&expr.Lookup{SourceRegister: reg1, SetName: peerSetName(p)}, allow))
-	}
-	return tagged(ch)
-}
-
-// directionChain is "ingress" or "egress": the verdict maps in order of
+// directionChain is "ingress" or "egress": one rule per map, in order of
 // specificity, then the per-container drop counter, then drop.
+//
+// A rule looks the container's address (. protocol . port) up in a map
+// that gives the id of a peer list, and then looks id . peer address up in
+// set "lists". The id is passed from the first lookup to the second in a
+// register; the only form of that which nft can print is a map result
+// stored in a packet field and read back, so the rule goes through the
+// packet mark and gives the mark back within the same rule:
+//
+//	reg14 = mark              (save; nft does not print the load)
+//	reg8  = map lookup        meta mark set <key> map @<dir>_<kind>_list
+//	mark  = reg8
+//	reg8  = mark              (the id, read back for the second lookup)
+//	mark  = reg14             meta mark set meta mark   (the restore)
+//	lookup reg8 . peer        meta mark . <peer addr> @lists
+//
+// Nothing else runs between the set and the restore, so no other rule,
+// table or hook ever sees the id in the mark; a miss in the first lookup
+// ends the rule before the mark is touched. nft prints the restore as
+// `meta mark set meta mark`, which reads as a no-op: it is the saved mark.
 func directionChain(dir string) []ruleSpec {
 	src := dir == "eg"
-	addr := payloadAddr(src)
-	lookupMap := func(set string) *expr.Lookup {
-		return &expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: 0}
+	allow := verdict(expr.VerdictAccept, "")
+	if src {
+		allow = verdict(expr.VerdictGoto, "egress_ok")
 	}
+	const (
+		regID   = 8  // NFT_REG32_00: the list id, then the lists key starts here
+		regPeer = 9  // NFT_REG32_01..04: the peer address
+		regSave = 14 // NFT_REG32_06: the packet mark on entry
+	)
+	lookupList := func(set string, keyExprs ...expr.Any) ruleSpec {
+		return rule(payloadAddr(src), keyExprs,
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: regSave},
+			&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: regID},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: regID},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: regID},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: regSave},
+			&expr.Payload{DestRegister: regPeer, Base: expr.PayloadBaseNetworkHeader, Offset: payloadAddr(!src).Offset, Len: 16},
+			&expr.Lookup{SourceRegister: regID, SetName: "lists"},
+			allow)
+	}
+	icmp := lookupList(dir + "_icmp_list")
+	icmp.exprs = append(icmpType(128, 128), icmp.exprs...)
 	return []ruleSpec{
-		rule(addr,
+		lookupList(dir+"_port_list",
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32b},
-			&expr.Payload{DestRegister: reg32c, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			lookupMap(dir+"_port")),
-		rule(addr, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32b}, lookupMap(dir+"_proto")),
-		rule(icmpType(128, 128), addr, lookupMap(dir+"_icmp")),
-		rule(addr, lookupMap(dir+"_any")),
+			&expr.Payload{DestRegister: reg32c, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}),
+		lookupList(dir+"_proto_list", &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32b}),
+		icmp,
+		lookupList(dir + "_any_list"),
 		// No verdict: the lookup only bumps the element's drop counter.
-		rule(addr, &expr.Lookup{SourceRegister: reg1, SetName: dir + "_drop"}),
+		rule(payloadAddr(src), &expr.Lookup{SourceRegister: reg1, SetName: dir + "_drop"}),
 		rule(verdict(expr.VerdictDrop, "")),
 	}
 }

@@ -22,21 +22,26 @@ type model struct {
 	addrs    map[netip.Addr]*compiled
 	peers    map[string]peerEntry
 	peerRefs map[string]int // peer set -> containers naming it
-	chainRef map[string]int // peer chain -> containers jumping to it
+	listRef  map[listID]int // peer list -> containers naming it
+	lists    map[listID]listEntry
 
 	want content
 }
 
 type peerEntry struct {
 	prefixes []netip.Prefix // a copy, to detect changes
-	spec     setSpec
-	elems    []elem
+}
+
+// listEntry is a peer list in use and its elements in set "lists".
+type listEntry struct {
+	pl    peerList
+	elems []elem
 }
 
 func newModel(prefix netip.Prefix, gateway netip.Addr) *model {
 	m := &model{prefix: prefix, gateway: gateway,
 		conts: map[string]*compiled{}, addrs: map[netip.Addr]*compiled{},
-		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, chainRef: map[string]int{},
+		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
 		want: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
 	}
 	for _, ss := range staticSets {
@@ -101,7 +106,7 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		}
 		var nc *compiled
 		if r := reuse[c.ID]; r != nil && sameContainer(&r.c, c) {
-			nc = &compiled{c: r.c, elems: r.elems, chains: r.chains, peers: r.peers}
+			nc = &compiled{c: r.c, elems: r.elems, lists: r.lists, peers: r.peers}
 		} else {
 			nc = cp.container(*c)
 		}
@@ -152,8 +157,7 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		if len(validatePeerSet(name, ps)) > 0 {
 			return plan{}, false
 		}
-		spec, es := peerSetElems(name, ps)
-		ne := &peerEntry{prefixes: slices.Clone(ps), spec: spec, elems: es}
+		ne := &peerEntry{prefixes: slices.Clone(ps)}
 		pc := peerChange{name: name, new: ne}
 		if had {
 			pc.old = &old
@@ -169,15 +173,15 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		}
 	}
 
-	// From here on s is valid: compute the element and chain changes.
-	chainDelta := map[string]int{}
-	chainSpecs := map[string]chainSpec{}
+	// From here on s is valid: compute the element and peer list changes.
+	listDelta := map[listID]int{}
+	listSpecs := map[listID]peerList{}
 	for _, old := range gone {
 		for _, se := range old.elems {
 			put(del, se.set, se.e)
 		}
-		for _, ch := range old.chains {
-			chainDelta[ch.name]--
+		for _, pl := range old.lists {
+			listDelta[pl.id]--
 		}
 	}
 	addElem := func(set string, e elem) {
@@ -191,37 +195,49 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		for _, se := range nc.elems {
 			addElem(se.set, se.e)
 		}
-		for _, ch := range nc.chains {
-			chainDelta[ch.name]++
-			chainSpecs[ch.name] = ch
+		for _, pl := range nc.lists {
+			listDelta[pl.id]++
+			listSpecs[pl.id] = pl
 		}
 	}
+	// Peer lists: a list coming into use gets its elements in "lists", one
+	// going out of use loses them, and a list in use whose peer sets
+	// changed is recomputed (unchanged elements are neither deleted nor
+	// added).
+	changed := map[string]bool{}
 	for _, pc := range pcs {
-		sn := peerSetName(pc.name)
-		switch {
-		case pc.new == nil:
-			p.delSets = append(p.delSets, sn)
-		case pc.old == nil:
-			p.addSets = append(p.addSets, pc.new.spec)
-		}
-		if pc.old != nil && pc.new != nil {
-			for _, e := range pc.old.elems {
-				put(del, sn, e)
-			}
-		}
-		if pc.new != nil {
-			for _, e := range pc.new.elems {
-				addElem(sn, e)
-			}
-		}
+		changed[pc.name] = true
 	}
-	for name, d := range chainDelta {
-		was := m.chainRef[name]
+	prefixesOf := func(name string) []netip.Prefix { return s.PeerSets[name] }
+	listNew := map[listID]listEntry{}
+	for id, d := range listDelta {
+		was := m.listRef[id]
 		switch {
 		case was == 0 && was+d > 0:
-			p.addChains = append(p.addChains, chainSpecs[name])
+			le := listEntry{pl: listSpecs[id], elems: listElems(listSpecs[id], prefixesOf)}
+			for _, e := range le.elems {
+				addElem("lists", e)
+			}
+			listNew[id] = le
 		case was > 0 && was+d == 0:
-			p.delChains = append(p.delChains, name)
+			for _, e := range m.lists[id].elems {
+				put(del, "lists", e)
+			}
+		}
+	}
+	if len(changed) > 0 {
+		for id, le := range m.lists {
+			if m.listRef[id]+listDelta[id] == 0 || !slices.ContainsFunc(le.pl.peers, func(p string) bool { return changed[p] }) {
+				continue
+			}
+			for _, e := range le.elems {
+				put(del, "lists", e)
+			}
+			nl := listEntry{pl: le.pl, elems: listElems(le.pl, prefixesOf)}
+			for _, e := range nl.elems {
+				addElem("lists", e)
+			}
+			listNew[id] = nl
 		}
 	}
 
@@ -251,31 +267,22 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	}
 	m.order = order
 	for _, pc := range pcs {
-		sn := peerSetName(pc.name)
 		if pc.new == nil {
 			delete(m.peers, pc.name)
-			delete(m.want.sets, sn)
-			delete(m.want.elems, sn)
-			delete(del, sn) // deleting the set removes its elements
-			continue
-		}
-		m.peers[pc.name] = *pc.new
-		m.want.sets[sn] = pc.new.spec
-		if m.want.elems[sn] == nil {
-			m.want.elems[sn] = map[string]elem{}
+		} else {
+			m.peers[pc.name] = *pc.new
 		}
 	}
-	for name, d := range chainDelta {
-		n := m.chainRef[name] + d
-		if n > 0 {
-			m.chainRef[name] = n
-			if _, ok := m.want.chains[name]; !ok {
-				m.want.chains[name] = chainSpecs[name]
-			}
+	for id, d := range listDelta {
+		if n := m.listRef[id] + d; n > 0 {
+			m.listRef[id] = n
 		} else {
-			delete(m.chainRef, name)
-			delete(m.want.chains, name)
+			delete(m.listRef, id)
+			delete(m.lists, id)
 		}
+	}
+	for id, le := range listNew {
+		m.lists[id] = le
 	}
 	byID := func(a, b elem) int { return strings.Compare(a.id(), b.id()) }
 	for set, es := range del {

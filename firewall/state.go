@@ -1,20 +1,25 @@
 // Package firewall programs v6reg's nftables table (`inet v6reg`): default
 // deny for the node's prefix, per-container ingress and egress policy held
-// in verdict maps, shared peer sets, drop counters per container. It knows
+// in hash maps of peer list ids, shared peer lists, drop counters per
+// container. It knows
 // nothing about Docker, Nomad or Consul: callers hand it a State.
 //
-// Layout (see DESIGN.md, "The firewall"): a forward base chain sends only
-// packets to or from the prefix to chain "filter"; everything else is left
-// to the node's other tables. Per-container policy lives in hash verdict
-// maps keyed on address . proto . port (in_port, eg_port), address . proto
-// (in_proto, eg_proto: all ports), address (in_icmp, eg_icmp: echo
-// requests; in_any, eg_any: any protocol). A map hit jumps to a small chain
-// shared by every rule with the same list of peers ("in_<hash>",
-// "eg_<hash>"), which looks the peer address up in the peers' interval sets.
-// A miss returns and the next map is tried; what is left is counted per
-// container (sets in_drop, eg_drop with per-element counters) and dropped.
-// So the per-packet cost is a fixed number of hash lookups, and one
-// container's change is a handful of element additions or removals.
+// Layout (see DESIGN.md, "The firewall", and README.md): a forward base
+// chain sends only packets to or from the prefix to chain "filter";
+// everything else is left to the node's other tables. Per-container policy
+// lives in hash maps keyed on address . proto . port (in_port_list,
+// eg_port_list), address . proto (in_proto_list, eg_proto_list: all
+// ports), address (in_icmp_list, eg_icmp_list: echo requests; in_any_list,
+// eg_any_list: any protocol). A map gives the id of a peer list (the peers
+// of the container's rules with that key); the rule then looks
+// id . peer address up in the one interval set "lists", which holds the
+// prefixes of every peer list in use. A miss falls through to the next map;
+// what is left is counted per container (sets in_drop, eg_drop with
+// per-element counters) and dropped. So the per-packet cost is a fixed
+// number of lookups, and one container's change is a handful of data
+// element additions or removals, whose commit cost does not grow with the
+// number of containers. The id passes through the packet mark, which each
+// rule restores before it ends.
 //
 // Bridged traffic between two containers crosses the inet forward hook only
 // with br_netfilter and net.bridge.bridge-nf-call-ip6tables=1, see

@@ -24,10 +24,10 @@ func (g *fakeGen) read() (uint32, error) { return g.n, nil }
 //	nft -f - <<EOF
 //	add element inet v6reg containers { 2001:db8:1:2:3::1:2711 comment "..." }
 //	add element inet v6reg eg_drop { 2001:db8:1:2:3::1:2711 comment "..." }
-//	add element inet v6reg eg_port { 2001:db8:1:2:3::1:2711 . tcp . 443 comment "..." : jump eg_..., 2001:db8:1:2:3::1:2711 . udp . 53 comment "..." : jump eg_... }
+//	add element inet v6reg eg_port_list { 2001:db8:1:2:3::1:2711 . tcp . 443 comment "..." : <id>, 2001:db8:1:2:3::1:2711 . udp . 53 comment "..." : <id> }
 //	add element inet v6reg in_drop { 2001:db8:1:2:3::1:2711 comment "..." }
-//	add element inet v6reg in_icmp { 2001:db8:1:2:3::1:2711 comment "..." : jump in_... }
-//	add element inet v6reg in_port { 2001:db8:1:2:3::1:2711 . tcp . 8080 comment "..." : jump in_..., 2001:db8:1:2:3::1:2711 . tcp . 9100 comment "..." : jump in_... }
+//	add element inet v6reg in_icmp_list { 2001:db8:1:2:3::1:2711 comment "..." : <id> }
+//	add element inet v6reg in_port_list { 2001:db8:1:2:3::1:2711 . tcp . 8080 comment "..." : <id>, 2001:db8:1:2:3::1:2711 . tcp . 9100 comment "..." : <id> }
 //	EOF
 func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 	gen := &fakeGen{n: 7}
@@ -78,7 +78,7 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 		}
 		sets = append(sets, setNameOf(t, m.Data))
 	}
-	want := []string{"containers", "eg_drop", "eg_port", "in_drop", "in_icmp", "in_port"}
+	want := []string{"containers", "eg_drop", "eg_port_list", "in_drop", "in_icmp_list", "in_port_list"}
 	if len(sets) != len(want) {
 		t.Fatalf("element messages for sets %v, want %v", sets, want)
 	}
