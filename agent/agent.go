@@ -317,7 +317,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	if a.reg != nil {
 		changes, err := a.reg.apply(ctx, d.Registrations)
 		for _, c := range changes {
-			a.logConsul(d, c)
+			a.logConsul(c)
 		}
 		if err != nil {
 			a.o.Metrics.Errors.WithLabelValues("consul").Inc()
@@ -413,7 +413,7 @@ func shortID(id string) string {
 	return id
 }
 
-func (a *Agent) logConsul(d Desired, c ConsulChange) {
+func (a *Agent) logConsul(c ConsulChange) {
 	attrs := []any{"id", c.ID}
 	if c.Op == "register" {
 		attrs = append(attrs, "service", c.Reg.Name, "address", c.Reg.Addr, "port", c.Reg.Port,

@@ -41,7 +41,7 @@ func newRig(t *testing.T, nomadAPI NomadAPI) *rig {
 	return r
 }
 
-func webSummary(tag string, n int) (string, map[string]string) {
+func webSummary(tag string) (string, map[string]string) {
 	return cid(tag), map[string]string{
 		"v6reg.ingress":  "tcp/80 from @traefik",
 		"v6reg.egress":   "tcp/5432 to service:postgres",
@@ -53,8 +53,8 @@ func webSummary(tag string, n int) (string, map[string]string) {
 func TestReconcileIsIdempotent(t *testing.T) {
 	r := newRig(t, nil)
 	r.consul.health["postgres"] = []*consul.ServiceEntry{entry("fd00:1::5"), entry("10.0.0.5")}
-	id1, l1 := webSummary("a1", 10)
-	id2, l2 := webSummary("a2", 11)
+	id1, l1 := webSummary("a1")
+	id2, l2 := webSummary("a2")
 	r.docker.set(summary(id1, "web1", addrN(10), l1), summary(id2, "web2", addrN(11), l2))
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -103,7 +103,7 @@ func TestReconcileIsIdempotent(t *testing.T) {
 
 func TestReconcileRemovesOnlyOwnedRegistrations(t *testing.T) {
 	r := newRig(t, nil)
-	id1, l1 := webSummary("a1", 10)
+	id1, l1 := webSummary("a1")
 	r.docker.set(summary(id1, "web1", addrN(10), l1))
 	delete(l1, "v6reg.egress")
 	// Orphans of this node (the container is gone), and foreign ones.
@@ -165,7 +165,7 @@ func TestReconcileDockerErrorAppliesNothing(t *testing.T) {
 
 func TestReconcileConsulErrorSurfacesAndRetries(t *testing.T) {
 	r := newRig(t, nil)
-	id1, l1 := webSummary("a1", 10)
+	id1, l1 := webSummary("a1")
 	delete(l1, "v6reg.egress")
 	r.docker.set(summary(id1, "web1", addrN(10), l1))
 	r.consul.registerErr = errors.New("connection refused")
@@ -306,7 +306,7 @@ func TestReconcileStoppingAllocDeregistersFirst(t *testing.T) {
 
 func TestPeerWatchWaitsOnceAndFollowsChanges(t *testing.T) {
 	r := newRig(t, nil)
-	id, labels := webSummary("a1", 10)
+	id, labels := webSummary("a1")
 	r.docker.set(summary(id, "web1", addrN(10), labels))
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -394,7 +394,7 @@ func TestSetOperatorAndWatch(t *testing.T) {
 	r := newRig(t, nil)
 	wf := watchingFirewall{fakeFirewall: r.fw, watching: make(chan func() firewall.State, 1)}
 	r.agent.o.Firewall = wf
-	id, labels := webSummary("a1", 10)
+	id, labels := webSummary("a1")
 	delete(labels, "v6reg.egress")
 	r.docker.set(summary(id, "web1", addrN(10), labels))
 	ctx, cancel := context.WithCancel(t.Context())

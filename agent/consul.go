@@ -34,18 +34,24 @@ type ConsulAPI interface {
 // ConsulClient adapts *consul.Client to ConsulAPI.
 type ConsulClient struct{ C *consul.Client }
 
+// Services lists the local agent's services; see ConsulAPI.
 func (c ConsulClient) Services(ctx context.Context) (map[string]*consul.AgentService, error) {
 	return c.C.Agent().ServicesWithFilterOpts("", (&consul.QueryOptions{}).WithContext(ctx))
 }
 
+// Register registers reg with the local agent, replacing its checks
+// so a changed check does not leave the old one behind.
 func (c ConsulClient) Register(ctx context.Context, reg *consul.AgentServiceRegistration) error {
 	return c.C.Agent().ServiceRegisterOpts(reg, consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
 }
 
+// Deregister removes the service id from the local agent.
 func (c ConsulClient) Deregister(ctx context.Context, id string) error {
 	return c.C.Agent().ServiceDeregisterOpts(id, (&consul.QueryOptions{}).WithContext(ctx))
 }
 
+// HealthService runs one blocking health query (up to 5 minutes, stale
+// reads allowed); see ConsulAPI.
 func (c ConsulClient) HealthService(ctx context.Context, service, tag string, waitIndex uint64) ([]*consul.ServiceEntry, uint64, error) {
 	q := (&consul.QueryOptions{WaitIndex: waitIndex, WaitTime: 5 * time.Minute, AllowStale: true}).WithContext(ctx)
 	entries, meta, err := c.C.Health().Service(service, tag, false, q)

@@ -23,7 +23,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 	calls := make(chan call, 10)
 	var mu sync.Mutex
 	n := 0
-	api := &fakeDocker{events: func(ctx context.Context, o events.ListOptions) (<-chan events.Message, <-chan error) {
+	api := &fakeDocker{events: func(_ context.Context, o events.ListOptions) (<-chan events.Message, <-chan error) {
 		mu.Lock()
 		n++
 		k := n

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -343,8 +342,6 @@ func (f *fakeIPAM) ReconcileWithDocker(context.Context) error {
 }
 
 func (f *fakeIPAM) Counts() (int, int) { return 3, 1 }
-
-var errDown = errors.New("connection refused")
 
 // wait receives from ch or fails the test after a generous deadline (the
 // deadline is only hit when the code under test is broken).

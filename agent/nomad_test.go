@@ -115,11 +115,11 @@ func (r *nomadReplay) stop() {
 }
 
 func (r *nomadReplay) serve(w http.ResponseWriter, req *http.Request) {
-	switch {
-	case req.URL.Path == "/v1/agent/self":
+	switch req.URL.Path {
+	case "/v1/agent/self":
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(r.self)
-	case req.URL.Path == "/v1/node/"+fixtureNode+"/allocations":
+	case "/v1/node/" + fixtureNode + "/allocations":
 		r.queries <- req.URL.RawQuery
 		want, _ := strconv.ParseUint(req.URL.Query().Get("index"), 10, 64)
 		for {
@@ -400,7 +400,7 @@ func TestNomadSourceStopsWhileNomadHangs(t *testing.T) {
 	t.Setenv("NOMAD_TOKEN", "")
 	hung := make(chan struct{}, 1)
 	quit := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
 		select {
 		case hung <- struct{}{}:
 		default:

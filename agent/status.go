@@ -74,8 +74,8 @@ type DropState struct {
 }
 
 func (s *Snapshot) fill(d Desired, n *nomadSource) {
-	switch {
-	case n == nil:
+	switch n {
+	case nil:
 		s.Nomad = "disabled"
 	default:
 		synced, lastOK, err := n.state()
@@ -191,7 +191,7 @@ func (a *Agent) MetricsHandler() http.Handler {
 		a.refreshDrops(r.Context())
 		prom.ServeHTTP(w, r)
 	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		s := a.Snapshot()
 		if s.At.IsZero() {
 			http.Error(w, "no reconcile yet", http.StatusServiceUnavailable)
@@ -201,7 +201,7 @@ func (a *Agent) MetricsHandler() http.Handler {
 			http.Error(w, problems, http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintf(w, "ok: last reconcile %s ago\n", time.Since(s.At).Round(time.Millisecond))
+		_, _ = fmt.Fprintf(w, "ok: last reconcile %s ago\n", time.Since(s.At).Round(time.Millisecond)) // the prober went away: nothing to do
 	})
 	return mux
 }
@@ -222,7 +222,7 @@ func ListenAPI(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("listening on api socket %s: %w", path, err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
+		_ = l.Close() // the chmod error is the one worth reporting
 		return nil, fmt.Errorf("restricting api socket: %w", err)
 	}
 	return l, nil
@@ -233,7 +233,8 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		// ctx is done by now: shut down under a fresh deadline.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()

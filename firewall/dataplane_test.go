@@ -360,7 +360,12 @@ func TestSelfHeal(t *testing.T) {
 			t.Fatalf("%s: %v", breakIt.name, err)
 		}
 		start := time.Now()
-		pass(t, breakIt.name+": client-out -> c1:8080 while broken", tp.ClientOut.DialTCP(none, tp.C1Addr, 8080, okWait))
+		// Prove the break took (the table gone, or its chains empty)
+		// from the kernel right away: a traffic probe here would race the
+		// watch, which may already have restored the table under load.
+		if rules := liveRuleCount(t, other); rules != 0 {
+			t.Fatalf("%s: the table still holds %d rules right after the break", breakIt.name, rules)
+		}
 		for e.fw.Restores() < uint64(i+1) {
 			if time.Since(start) > 5*time.Second {
 				t.Fatalf("%s: not restored within 5s", breakIt.name)
@@ -371,4 +376,25 @@ func TestSelfHeal(t *testing.T) {
 		drop(t, breakIt.name+": client-out -> c1:8080 after restore", tp.ClientOut.DialTCP(none, tp.C1Addr, 8080, dropWait))
 		pass(t, breakIt.name+": client-in -> c1:8080 after restore", tp.ClientIn.DialTCP(none, tp.C1Addr, 8080, okWait))
 	}
+}
+
+// liveRuleCount counts the rules of table inet v6reg (0 when it is gone).
+func liveRuleCount(t *testing.T, c *nftables.Conn) int {
+	t.Helper()
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("listing chains: %v", err)
+	}
+	n := 0
+	for _, ch := range chains {
+		if ch.Table.Name != TableName {
+			continue
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			t.Fatalf("listing rules of %s: %v", ch.Name, err)
+		}
+		n += len(rules)
+	}
+	return n
 }

@@ -150,7 +150,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 	}
 	g1, gerr1 := f.gen.read()
 	f.liveGen = g1
-	if gerr != nil || gerr1 != nil || g1 != g0+uint32(batches) {
+	if gerr != nil || gerr1 != nil || int64(g1-g0) != int64(batches) { // uint32 subtraction: the generation wraps
 		f.m = nil // someone else committed meanwhile: trust nothing cached
 	}
 	if ch.Restored() && f.everApplied {

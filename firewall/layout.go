@@ -238,7 +238,7 @@ func (cp *compiler) container(ct Container) *compiled {
 				}
 				for _, pr := range r.Ports {
 					for p := int(pr.First); p <= int(pr.Last); p++ {
-						note(d.dir+"_port_list", key(a, []byte{byte(r.Proto)}, port(uint16(p))), r.Peer)
+						note(d.dir+"_port_list", key(a, []byte{byte(r.Proto)}, port(uint16(p))), r.Peer) //nolint:gosec // G115: p is in [First, Last], both uint16
 					}
 				}
 			case ICMP:
@@ -356,7 +356,7 @@ func matchPrefix(src bool, p netip.Prefix) []expr.Any {
 	a := p.Masked().Addr().AsSlice()
 	pl := payloadAddr(src)
 	if p.Bits()%8 == 0 {
-		pl.Len = uint32(p.Bits() / 8)
+		pl.Len = uint32(p.Bits() / 8) //nolint:gosec // G115: an IPv6 prefix has 0..128 bits
 		return []expr.Any{pl, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: a[:pl.Len]}}
 	}
 	mask := make([]byte, 16)
@@ -528,10 +528,10 @@ func baseChains(prefix netip.Prefix) []chainSpec {
 // were edited or flushed behind our back is detected and rewritten.
 func tagged(ch chainSpec) chainSpec {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\n", ch.name)
+	_, _ = fmt.Fprintf(h, "%s\n", ch.name) // hash.Hash writes never fail
 	for _, r := range ch.rules {
 		for _, e := range r.exprs {
-			fmt.Fprintf(h, "%T%+v;", e, e)
+			_, _ = fmt.Fprintf(h, "%T%+v;", e, e)
 		}
 		h.Write([]byte("\n"))
 	}

@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -314,6 +313,3 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	slices.Sort(p.delSets)
 	return p, true
 }
-
-// containerIDs lists the model's containers, for tests.
-func (m *model) containerIDs() []string { return slices.Sorted(maps.Keys(m.conts)) }

@@ -103,7 +103,7 @@ func programmed(t *testing.T, e *Env) []string {
 // demoWorkloads are the three containers of the demo: a web server open to
 // @office, a "database" open only to the web job, and a fetcher allowed
 // https to @internet.
-func demoWorkloads(t *testing.T, e *Env, ctx context.Context) (web, db, fetch Workload) {
+func demoWorkloads(t *testing.T, e *Env, ctx context.Context) (web, db, fetch Workload) { //nolint:revive // TODO(owner): ctx first; same order as waitOpen
 	t.Helper()
 	serve := func(port int, name string) string {
 		return fmt.Sprintf("mkdir -p /www && echo %s > /www/index.html && exec httpd -f -p [::]:%d -h /www", name, port)
@@ -137,7 +137,7 @@ func demoWorkloads(t *testing.T, e *Env, ctx context.Context) (web, db, fetch Wo
 }
 
 // waitOpen waits until the agent reports every container open.
-func waitOpen(t *testing.T, e *Env, ctx context.Context, ws ...Workload) {
+func waitOpen(t *testing.T, e *Env, ctx context.Context, ws ...Workload) { //nolint:revive // TODO(owner): ctx first, once faults_test.go can follow
 	t.Helper()
 	err := WaitFor(ctx, 30*time.Second, func() error {
 		s, err := e.Status()

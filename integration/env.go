@@ -215,7 +215,7 @@ func (e *Env) StartAgent(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent log: %w", err)
 	}
-	defer lf.Close()
+	defer func() { _ = lf.Close() }() // the started agent holds its own descriptor
 	cmd := exec.Command(e.AgentBin, "agent", "-config", e.Config)
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -286,7 +286,7 @@ func (e *Env) Status() (*agent.Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // a read error shows in Decode
 	var s agent.Snapshot
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		return nil, fmt.Errorf("decoding status: %w", err)
@@ -403,7 +403,7 @@ func HTTPGet(ns *netns.NS, addr netip.Addr, port int, timeout time.Duration) err
 	if err != nil {
 		return err
 	}
-	resp.Body.Close()
+	_ = resp.Body.Close() // only the status matters
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
@@ -423,7 +423,7 @@ func ServeHTTP(ns *netns.NS, addr netip.Addr, port int, name string) (stop func(
 		return nil, fmt.Errorf("listening on [%s]:%d in %s: %w", addr, port, ns.Name, err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintf(w, "hello from %s\n", name)
+		_, _ = fmt.Fprintf(w, "hello from %s\n", name) // the client reports a short answer
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	return func() { _ = srv.Close() }, nil
@@ -465,7 +465,7 @@ func (e *Env) ConsulServices() (map[string]struct {
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // a read error shows in Decode
 	var out map[string]struct {
 		Service string
 		Address string

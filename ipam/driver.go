@@ -92,16 +92,16 @@ func NewDriver(alloc *Allocator, cfg Config, log *slog.Logger) *Driver {
 // Handler returns the HTTP handler of the plugin socket.
 func (d *Driver) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /Plugin.Activate", func(w http.ResponseWriter, _ *http.Request) {
 		d.log.Info("ipam driver activated by docker")
 		reply(w, map[string][]string{"Implements": {"IpamDriver"}})
 	})
-	mux.HandleFunc("POST /IpamDriver.GetCapabilities", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /IpamDriver.GetCapabilities", func(w http.ResponseWriter, _ *http.Request) {
 		// The store persists every lease, so there is nothing for Docker to
 		// replay on its restart, and the MAC is only a hint.
 		reply(w, capabilitiesResponse{RequiresMACAddress: false, RequiresRequestReplay: false})
 	})
-	mux.HandleFunc("POST /IpamDriver.GetDefaultAddressSpaces", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /IpamDriver.GetDefaultAddressSpaces", func(w http.ResponseWriter, _ *http.Request) {
 		reply(w, addressSpacesResponse{LocalDefaultAddressSpace: localAddressSpace, GlobalDefaultAddressSpace: globalAddressSpace})
 	})
 	handle(mux, d, "IpamDriver.RequestPool", d.requestPool)
@@ -266,7 +266,9 @@ func parseAddr(s string) (netip.Addr, error) {
 // Listen opens the plugin socket at path, replacing a stale one left by a
 // crashed agent, readable by root only.
 func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	// Docker's plugin directory is shared with other plugins and dockerd
+	// makes it 0755 too; the socket itself is 0600.
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { //nolint:gosec // G301: see above
 		return nil, fmt.Errorf("plugin socket directory: %w", err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -87,7 +87,7 @@ func offsetAddr(p netip.Prefix, off uint64) netip.Addr {
 	a := p.Masked().Addr()
 	if a.Is4() {
 		b := a.As4()
-		v := binary.BigEndian.Uint32(b[:]) | uint32(off)&uint32(hostMask(32-p.Bits()))
+		v := binary.BigEndian.Uint32(b[:]) | uint32(off)&uint32(hostMask(32-p.Bits())) //nolint:gosec // G115: the mask keeps only the host bits, truncation is the point
 		binary.BigEndian.PutUint32(b[:], v)
 		return netip.AddrFrom4(b)
 	}

@@ -274,9 +274,10 @@ var keyDigest = []byte("digest")
 
 func recordHash(k, v []byte) uint64 {
 	h := fnv.New64a()
-	h.Write(k)
-	h.Write([]byte{0})
-	h.Write(v)
+	// hash.Hash writes never return an error.
+	_, _ = h.Write(k)
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write(v)
 	return h.Sum64()
 }
 

@@ -103,7 +103,7 @@ func TestStoreCorruption(t *testing.T) {
 		name   string
 		mutate func([]byte) []byte
 	}{
-		{"truncated to zero", func(b []byte) []byte { return nil }},
+		{"truncated to zero", func([]byte) []byte { return nil }},
 		{"truncated to 100 bytes", func(b []byte) []byte { return b[:100] }},
 		{"truncated to half of the pages in use", func(b []byte) []byte { return b[:hwm/2] }},
 		{"truncated by one page in use", func(b []byte) []byte { return b[:hwm-4096] }},
@@ -115,7 +115,7 @@ func TestStoreCorruption(t *testing.T) {
 			clear(b[4096 : 4096+200])
 			return b
 		}},
-		{"garbage file", func(b []byte) []byte { return bytes.Repeat([]byte("v6reg!"), 3000) }},
+		{"garbage file", func([]byte) []byte { return bytes.Repeat([]byte("v6reg!"), 3000) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 // egress (peers after "to").
 type Direction uint8
 
+// The directions of a rule set.
 const (
 	Ingress Direction = iota + 1
 	Egress
@@ -42,6 +43,7 @@ func (d Direction) keyword() string {
 // Proto is the protocol of a rule.
 type Proto uint8
 
+// The protocols a rule can name.
 const (
 	TCP Proto = iota + 1
 	UDP
@@ -81,6 +83,9 @@ func (r PortRange) Contains(s PortRange) bool { return r.From <= s.From && s.To 
 
 // AllPorts is what a tcp or udp rule without ports means.
 var AllPorts = PortRange{From: 1, To: 65535}
+
+// isAllPorts says whether ps is exactly AllPorts (a rule written without ports).
+func isAllPorts(ps []PortRange) bool { return len(ps) == 1 && ps[0] == AllPorts }
 
 // PeerKind says what a peer names.
 type PeerKind uint8
@@ -147,7 +152,7 @@ type Rule struct {
 func (r Rule) String() string {
 	var b strings.Builder
 	b.WriteString(r.Proto.String())
-	if r.Proto.hasPorts() && !(len(r.Ports) == 1 && r.Ports[0] == AllPorts) {
+	if r.Proto.hasPorts() && !isAllPorts(r.Ports) {
 		for i, pr := range r.Ports {
 			if i == 0 {
 				b.WriteByte('/')
@@ -182,6 +187,7 @@ func FormatRules(rules []Rule) string {
 // CheckKind is the kind of health check a service gets.
 type CheckKind uint8
 
+// The kinds of health check, as written in the services field.
 const (
 	CheckTCP CheckKind = iota + 1
 	CheckHTTP

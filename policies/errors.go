@@ -8,6 +8,7 @@ import (
 // Level says where a meta value came from.
 type Level uint8
 
+// The levels a meta value can come from.
 const (
 	LevelJob Level = iota + 1
 	LevelGroup

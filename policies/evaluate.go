@@ -151,7 +151,7 @@ func (e *evaluator) resolve(r Rule, b Bounds, v Value) (ResolvedRule, bool) {
 			}
 		}
 	}
-	if n := portCount(r.Ports); r.Proto.hasPorts() && n > MaxRulePorts && !(len(r.Ports) == 1 && r.Ports[0] == AllPorts) {
+	if n := portCount(r.Ports); r.Proto.hasPorts() && n > MaxRulePorts && !isAllPorts(r.Ports) {
 		fail(r.PortsCol, formatPorts(r.Ports), "write fewer ports, or no ports for all of them (tcp from ...)",
 			"the rule covers %d ports; a rule may name at most %d (each port is a firewall element)", n, MaxRulePorts)
 	}

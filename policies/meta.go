@@ -11,6 +11,7 @@ import (
 // and Nomad's map form meta = { ... }).
 type Field string
 
+// The policy fields v6reg reads.
 const (
 	FieldIngress  Field = "ingress"
 	FieldEgress   Field = "egress"

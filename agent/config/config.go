@@ -250,7 +250,7 @@ type rawService struct {
 func Load(path string, getenv func(string) string) (Config, error) {
 	c := Default()
 	if path != "" {
-		src, err := os.ReadFile(path)
+		src, err := os.ReadFile(path) //nolint:gosec // G304: the operator names the config file on purpose
 		if err != nil {
 			return c, fmt.Errorf("reading config: %w", err)
 		}
@@ -588,11 +588,16 @@ func validName(s string) bool {
 		return false
 	}
 	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+		if !validNameRune(r) {
 			return false
 		}
 	}
 	return true
+}
+
+// validNameRune says whether r may appear in a name: a-z, 0-9, '-' or '_'.
+func validNameRune(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_'
 }
 
 // applyEnv applies the usual CONSUL_*, NOMAD_* and DOCKER_HOST variables
@@ -731,7 +736,7 @@ func (c *Config) validate(p position) []error {
 // namespace bounds, tag templates) for `v6reg policy check -config`: the
 // rest of the file must parse, but need not be complete for this node.
 func LoadPolicy(path string) (policies.Operator, error) {
-	src, err := os.ReadFile(path)
+	src, err := os.ReadFile(path) //nolint:gosec // G304: the operator names the config file on purpose
 	if err != nil {
 		return policies.Operator{}, fmt.Errorf("reading config: %w", err)
 	}

@@ -52,7 +52,7 @@ func (c *Config) ApplyDev() error {
 // devPrefix reads the dev ULA prefix from path, or makes one: fd00::/8 with
 // a random 40-bit global ID (RFC 4193 3.2) and random subnet bits up to /80.
 func devPrefix(path string) (netip.Prefix, error) {
-	b, err := os.ReadFile(path)
+	b, err := os.ReadFile(path) //nolint:gosec // G304: path is a file in the configured state dir
 	switch {
 	case err == nil:
 		pfx, perr := ParseNodePrefix(strings.TrimSpace(string(b)))

@@ -54,7 +54,7 @@ type agentFlags struct {
 	stateDir   string
 }
 
-func runAgent(args []string, stdout, stderr io.Writer) int {
+func runAgent(args []string, _, stderr io.Writer) int {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -174,7 +174,11 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 	if err != nil {
 		return err
 	}
-	defer dc.Close()
+	defer func() {
+		if err := dc.Close(); err != nil {
+			log.Warn("closing docker client", "err", err)
+		}
+	}()
 
 	// The IPAM driver must answer before the network is created or
 	// checked: Docker asks it for the pools right away.
@@ -183,7 +187,12 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 	if err != nil {
 		return err // a corrupt store says which file and how to recover
 	}
-	defer svc.Close()
+	defer func() {
+		// Close flushes and unlocks the lease store: say if that failed.
+		if err := svc.Close(); err != nil {
+			log.Error("closing ipam service", "err", err)
+		}
+	}()
 	if err := svc.Start(); err != nil {
 		return err
 	}
@@ -193,11 +202,11 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 	if _, err := svc.EnsureNetwork(ctx, dc); err != nil {
 		return err
 	}
-	if res, err := svc.ReconcileWithDocker(ctx, dc); err != nil {
+	res, err := svc.ReconcileWithDocker(ctx, dc)
+	if err != nil {
 		return fmt.Errorf("reconciling leases with docker at start: %w", err)
-	} else {
-		log.Info("ipam reconciled with docker", "result", fmt.Sprintf("%+v", res))
 	}
+	log.Info("ipam reconciled with docker", "result", fmt.Sprintf("%+v", res))
 
 	operator, err := operatorFromConfig(cfg)
 	if err != nil {
@@ -219,7 +228,11 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 		if err != nil {
 			return fmt.Errorf("nftables connection: %w", err)
 		}
-		defer conn.CloseLasting()
+		defer func() {
+			if err := conn.CloseLasting(); err != nil {
+				log.Warn("closing nftables connection", "err", err)
+			}
+		}()
 		opts.Firewall = firewall.New(conn, 0, log.With("component", "firewall"))
 	} else {
 		log.Warn("firewall disabled in config: every address of the prefix is reachable")

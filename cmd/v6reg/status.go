@@ -51,7 +51,7 @@ func apiGet(socket, path string, out any) error {
 	if err != nil {
 		return fmt.Errorf("asking the agent on %s: %w (is `v6reg agent` running, and are you root?)", socket, err)
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }() // fully read below; nothing to lose
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("reading the agent's answer: %w", err)
@@ -370,7 +370,7 @@ func runIPAM(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "v6reg ipam rebuild: %v\n", err)
 		return 1
 	}
-	defer dc.Close()
+	defer func() { _ = dc.Close() }() // only idle HTTP connections to drop
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	movedTo, res, err := ipam.RebuildStore(ctx, ipamConfig(cfg), dc, ipam.ServiceOptions{Log: newLogger(stderr, cfg.LogLevel, cfg.LogFormat)})

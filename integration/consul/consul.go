@@ -94,7 +94,7 @@ func Start(ctx context.Context, o Options) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consul log: %w", err)
 	}
-	defer logf.Close()
+	defer func() { _ = logf.Close() }() // the started agent holds its own descriptor
 	cmd := exec.Command(bin, "agent", "-dev", "-node", o.Node, "-bind", "127.0.0.1", "-client", "127.0.0.1",
 		"-config-file", cfgPath, "-log-level", "warn")
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -136,7 +136,7 @@ func (a *Agent) waitLeader(ctx context.Context, c *http.Client, limit time.Durat
 		if err == nil {
 			var b [64]byte
 			n, _ := resp.Body.Read(b[:])
-			resp.Body.Close()
+			_ = resp.Body.Close()
 			if resp.StatusCode == 200 && n > 4 { // `""` until elected
 				return nil
 			}

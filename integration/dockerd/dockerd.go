@@ -349,7 +349,7 @@ func unmountBelow(dir string) error {
 	if err != nil {
 		return fmt.Errorf("mountinfo: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read-only
 	var mounts []string
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -449,7 +449,7 @@ func BusyboxImage(ctx context.Context, cli *client.Client) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("busybox image import: %w", err)
 	}
-	defer rc.Close()
+	defer func() { _ = rc.Close() }() // the reply is read to EOF or its error returned
 	// The reply is a JSON message stream; errors come inside it.
 	dec := json.NewDecoder(rc)
 	for {
@@ -470,7 +470,7 @@ func BusyboxImage(ctx context.Context, cli *client.Client) (string, error) {
 }
 
 func busyboxRootfs(busybox string) ([]byte, error) {
-	bin, err := os.ReadFile(busybox)
+	bin, err := os.ReadFile(busybox) //nolint:gosec // G304: the busybox binary the test environment names
 	if err != nil {
 		return nil, fmt.Errorf("busybox binary (apt-get install busybox-static): %w", err)
 	}
@@ -490,7 +490,8 @@ func busyboxRootfs(busybox string) ([]byte, error) {
 	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "tmp/", Mode: 0o1777, ModTime: now}); err != nil {
 		return nil, err
 	}
-	files := map[string]string{
+	// Account files every container expects, not credentials: no passwords.
+	files := map[string]string{ //nolint:gosec // G101: see above
 		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
 		"etc/group":  "root:x:0:\nnogroup:x:65534:\n",
 	}

@@ -102,7 +102,7 @@ func newNamed(name string) (netns.NsHandle, error) {
 	if err != nil {
 		return 0, fmt.Errorf("current netns: %w", err)
 	}
-	defer orig.Close()
+	defer func() { _ = orig.Close() }() // a read-only handle
 	h, err := netns.NewNamed(name)
 	if err != nil {
 		return 0, fmt.Errorf("new netns: %w", err)
@@ -123,7 +123,7 @@ func (ns *NS) close() {
 	if ns.nl != nil {
 		ns.nl.Close()
 	}
-	ns.handle.Close()
+	_ = ns.handle.Close() // teardown is best effort, like DeleteNamed
 	_ = netns.DeleteNamed(ns.Name)
 }
 
@@ -157,7 +157,7 @@ func (ns *NS) Run(f func() error) error {
 			errc <- fmt.Errorf("current netns: %w", err)
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }() // a read-only handle
 		if err := ns.enter(); err != nil {
 			errc <- fmt.Errorf("enter netns %s: %w", ns.Name, err)
 			return

@@ -28,7 +28,7 @@ func (ns *NS) ServeTCP(t testing.TB, addr netip.Addr, port int) {
 	if err != nil {
 		t.Fatalf("listen tcp %s:%d in %s: %v", addr, port, ns.Name, err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	t.Cleanup(func() { _ = ln.Close() }) // ends the accept loop; nothing to report
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -36,7 +36,7 @@ func (ns *NS) ServeTCP(t testing.TB, addr netip.Addr, port int) {
 				return
 			}
 			go func() {
-				defer c.Close()
+				defer func() { _ = c.Close() }() // the peer decides when the echo ends
 				_, _ = io.WriteString(c, "ok\n")
 				_, _ = io.Copy(c, c)
 			}()
@@ -55,7 +55,7 @@ func (ns *NS) ServeUDP(t testing.TB, addr netip.Addr, port int) {
 	if err != nil {
 		t.Fatalf("listen udp %s:%d in %s: %v", addr, port, ns.Name, err)
 	}
-	t.Cleanup(func() { pc.Close() })
+	t.Cleanup(func() { _ = pc.Close() }) // ends the echo loop; nothing to report
 	go func() {
 		buf := make([]byte, 2048)
 		for {
@@ -96,7 +96,7 @@ func (ns *NS) ConnectTCP(src, dst netip.Addr, port int, timeout time.Duration) (
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
 	buf := make([]byte, 3)
 	if _, err := io.ReadFull(c, buf); err != nil {
-		c.Close()
+		_ = c.Close() // the greeting error is the one to report
 		return nil, fmt.Errorf("tcp greeting from [%s]:%d: %w", dst, port, err)
 	}
 	_ = c.SetReadDeadline(time.Time{})
@@ -113,7 +113,7 @@ func (ns *NS) EchoUDP(dst netip.Addr, port int, timeout time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("udp dial [%s]:%d: %w", dst, port, err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }() // the echo already answered or failed
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write([]byte("ping")); err != nil {
 		return fmt.Errorf("udp send: %w", err)
@@ -140,7 +140,7 @@ func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("icmp socket: %w", err)
 	}
-	defer pc.Close()
+	defer func() { _ = pc.Close() }() // the reply already came or failed
 	id := os.Getpid() & 0xffff
 	seq := int(time.Now().UnixNano() & 0x7fff)
 	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("v6reg")}}

@@ -125,7 +125,7 @@ func demo(r *runner, agentBin string, keep bool, sigs chan os.Signal) int {
 	if err != nil {
 		r.Fatalf("%v", err)
 	}
-	r.Cleanup(func() { os.RemoveAll(dir) })
+	r.Cleanup(func() { _ = os.RemoveAll(dir) }) // best effort: a temp dir left behind is harmless
 
 	step("building the topology")
 	fmt.Printf(`  router ─┬─ node      %s routed here; dockerd, Consul (dev) and v6reg run in it
@@ -252,7 +252,7 @@ func demo(r *runner, agentBin string, keep bool, sigs chan os.Signal) int {
 			if err != nil {
 				return err
 			}
-			defer resp.Body.Close()
+			defer func() { _ = resp.Body.Close() }() // read in full below
 			b, _ := io.ReadAll(resp.Body)
 			answer = strings.TrimSpace(string(b))
 			if resp.StatusCode != http.StatusOK || answer != "web" {
