@@ -60,6 +60,13 @@ type Options struct {
 	Metrics  *Metrics
 }
 
+// Bounds on the calls one reconcile makes, so that a source or output that
+// hangs delays the loop by at most this much instead of stopping it.
+var (
+	consulApplyTimeout = 5 * time.Second
+	dockerListTimeout  = 30 * time.Second
+)
+
 // Agent is the reconcile loop and its state.
 type Agent struct {
 	o     Options
@@ -279,7 +286,9 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	a.pendFrom = time.Time{}
 	a.pendMu.Unlock()
 
-	containers, err := listContainers(ctx, a.o.Docker, a.o.Network)
+	lctx, cancel := context.WithTimeout(ctx, dockerListTimeout)
+	containers, err := listContainers(lctx, a.o.Docker, a.o.Network)
+	cancel()
 	if err != nil {
 		a.o.Metrics.Errors.WithLabelValues("docker").Inc()
 		// Without Docker's list nothing can be decided; applying a partial
@@ -315,7 +324,13 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		snap.FirewallErr = errString(err)
 	}
 	if a.reg != nil {
-		changes, err := a.reg.apply(ctx, d.Registrations)
+		// Bounded: a Consul that accepts connections but never answers
+		// (frozen, partitioned) must not hold the one reconcile loop, or
+		// the firewall would stop following containers. The firewall was
+		// applied above; registration catches up on the retries.
+		cctx, cancel := context.WithTimeout(ctx, consulApplyTimeout)
+		changes, err := a.reg.apply(cctx, d.Registrations)
+		cancel()
 		for _, c := range changes {
 			a.logConsul(c)
 		}

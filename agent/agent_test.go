@@ -430,3 +430,31 @@ func TestSetOperatorAndWatch(t *testing.T) {
 		return slices.Equal(traefikSet(state()), []netip.Prefix{moved})
 	})
 }
+
+// A Consul that accepts connections and never answers must not stop the
+// firewall from following containers (found by the fault suite: a frozen
+// Consul held the one reconcile loop for the whole outage).
+func TestFrozenConsulDoesNotHoldTheFirewall(t *testing.T) {
+	old := consulApplyTimeout
+	consulApplyTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { consulApplyTimeout = old })
+	r := newRig(t, nil)
+	r.consul.mu.Lock()
+	r.consul.hang = true
+	r.consul.mu.Unlock()
+	id1, l1 := webSummary("f1")
+	delete(l1, "v6reg.egress") // no Consul-backed peer: only registration meets Consul
+	r.docker.set(summary(id1, "web1", addrN(30), l1))
+	start := time.Now()
+	err := r.agent.reconcile(t.Context(), false)
+	if err == nil || !strings.Contains(err.Error(), "consul") {
+		t.Fatalf("reconcile with a frozen Consul: err = %v, want a consul error", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("reconcile took %s with a frozen Consul; it must give up after %s", d, consulApplyTimeout)
+	}
+	states := r.fw.states()
+	if len(states) != 1 || len(states[0].Containers) != 1 || states[0].Containers[0].ID != id1 {
+		t.Fatalf("firewall states %+v: the new container must be applied despite Consul", states)
+	}
+}

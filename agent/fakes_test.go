@@ -191,6 +191,9 @@ type fakeConsul struct {
 	deregisters []string
 	registerErr error
 	servicesErr error
+	// hang makes Services block until its context ends, like a Consul
+	// that accepts connections and never answers.
+	hang bool
 	// health serves HealthService: instances by "service" or "service|tag".
 	health      map[string][]*consul.ServiceEntry
 	healthIndex map[string]uint64
@@ -202,8 +205,13 @@ func newFakeConsul() *fakeConsul {
 	return &fakeConsul{services: map[string]*consul.AgentService{}, checks: map[string]*consul.AgentServiceCheck{}, health: map[string][]*consul.ServiceEntry{}, healthIndex: map[string]uint64{}}
 }
 
-func (f *fakeConsul) Services(context.Context) (map[string]*consul.AgentService, error) {
+func (f *fakeConsul) Services(ctx context.Context) (map[string]*consul.AgentService, error) {
 	f.mu.Lock()
+	if f.hang {
+		f.mu.Unlock()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	defer f.mu.Unlock()
 	if f.servicesErr != nil {
 		return nil, f.servicesErr
