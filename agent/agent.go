@@ -45,6 +45,7 @@ type Options struct {
 	Node           string
 	Prefix         netip.Prefix
 	Gateway        netip.Addr
+	NodePorts      []firewall.Rule // node services containers may reach
 	Network        string
 	IDPrefix       string
 	ResyncInterval time.Duration
@@ -262,7 +263,7 @@ func (a *Agent) input(containers []Container) buildInput {
 	op := a.operator
 	a.opMu.RUnlock()
 	in := buildInput{
-		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway,
+		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, NodePorts: a.o.NodePorts,
 		Operator: op, Containers: containers, Nomad: a.nomad != nil,
 		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
 		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },

@@ -46,6 +46,7 @@ type buildInput struct {
 	IDPrefix   string
 	Prefix     netip.Prefix
 	Gateway    netip.Addr
+	NodePorts  []firewall.Rule
 	Operator   policies.Operator
 	Containers []Container
 	// Nomad says whether Nomad is enabled, and looks allocations up.
@@ -61,9 +62,10 @@ type buildInput struct {
 func build(in buildInput) Desired {
 	d := Desired{
 		Firewall: firewall.State{
-			Prefix:   in.Prefix,
-			Gateway:  in.Gateway,
-			PeerSets: map[string][]netip.Prefix{},
+			Prefix:    in.Prefix,
+			Gateway:   in.Gateway,
+			NodePorts: in.NodePorts,
+			PeerSets:  map[string][]netip.Prefix{},
 		},
 		Registrations: map[string]Registration{},
 		PeerKeys:      map[PeerKey]bool{},

@@ -2,10 +2,12 @@ package firewall
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 // Counter is a packet and byte count.
@@ -49,23 +51,30 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 
 // SpoofDrops reads how many packets were dropped because their source was
 // in the prefix but owned by no container, came from the wrong link, or
-// came from another MAC than its container's (Container.MAC).
+// came from another MAC than its container's (Container.MAC), whether
+// they were forwarded (chain "egress") or addressed to the node (chain
+// "node").
 func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
 	if err := ctx.Err(); err != nil {
 		return Counter{}, err
 	}
-	rules, err := f.conn.GetRules(table, &nftables.Chain{Table: table, Name: "egress"})
-	if err != nil {
-		return Counter{}, fmt.Errorf("read anti-spoofing counters: %w", err)
-	}
 	var sum Counter
-	// Only the anti-spoofing rules of egress (wrong link, unowned
-	// address, wrong MAC) carry counters.
-	for _, r := range rules {
-		for _, e := range r.Exprs {
-			if c, ok := e.(*expr.Counter); ok {
-				sum.Packets += c.Packets
-				sum.Bytes += c.Bytes
+	for _, chain := range []string{"egress", "node"} {
+		rules, err := f.conn.GetRules(table, &nftables.Chain{Table: table, Name: chain})
+		if chain == "node" && errors.Is(err, unix.ENOENT) {
+			continue // a table of an older layout, before its first Apply
+		}
+		if err != nil {
+			return Counter{}, fmt.Errorf("read anti-spoofing counters of chain %s: %w", chain, err)
+		}
+		// Only the anti-spoofing rules (wrong link, unowned address, wrong
+		// MAC) carry counters.
+		for _, r := range rules {
+			for _, e := range r.Exprs {
+				if c, ok := e.(*expr.Counter); ok {
+					sum.Packets += c.Packets
+					sum.Bytes += c.Bytes
+				}
 			}
 		}
 	}

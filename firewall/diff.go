@@ -239,7 +239,7 @@ func chainObj(cs chainSpec) *nftables.Chain {
 	if cs.base {
 		accept := nftables.ChainPolicyAccept
 		ch.Type = nftables.ChainTypeFilter
-		ch.Hooknum = nftables.ChainHookForward
+		ch.Hooknum = cs.hook
 		ch.Priority = nftables.ChainPriorityFilter
 		ch.Policy = &accept
 	}

@@ -71,6 +71,10 @@ func TestValidate(t *testing.T) {
 		func(s *State) { s.Containers[0].Ingress[0].Ports = []PortRange{{1, 5000}} },
 		func(s *State) { s.Containers[0].ID = "" },
 		func(s *State) { s.Prefix = netip.Prefix{} },
+		func(s *State) { s.NodePorts[0].Peer = "@traefik" },                  // node ports are for every container
+		func(s *State) { s.NodePorts[1].Ports = []PortRange{{0, 10}} },       // port 0
+		func(s *State) { s.NodePorts[2].Ports = ports(1) },                   // icmp takes no ports
+		func(s *State) { s.NodePorts = append(s.NodePorts, Rule{Proto: 3}) }, // unknown protocol
 	}
 	if err := smallState().Validate(); err != nil {
 		t.Fatalf("valid state: %v", err)

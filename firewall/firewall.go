@@ -39,7 +39,8 @@ type Firewall struct {
 // Changes summarizes what one Apply sent.
 type Changes struct {
 	ElemsAdded, ElemsRemoved                    int
-	ChainsAdded, ChainsRemoved, ChainsRewritten int
+	ChainsAdded, ChainsRemoved, ChainsRewritten int // rewritten: repaired after an outside edit
+	ChainsUpdated                               int // rewritten because the State changed them (NodePorts)
 	SetsAdded, SetsRemoved                      int
 	TableCreated                                bool
 	Batches                                     int // netlink batches sent; 1 unless the change was chunked
@@ -96,6 +97,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		f.comp = newCompiler()
 	}
 	g0, gerr := f.gen.read()
+	prev := f.m // the model before this Apply, to tell updates from repairs
 	var p plan
 	incremental := false
 	if f.m != nil && gerr == nil && g0 == f.liveGen {
@@ -118,7 +120,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 				live = &liveState{content: f.m.want, present: true}
 			}
 		}
-		m := newModel(s.Prefix, s.Gateway)
+		m := newModel(s.Prefix, s.Gateway, s.NodePorts)
 		if _, ok := m.update(s, f.comp, reuse); !ok {
 			return Changes{}, fmt.Errorf("firewall state: accepted by Validate but not by the model (a bug)")
 		}
@@ -133,6 +135,16 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		f.m = m
 	}
 	ch := p.changes()
+	if prev != nil {
+		// A chain our own last commit had with other rules is an update
+		// (State.NodePorts changed), not a repair of an outside edit.
+		for _, cs := range p.rewriteChains {
+			if old, ok := prev.want.chains[cs.name]; ok && old.tag != cs.tag {
+				ch.ChainsRewritten--
+				ch.ChainsUpdated++
+			}
+		}
+	}
 	if p.empty() {
 		if !incremental {
 			f.liveGen = g0
@@ -162,7 +174,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 	f.log.Info("firewall applied", "table", "inet "+TableName,
 		"elems_added", ch.ElemsAdded, "elems_removed", ch.ElemsRemoved,
 		"chains_added", ch.ChainsAdded, "chains_removed", ch.ChainsRemoved,
-		"chains_rewritten", ch.ChainsRewritten, "table_created", ch.TableCreated, "batches", batches)
+		"chains_rewritten", ch.ChainsRewritten, "chains_updated", ch.ChainsUpdated, "table_created", ch.TableCreated, "batches", batches)
 	return ch, nil
 }
 

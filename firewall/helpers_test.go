@@ -68,6 +68,7 @@ func ports(p ...uint16) []PortRange {
 func smallState() State {
 	return State{
 		Prefix: testPrefix, Gateway: testGW,
+		NodePorts: []Rule{{Proto: UDP, Ports: ports(53)}, {Peer: PeerAny, Proto: TCP, Ports: []PortRange{{8500, 8502}}}, {Proto: ICMP}},
 		PeerSets: map[string][]netip.Prefix{
 			"@traefik":   {pfx("2001:db8:a::/64")},
 			"service:pg": {pfx("2001:db8:1:2:3::c2/128"), pfx("2001:db8:9::/48")},

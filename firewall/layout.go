@@ -57,6 +57,7 @@ type ruleSpec struct {
 type chainSpec struct {
 	name  string
 	base  bool
+	hook  *nftables.ChainHook // base chains: forward or input
 	rules []ruleSpec
 	tag   string // rule comment: a hash of the chain's rules, to detect edits
 }
@@ -125,7 +126,7 @@ func port(p uint16) []byte { return binary.BigEndian.AppendUint16(nil, p) }
 
 // desired computes the table content for s. s must be valid.
 func desired(s State) content {
-	m := newModel(s.Prefix, s.Gateway)
+	m := newModel(s.Prefix, s.Gateway, s.NodePorts)
 	if _, ok := m.update(s, newCompiler(), nil); !ok {
 		panic("desired: invalid state")
 	}
@@ -460,8 +461,12 @@ func directionChain(dir string) []ruleSpec {
 	}
 }
 
-func baseChains(prefix netip.Prefix) []chainSpec {
-	egress := []ruleSpec{
+// antiSpoofing are the rules that drop (and count, see SpoofDrops) a
+// packet whose source is in the prefix but is not a container's, or not
+// from that container. They run in "egress" (forwarded) and in "node"
+// (to the node itself).
+func antiSpoofing() []ruleSpec {
+	return []ruleSpec{
 		// Anti-spoofing 1: a source from the prefix must route back out of
 		// the interface it came in on (the bridge), so no other link can
 		// use prefix addresses.
@@ -474,42 +479,108 @@ func baseChains(prefix netip.Prefix) []chainSpec {
 		// Anti-spoofing 3: an address whose container's MAC is known may
 		// only be sent from that MAC, so a container cannot use another
 		// container's address on the shared bridge. The frame's source MAC
-		// is read from the link-layer header, which the forward hook still
-		// has for routed packets from the bridge and for bridged ones
-		// (br_netfilter); see README.md.
+		// is read from the link-layer header, which the forward and input
+		// hooks still have for packets from the bridge (routed, or bridged
+		// with br_netfilter); see README.md.
 		rule(payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "mac_bound"},
 			&expr.Payload{DestRegister: reg32b, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
 			&expr.Lookup{SourceRegister: reg1, SetName: "src_mac", Invert: true},
 			&expr.Counter{}, verdict(expr.VerdictDrop, "")),
 	}
-	egress = append(egress, directionChain("eg")...)
+}
+
+// alwaysAllowed are the first rules of "filter" and "node": replies, the
+// ICMPv6 errors and the neighbour discovery that IPv6 needs on a link.
+func alwaysAllowed() []ruleSpec {
+	return []ruleSpec{
+		rule(&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+				Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+				Xor:  []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
+			verdict(expr.VerdictAccept, "")),
+		// RFC 4890: destination-unreachable, packet-too-big,
+		// time-exceeded, parameter-problem always pass.
+		rule(icmpType(1, 4), verdict(expr.VerdictAccept, "")),
+		// Neighbour discovery on the bridge (between containers, seen in
+		// forward only with br_netfilter; between a container and the
+		// gateway, in input); hop limit 255 = on-link.
+		rule(icmpType(133, 137),
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 7, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{255}},
+			verdict(expr.VerdictAccept, "")),
+	}
+}
+
+// nodePortRules turns State.NodePorts into accept rules of chain "node".
+// They are rules, not map elements: the list is operator configuration
+// that changes rarely, and a change rewrites only chain "node" (atomically).
+func nodePortRules(rs []Rule) []ruleSpec {
+	accept := verdict(expr.VerdictAccept, "")
+	var out []ruleSpec
+	for _, r := range rs {
+		switch r.Proto {
+		case TCP, UDP:
+			if len(r.Ports) == 0 {
+				out = append(out, rule(l4proto(byte(r.Proto)), accept))
+			}
+			for _, pr := range r.Ports {
+				dport := &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}
+				var match expr.Any = &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: port(pr.First)}
+				if pr.Last != pr.First {
+					match = &expr.Range{Op: expr.CmpOpEq, Register: reg1, FromData: port(pr.First), ToData: port(pr.Last)}
+				}
+				out = append(out, rule(l4proto(byte(r.Proto)), dport, match, accept))
+			}
+		case ICMP:
+			out = append(out, rule(icmpType(128, 128), accept))
+		case Any:
+			out = append(out, rule(accept))
+		}
+	}
+	return out
+}
+
+// loopbackIfindex is LOOPBACK_IFINDEX: lo is interface 1 in every
+// network namespace.
+const loopbackIfindex = 1
+
+func baseChains(prefix netip.Prefix, nodePorts []Rule) []chainSpec {
+	egress := append(antiSpoofing(), directionChain("eg")...)
+	filter := append(alwaysAllowed(),
+		rule(matchPrefix(true, prefix), verdict(expr.VerdictGoto, "egress")),
+		rule(verdict(expr.VerdictGoto, "ingress")))
+	// Chain "node": packets from a container to the node itself (any of
+	// its addresses, the gateway's first). Same start as "filter" and the
+	// same anti-spoofing as "egress", then the node services open to every
+	// container; the rest counts as the container's egress drop.
+	node := append(alwaysAllowed(), antiSpoofing()...)
+	node = append(node, nodePortRules(nodePorts)...)
+	node = append(node,
+		rule(payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "eg_drop"}),
+		rule(verdict(expr.VerdictDrop, "")))
+	notIPv6 := rule(&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{unix.NFPROTO_IPV6}},
+		verdict(expr.VerdictReturn, ""))
 	chains := []chainSpec{
-		{name: "forward", base: true, rules: []ruleSpec{
-			rule(&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{unix.NFPROTO_IPV6}},
-				verdict(expr.VerdictReturn, "")),
+		{name: "forward", base: true, hook: nftables.ChainHookForward, rules: []ruleSpec{
+			notIPv6,
 			rule(matchPrefix(true, prefix), verdict(expr.VerdictGoto, "filter")),
 			rule(matchPrefix(false, prefix), verdict(expr.VerdictGoto, "filter")),
 		}},
-		{name: "filter", rules: []ruleSpec{
-			rule(&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
-				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-					Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
-					Xor:  []byte{0, 0, 0, 0}},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
-				verdict(expr.VerdictAccept, "")),
-			// RFC 4890: destination-unreachable, packet-too-big,
-			// time-exceeded, parameter-problem always pass.
-			rule(icmpType(1, 4), verdict(expr.VerdictAccept, "")),
-			// Neighbour discovery between containers on the bridge (seen
-			// here only with br_netfilter); hop limit 255 = on-link.
-			rule(icmpType(133, 137),
-				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 7, Len: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{255}},
-				verdict(expr.VerdictAccept, "")),
-			rule(matchPrefix(true, prefix), verdict(expr.VerdictGoto, "egress")),
-			rule(verdict(expr.VerdictGoto, "ingress")),
+		// Traffic addressed to the node goes through input, not forward:
+		// without this chain a container reaches every service of the
+		// node (on the gateway address or any other). Only packets from the
+		// prefix are looked at; the node's own traffic to itself (over lo,
+		// possibly from the gateway address) returns untouched.
+		{name: "input", base: true, hook: nftables.ChainHookInput, rules: []ruleSpec{
+			notIPv6,
+			rule(&expr.Meta{Key: expr.MetaKeyIIF, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.NativeEndian.AppendUint32(nil, loopbackIfindex)},
+				verdict(expr.VerdictReturn, "")),
+			rule(matchPrefix(true, prefix), verdict(expr.VerdictGoto, "node")),
 		}},
+		{name: "filter", rules: filter},
 		{name: "egress", rules: egress},
 		{name: "egress_ok", rules: []ruleSpec{
 			// Container to container: the destination's ingress decides too.
@@ -517,6 +588,7 @@ func baseChains(prefix netip.Prefix) []chainSpec {
 			rule(verdict(expr.VerdictAccept, "")),
 		}},
 		{name: "ingress", rules: directionChain("in")},
+		{name: "node", rules: node},
 	}
 	for i := range chains {
 		chains[i] = tagged(chains[i])

@@ -12,9 +12,10 @@ import (
 // else committed since our last commit, model.want is exactly the live
 // table, and a change's plan is computed from the model alone.
 type model struct {
-	prefix  netip.Prefix
-	gateway netip.Addr
-	epoch   uint64
+	prefix    netip.Prefix
+	gateway   netip.Addr
+	nodePorts []Rule // a copy; a change starts a new model (it rewrites chain "node")
+	epoch     uint64
 
 	conts    map[string]*compiled // by container ID
 	order    []*compiled          // as in the last State: most lookups are positional
@@ -37,8 +38,8 @@ type listEntry struct {
 	elems []elem
 }
 
-func newModel(prefix netip.Prefix, gateway netip.Addr) *model {
-	m := &model{prefix: prefix, gateway: gateway,
+func newModel(prefix netip.Prefix, gateway netip.Addr, nodePorts []Rule) *model {
+	m := &model{prefix: prefix, gateway: gateway, nodePorts: cloneRules(nodePorts),
 		conts: map[string]*compiled{}, addrs: map[netip.Addr]*compiled{},
 		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
 		want: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
@@ -47,7 +48,7 @@ func newModel(prefix netip.Prefix, gateway netip.Addr) *model {
 		m.want.sets[ss.name] = ss
 		m.want.elems[ss.name] = map[string]elem{}
 	}
-	for _, ch := range baseChains(prefix) {
+	for _, ch := range baseChains(prefix, nodePorts) {
 		m.want.chains[ch.name] = ch
 	}
 	return m
@@ -57,10 +58,12 @@ func newModel(prefix netip.Prefix, gateway netip.Addr) *model {
 // model's table into the new one. It validates only the containers and
 // peer sets that changed. ok is false, and the model untouched, when s is
 // invalid (the caller runs State.Validate for the full report) or when s
-// changes the prefix or gateway (the caller starts a new model).
+// changes the prefix, gateway or node ports (the caller starts a new
+// model).
 // reuse, if not nil, offers compiled containers of an older model.
 func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p plan, ok bool) {
-	if s.Prefix != m.prefix || s.Gateway != m.gateway {
+	if s.Prefix != m.prefix || s.Gateway != m.gateway ||
+		len(s.NodePorts) != len(m.nodePorts) || !sameRules(s.NodePorts, m.nodePorts) {
 		return plan{}, false
 	}
 	m.epoch++

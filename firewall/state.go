@@ -81,6 +81,17 @@ type State struct {
 	// registered by the caller as a peer set of its own (e.g. named after
 	// the prefix).
 	PeerSets map[string][]netip.Prefix
+	// NodePorts are the services of the node itself (on the gateway
+	// address or any other node address) that every container may reach,
+	// e.g. {Proto: UDP, Ports: 53} for a resolver on the gateway. Anything
+	// else a container sends to the node is dropped and counted as the
+	// container's egress drop; replies to the node's own connections,
+	// the ICMPv6 errors and neighbour discovery always pass. Peer must be
+	// empty or PeerAny: a node service is open to all containers or to
+	// none. TCP/UDP without Ports means all ports; ICMP means echo
+	// requests; Any means everything. IPv6 only: IPv4 from containers to
+	// the node is not filtered by this table.
+	NodePorts []Rule
 }
 
 // Container is one address on the prefix and its policy.
@@ -118,6 +129,13 @@ func (s State) Validate() error {
 	}
 	for name, ps := range s.PeerSets {
 		errs = append(errs, validatePeerSet(name, ps)...)
+	}
+	for j, r := range s.NodePorts {
+		rw := fmt.Sprintf("node port rule %d", j)
+		if r.Peer != "" && r.Peer != PeerAny {
+			errs = append(errs, fmt.Sprintf("%s: peer %q: node services are open to every container; leave the peer empty or use %q", rw, r.Peer, PeerAny))
+		}
+		errs = append(errs, validateProtoPorts(rw, r, 0)...)
 	}
 	seenAddr := map[netip.Addr]string{}
 	seenID := map[string]bool{}
@@ -176,27 +194,36 @@ func (s *State) validateContainer(i int, c Container) []string {
 			if _, ok := s.PeerSets[r.Peer]; !ok && r.Peer != PeerAny {
 				errs = append(errs, fmt.Sprintf("%s: peer %q is not in State.PeerSets; add it (possibly empty) or use %q", rw, r.Peer, PeerAny))
 			}
-			switch r.Proto {
-			case TCP, UDP:
-				n := 0
-				for _, pr := range r.Ports {
-					if pr.First == 0 || pr.Last < pr.First {
-						errs = append(errs, fmt.Sprintf("%s: port range %d-%d is empty or starts at 0", rw, pr.First, pr.Last))
-						continue
-					}
-					n += int(pr.Last-pr.First) + 1
-				}
-				if n > MaxRulePorts {
-					errs = append(errs, fmt.Sprintf("%s: ports cover %d ports, more than %d; open all ports instead", rw, n, MaxRulePorts))
-				}
-			case ICMP, Any:
-				if len(r.Ports) > 0 {
-					errs = append(errs, fmt.Sprintf("%s: %s takes no ports", rw, r.Proto))
-				}
-			default:
-				errs = append(errs, fmt.Sprintf("%s: unknown protocol %d", rw, r.Proto))
-			}
+			errs = append(errs, validateProtoPorts(rw, r, MaxRulePorts)...)
 		}
+	}
+	return errs
+}
+
+// validateProtoPorts checks a rule's protocol and ports; maxPorts bounds
+// the ports its ranges cover (0: no bound; node port ranges are not
+// expanded into elements).
+func validateProtoPorts(rw string, r Rule, maxPorts int) []string {
+	var errs []string
+	switch r.Proto {
+	case TCP, UDP:
+		n := 0
+		for _, pr := range r.Ports {
+			if pr.First == 0 || pr.Last < pr.First {
+				errs = append(errs, fmt.Sprintf("%s: port range %d-%d is empty or starts at 0", rw, pr.First, pr.Last))
+				continue
+			}
+			n += int(pr.Last-pr.First) + 1
+		}
+		if maxPorts > 0 && n > maxPorts {
+			errs = append(errs, fmt.Sprintf("%s: ports cover %d ports, more than %d; open all ports instead", rw, n, maxPorts))
+		}
+	case ICMP, Any:
+		if len(r.Ports) > 0 {
+			errs = append(errs, fmt.Sprintf("%s: %s takes no ports", rw, r.Proto))
+		}
+	default:
+		errs = append(errs, fmt.Sprintf("%s: unknown protocol %d", rw, r.Proto))
 	}
 	return errs
 }

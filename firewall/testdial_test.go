@@ -46,7 +46,7 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 	fw.gen = gen
 	// The table as a previous Apply left it, without sending anything.
 	base := bigState(3)
-	fw.m = newModel(base.Prefix, base.Gateway)
+	fw.m = newModel(base.Prefix, base.Gateway, base.NodePorts)
 	if _, ok := fw.m.update(base, newCompiler(), nil); !ok {
 		t.Fatal("base state rejected")
 	}

@@ -160,8 +160,7 @@ func TestFault7CorruptLeaseStore(t *testing.T) {
 // so it can change its own addresses), forge another container's source
 // address, reach another container's port that its policy does not open,
 // and reach a node service on the prefix gateway.
-func TestFaults9SpoofingAndEscapes(t *testing.T) {
-	requireSlowFaults(t)
+func TestFault9SpoofingAndEscapes(t *testing.T) {
 	row := recordFault(t, "9", "spoofing and escapes from a container",
 		"attacker (NET_ADMIN) takes the victim's address and connects to office:80 (open only to the victim); connects to victim:7000 (not in its policy); connects to the gateway [prefix::1]:9999 (a node service)",
 		"nothing arrives (receiver TCP InSegs in office; HTTP answers), SpoofDrops / per-container drop counters grow; the victim itself passes (control)")

@@ -61,7 +61,11 @@ nomad {
 }
 
 # firewall {
-#   enabled = true                   # false leaves the whole prefix open
+#   enabled    = true                 # false leaves the whole prefix open
+#   # The node's own services containers may reach (on the gateway or any
+#   # node address); nothing else on the node answers them, not even ping.
+#   # E.g. a resolver and the Consul agent: ["udp/53", "tcp/53", "tcp/8500", "icmp"]
+#   node_ports = []
 # }
 
 # Your own prefixes: excluded from @internet.

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
+	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/policies"
 )
 
@@ -107,6 +108,10 @@ type Firewall struct {
 	// Enabled programs the table; disabling it leaves the prefix wide open
 	// and is meant for IPAM-only deployments.
 	Enabled bool
+	// NodePorts are the node's own services every container may reach
+	// (a resolver or Consul agent on the gateway); nothing else on the
+	// node answers containers.
+	NodePorts []firewall.Rule
 }
 
 // Default returns the configuration used where nothing else is said.
@@ -220,7 +225,8 @@ type rawNomad struct {
 }
 
 type rawFW struct {
-	Enabled *bool `hcl:"enabled"`
+	Enabled   *bool     `hcl:"enabled"`
+	NodePorts *[]string `hcl:"node_ports"`
 }
 
 type rawPeer struct {
@@ -446,6 +452,16 @@ func (c *Config) parse(filename string, src []byte) error {
 	if r.Firewall != nil && r.Firewall.Enabled != nil {
 		c.Firewall.Enabled = *r.Firewall.Enabled
 	}
+	if r.Firewall != nil && r.Firewall.NodePorts != nil {
+		for _, s := range *r.Firewall.NodePorts {
+			rule, err := parseNodePort(s)
+			if err != nil {
+				fail(p.at("firewall", "node_ports"), "firewall.node_ports", err.Error(), `write "udp/53", "tcp/8500-8502", "icmp" (ping) or "any"`)
+				continue
+			}
+			c.Firewall.NodePorts = append(c.Firewall.NodePorts, rule)
+		}
+	}
 	if r.InternalPrefixes != nil {
 		for _, s := range *r.InternalPrefixes {
 			pfx, err := netip.ParsePrefix(s)
@@ -568,6 +584,38 @@ func parsePeerPrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, fmt.Errorf("%q is not a plain IPv6 or IPv4 prefix", s)
 	}
 	return pfx.Masked(), nil
+}
+
+// parseNodePort reads "tcp/8500-8502", "udp/53", "icmp" or "any".
+func parseNodePort(s string) (firewall.Rule, error) {
+	proto, ports, hasPorts := strings.Cut(strings.TrimSpace(s), "/")
+	r := firewall.Rule{Peer: firewall.PeerAny}
+	switch proto {
+	case "tcp":
+		r.Proto = firewall.TCP
+	case "udp":
+		r.Proto = firewall.UDP
+	case "icmp":
+		r.Proto = firewall.ICMP
+	case "any":
+		r.Proto = firewall.Any
+	default:
+		return r, fmt.Errorf("%q: protocol must be tcp, udp, icmp or any", s)
+	}
+	if !hasPorts {
+		return r, nil
+	}
+	if r.Proto != firewall.TCP && r.Proto != firewall.UDP {
+		return r, fmt.Errorf("%q: only tcp and udp take ports", s)
+	}
+	for _, part := range strings.Split(ports, ",") {
+		pr, err := parsePortRange(part)
+		if err != nil {
+			return r, fmt.Errorf("%q: %w", s, err)
+		}
+		r.Ports = append(r.Ports, firewall.PortRange{First: pr.From, Last: pr.To})
+	}
+	return r, nil
 }
 
 func parsePortRange(s string) (policies.PortRange, error) {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/v6reg/v6reg/firewall"
 )
 
 func TestParseFull(t *testing.T) {
@@ -186,4 +188,19 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatal("valid config without node prefix")
 		}
 	})
+}
+
+func TestNodePorts(t *testing.T) {
+	c, err := Parse("v6reg.hcl", []byte("node_prefix = \"fd00:1:2:3:4::/80\"\nfirewall {\n  node_ports = [\"udp/53\", \"tcp/8500-8502,8600\", \"icmp\"]\n}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.Firewall.NodePorts
+	if len(got) != 3 || got[0].Proto != firewall.UDP || len(got[1].Ports) != 2 || got[1].Ports[0] != (firewall.PortRange{First: 8500, Last: 8502}) || got[2].Proto != firewall.ICMP {
+		t.Fatalf("node_ports = %+v", got)
+	}
+	_, err = Parse("v6reg.hcl", []byte("node_prefix = \"fd00:1:2:3:4::/80\"\nfirewall {\n  node_ports = [\"icmp/8\"]\n}\n"))
+	if err == nil || !strings.Contains(err.Error(), "v6reg.hcl:3: firewall.node_ports: \"icmp/8\": only tcp and udp take ports") {
+		t.Fatalf("err = %v", err)
+	}
 }

@@ -213,7 +213,7 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 		return err
 	}
 	opts := agent.Options{
-		Node: cfg.NodeName, Prefix: cfg.NodePrefix, Gateway: icfg.Gateway, Network: cfg.Docker.Network,
+		Node: cfg.NodeName, Prefix: cfg.NodePrefix, Gateway: icfg.Gateway, Network: cfg.Docker.Network, NodePorts: cfg.Firewall.NodePorts,
 		IDPrefix: cfg.Consul.IDPrefix, ResyncInterval: cfg.ResyncInterval, Operator: operator, Log: log,
 		Docker: dc, IPAM: ipamAdapter{svc: svc, docker: dc, log: log},
 	}
@@ -360,7 +360,10 @@ func restartFields(a, b config.Config) []string {
 	check("docker", a.Docker != b.Docker)
 	check("consul", a.Consul != b.Consul)
 	check("nomad", a.Nomad != b.Nomad)
-	check("firewall", a.Firewall != b.Firewall)
+	check("firewall.enabled", a.Firewall.Enabled != b.Firewall.Enabled)
+	check("firewall.node_ports", !slices.EqualFunc(a.Firewall.NodePorts, b.Firewall.NodePorts, func(x, y firewall.Rule) bool {
+		return x.Proto == y.Proto && slices.Equal(x.Ports, y.Ports)
+	}))
 	return out
 }
 
