@@ -26,6 +26,11 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// One netlink conversation at a time: a lasting conn shared by Apply
+	// (the reconcile, the watch) and this reader (the status API,
+	// /metrics) would interleave replies and hang a receive.
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	out := map[string]DirCounters{}
 	for _, name := range []string{"in_drop", "eg_drop"} {
 		elems, err := f.conn.GetSetElements(&nftables.Set{Table: table, Name: name})
@@ -58,6 +63,8 @@ func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
 	if err := ctx.Err(); err != nil {
 		return Counter{}, err
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	var sum Counter
 	for _, chain := range []string{"egress", "node"} {
 		rules, err := f.conn.GetRules(table, &nftables.Chain{Table: table, Name: chain})
