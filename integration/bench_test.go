@@ -120,23 +120,9 @@ func TestBenchEndToEnd(t *testing.T) {
 		}
 		bursts = n
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), budget+5*time.Minute)
-	t.Cleanup(cancel)
-
-	dir, err := os.MkdirTemp("", "v6b-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
-			t.Logf("agent log:\n%s", tail(string(b), 60))
-		}
-		os.RemoveAll(dir)
-	})
 	// TestMain's binary has the race detector, which multiplies CPU and
 	// memory; the figures are for the binary operators run.
-	bin := filepath.Join(dir, "v6reg-plain")
+	bin := filepath.Join(t.TempDir(), "v6reg-plain")
 	build := exec.Command("go", "build", "-trimpath", "-o", bin, "../cmd/v6reg")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -144,7 +130,7 @@ func TestBenchEndToEnd(t *testing.T) {
 	}
 	// info-level logging, as in production: debug lines per container
 	// would measure the log writer.
-	e := NewEnv(t, dir, Options{AgentBin: bin, Logf: t.Logf})
+	e, ctx := newTestEnv(t, "v6b-", budget+5*time.Minute, bin)
 	cfgText, err := os.ReadFile(e.Config)
 	if err != nil || !strings.Contains(string(cfgText), `log_level       = "debug"`) {
 		t.Fatalf("the agent config %s has no debug log_level to lower (%v)", e.Config, err)
@@ -167,7 +153,7 @@ func TestBenchEndToEnd(t *testing.T) {
 			t.Logf("teardown: %v (dockerd's cleanup removes the rest)", err)
 		}
 	})
-	bn.pid, err = benchAgentPID(e.Config)
+	bn.pid, err = e.AgentPID()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,22 +510,6 @@ func benchCPUPercent(ticks uint64, wall float64) float64 {
 		return 0
 	}
 	return float64(ticks) / benchClockTicks / wall * 100
-}
-
-// benchAgentPID finds the agent by its config path on its command line.
-func benchAgentPID(config string) (int, error) {
-	ms, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, m := range ms {
-		b, err := os.ReadFile(m)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) >= 2 && args[1] == "agent" && strings.Contains(string(b), "\x00"+config) {
-			return strconv.Atoi(filepath.Base(filepath.Dir(m)))
-		}
-	}
-	return 0, fmt.Errorf("no process runs `v6reg agent -config %s`", config)
 }
 
 // benchProcTicks is utime+stime of pid, in clock ticks.

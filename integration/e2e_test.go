@@ -50,10 +50,22 @@ func TestMain(m *testing.M) {
 // without root (CI runs as root, so there it runs).
 func newE2E(t *testing.T) (*Env, context.Context) {
 	t.Helper()
+	e, ctx := newTestEnv(t, "v6e-", 5*time.Minute, agentBin)
+	if err := e.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return e, ctx
+}
+
+// newTestEnv builds the topology for a test (the agent not started yet)
+// in a fresh directory named prefix*, with a context of limit; the
+// directory goes at the end, the agent's log is shown if the test failed.
+func newTestEnv(t *testing.T, prefix string, limit time.Duration, bin string) (*Env, context.Context) {
+	t.Helper()
 	netns.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	t.Cleanup(cancel)
-	dir, err := os.MkdirTemp("", "v6e-")
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,13 +74,9 @@ func newE2E(t *testing.T) (*Env, context.Context) {
 			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
 			t.Logf("agent log:\n%s", tail(string(b), 80))
 		}
-		os.RemoveAll(dir)
+		_ = os.RemoveAll(dir)
 	})
-	e := NewEnv(t, dir, Options{AgentBin: agentBin, Logf: t.Logf})
-	if err := e.StartAgent(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return e, ctx
+	return NewEnv(t, dir, Options{AgentBin: bin, Logf: t.Logf}), ctx
 }
 
 func tail(s string, n int) string {

@@ -12,6 +12,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -23,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -250,6 +252,14 @@ func (e *Env) StartAgent(ctx context.Context) error {
 	}
 }
 
+// AgentPID is the pid of the agent StartAgent started.
+func (e *Env) AgentPID() (int, error) {
+	if e.agentCmd == nil || e.agentCmd.Process == nil {
+		return 0, errors.New("no agent running (StartAgent was not called, or StopAgent was)")
+	}
+	return e.agentCmd.Process.Pid, nil
+}
+
 // StopAgent signals the agent and waits for it to exit.
 func (e *Env) StopAgent(sig syscall.Signal) {
 	if e.agentCmd == nil || e.agentCmd.Process == nil {
@@ -473,6 +483,40 @@ func (e *Env) ConsulServices() (map[string]struct {
 		Tags    []string
 	}
 	return out, json.NewDecoder(resp.Body).Decode(&out)
+}
+
+// Metrics reads the agent's /metrics from inside the node namespace as
+// "name{labels}" -> value.
+func (e *Env) Metrics() (map[string]float64, error) {
+	c := e.Node.HTTPClient()
+	c.Timeout = 5 * time.Second
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", MetricsPort))
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("/metrics: HTTP %d", resp.StatusCode)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("/metrics line %q: %w", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out, sc.Err()
 }
 
 // WaitFor polls cond until it returns nil or the limit passes.

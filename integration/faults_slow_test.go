@@ -728,7 +728,7 @@ func TestFaults10Soak(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := scrapeMetrics(f.Env)
+		m, err := f.Env.Metrics()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -8,7 +8,6 @@ package integration
 // FAULTS.md, so the table is right whether the cases run together or alone.
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -17,7 +16,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -34,7 +32,6 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/v6reg/v6reg/firewall"
-	"github.com/v6reg/v6reg/integration/netns"
 )
 
 // requireSlowFaults skips a minutes-long case outside `make test-faults`.
@@ -177,21 +174,7 @@ func newFaultEnv(t *testing.T, edit func(cfg string) string) *faultEnv {
 // the agent starts) and returns the agent's config.
 func newFaultEnvPrep(t *testing.T, prep func(e *Env, cfg string) string) *faultEnv {
 	t.Helper()
-	netns.RequireRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	t.Cleanup(cancel)
-	dir, err := os.MkdirTemp("", "v6f-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
-			t.Logf("agent log:\n%s", tail(string(b), 60))
-		}
-		os.RemoveAll(dir)
-	})
-	e := NewEnv(t, dir, Options{AgentBin: agentBin, Logf: t.Logf})
+	e, ctx := newTestEnv(t, "v6f-", 15*time.Minute, agentBin)
 	if prep != nil {
 		b, err := os.ReadFile(e.Config)
 		if err != nil {
@@ -295,7 +278,7 @@ func (f *faultEnv) waitMetrics(limit time.Duration, what string, cond func(map[s
 	f.t.Helper()
 	var last map[string]float64
 	err := WaitFor(f.ctx, limit, func() error {
-		m, err := scrapeMetrics(f.Env)
+		m, err := f.Env.Metrics()
 		if err != nil {
 			return err
 		}
@@ -309,34 +292,6 @@ func (f *faultEnv) waitMetrics(limit time.Duration, what string, cond func(map[s
 		f.t.Fatalf("metrics: %v", err)
 	}
 	return last
-}
-
-// scrapeMetrics reads /metrics from inside the node namespace.
-func scrapeMetrics(e *Env) (map[string]float64, error) {
-	c := e.Node.HTTPClient()
-	c.Timeout = 5 * time.Second
-	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", MetricsPort))
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, sc.Err()
 }
 
 // managed is a running container on the v6reg network.
@@ -493,7 +448,7 @@ func (f *faultEnv) invariantsOnce(ctx context.Context) error {
 			return fmt.Errorf("%s has services %q but no registration", m.Name, m.Labels["v6reg.services"])
 		}
 	}
-	met, err := scrapeMetrics(f.Env)
+	met, err := f.Env.Metrics()
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}

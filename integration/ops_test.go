@@ -5,9 +5,7 @@ package integration
 // SIGHUP reload of the @office prefix, and a Consul outage.
 
 import (
-	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -53,19 +51,6 @@ func v6regCLI(t *testing.T, e *Env, cmd string, args ...string) string {
 // newOpsE2E is newE2E that also removes the containers and the network
 // while the agent (Docker's IPAM driver) still runs: removed after it,
 // the network's release waits about a minute on the dead plugin.
-func newOpsE2E(t *testing.T) (*Env, context.Context) {
-	t.Helper()
-	e, ctx := newE2E(t)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := e.Docker.RemoveAll(ctx); err != nil {
-			t.Logf("removing containers and networks: %v", err)
-		}
-	})
-	return e, ctx
-}
-
 // normalizer replaces what varies between runs (addresses, container IDs,
 // durations, drop counts) with stable placeholders.
 type normalizer struct{ pairs [][2]string }
@@ -162,7 +147,7 @@ func sendDenied(t *testing.T, from interface {
 }
 
 func TestOpsStatusExplain(t *testing.T) {
-	e, ctx := newOpsE2E(t)
+	e, ctx := newE2E(t)
 	web, db, fetch := demoWorkloads(t, e, ctx)
 	waitOpen(t, e, ctx, web, db, fetch)
 	if err := WaitFor(ctx, allowWait, func() error { return HTTPGet(e.Office, web.Addr, 8080, time.Second) }); err != nil {
@@ -291,44 +276,12 @@ func TestOpsStatusExplain(t *testing.T) {
 	})
 }
 
-// scrape reads the agent's /metrics from inside the node namespace as
-// "name{labels}" -> value.
-func scrape(e *Env) (map[string]float64, error) {
-	resp, err := e.Node.HTTPClient().Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", MetricsPort))
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/metrics: HTTP %d", resp.StatusCode)
-	}
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			return nil, fmt.Errorf("/metrics line %q: %w", line, err)
-		}
-		out[line[:i]] = v
-	}
-	return out, sc.Err()
-}
-
 // waitMetric waits until cond holds for the scraped metrics.
 func waitMetric(t *testing.T, e *Env, limit time.Duration, what string, cond func(m map[string]float64) bool) map[string]float64 {
 	t.Helper()
 	var last map[string]float64
 	err := WaitFor(t.Context(), limit, func() error {
-		m, err := scrape(e)
+		m, err := e.Metrics()
 		if err != nil {
 			return err
 		}
@@ -345,7 +298,7 @@ func waitMetric(t *testing.T, e *Env, limit time.Duration, what string, cond fun
 }
 
 func TestOpsMetrics(t *testing.T) {
-	e, ctx := newOpsE2E(t)
+	e, ctx := newE2E(t)
 	resp, err := e.Node.HTTPClient().Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", MetricsPort))
 	if err != nil {
 		t.Fatal(err)
@@ -410,29 +363,11 @@ func TestOpsMetrics(t *testing.T) {
 // is unique to the test), from /proc.
 func agentPID(t *testing.T, e *Env) int {
 	t.Helper()
-	var pids []int
-	ents, err := os.ReadDir("/proc")
+	pid, err := e.AgentPID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) >= 2 && args[0] == e.AgentBin && args[1] == "agent" && slices.Contains(args, e.Config) {
-			pids = append(pids, pid)
-		}
-	}
-	if len(pids) != 1 {
-		t.Fatalf("want one agent process running with -config %s, found %v", e.Config, pids)
-	}
-	return pids[0]
+	return pid
 }
 
 // rewriteConfig replaces old with new in the agent's config file.
@@ -451,7 +386,7 @@ func rewriteConfig(t *testing.T, e *Env, old, new string) { //nolint:revive // T
 }
 
 func TestOpsSIGHUPReload(t *testing.T) {
-	e, ctx := newOpsE2E(t)
+	e, ctx := newE2E(t)
 	web, db, fetch := demoWorkloads(t, e, ctx)
 	waitOpen(t, e, ctx, web, db, fetch)
 	if err := WaitFor(ctx, allowWait, func() error { return HTTPGet(e.Office, web.Addr, 8080, time.Second) }); err != nil {
@@ -546,7 +481,7 @@ func ownedServices(e *Env) ([]string, error) {
 }
 
 func TestOpsConsulOutage(t *testing.T) {
-	e, ctx := newOpsE2E(t)
+	e, ctx := newE2E(t)
 	web, db, fetch := demoWorkloads(t, e, ctx)
 	waitOpen(t, e, ctx, web, db, fetch)
 	digWeb := func() error {
