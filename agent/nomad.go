@@ -99,7 +99,9 @@ type nomadSource struct {
 	nodeID string
 	wait   time.Duration
 	log    *slog.Logger
-	// retryMin and retryMax bound the backoff while Nomad is unreachable.
+	// retryMin and retryMax bound the backoff while Nomad is unreachable;
+	// the cap is how long a new container of an unknown allocation may
+	// stay closed after Nomad answers again (the fault suite saw 30 s).
 	retryMin, retryMax time.Duration
 
 	mu     sync.Mutex
@@ -111,7 +113,7 @@ type nomadSource struct {
 
 func newNomadSource(api NomadAPI, nodeID string, log *slog.Logger) *nomadSource {
 	return &nomadSource{api: api, nodeID: nodeID, wait: 5 * time.Minute, log: log, allocs: map[string]Alloc{},
-		retryMin: 500 * time.Millisecond, retryMax: 30 * time.Second}
+		retryMin: 500 * time.Millisecond, retryMax: 10 * time.Second}
 }
 
 // lookup returns the allocation and whether it is known; known is false
