@@ -37,7 +37,7 @@ func TestFault6TableFlushedOrDeleted(t *testing.T) {
 		{"flush ruleset", "flush ruleset"},
 		{"delete table", "delete table inet v6reg"},
 	} {
-		m0, err := f.Env.Metrics()
+		m0, err := f.Metrics()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,7 +56,7 @@ func TestFault6TableFlushedOrDeleted(t *testing.T) {
 			if f.logCount(logLine) <= logs0 {
 				return fmt.Errorf("no %q log line yet", logLine)
 			}
-			m, err := f.Env.Metrics()
+			m, err := f.Metrics()
 			if err != nil {
 				return err
 			}

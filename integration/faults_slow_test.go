@@ -470,8 +470,6 @@ func TestFaults4ConsulDown(t *testing.T) {
 // fakeNomad serves /v1/agent/self and /v1/node/<id>/allocations with
 // blocking queries, built from the recorded fixture.
 type fakeNomad struct {
-	ns     interface{ Run(func() error) error }
-	addr   string
 	nodeID string
 	tmpl   map[string]any
 
@@ -728,7 +726,7 @@ func TestFaults10Soak(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := f.Env.Metrics()
+		m, err := f.Metrics()
 		if err != nil {
 			t.Fatal(err)
 		}

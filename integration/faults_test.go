@@ -44,13 +44,12 @@ func requireSlowFaults(t *testing.T) {
 
 // faultRow is one line of FAULTS.md.
 type faultRow struct {
-	N                  string
-	Case, Injected     string
-	Checked            string
-	mu                 sync.Mutex
-	figures            []string
-	start              time.Time
-	resultIfNotFailing string
+	N              string
+	Case, Injected string
+	Checked        string
+	mu             sync.Mutex
+	figures        []string
+	start          time.Time
 }
 
 // fig adds a measured figure to the case's row (and the test log).
@@ -278,7 +277,7 @@ func (f *faultEnv) waitMetrics(limit time.Duration, what string, cond func(map[s
 	f.t.Helper()
 	var last map[string]float64
 	err := WaitFor(f.ctx, limit, func() error {
-		m, err := f.Env.Metrics()
+		m, err := f.Metrics()
 		if err != nil {
 			return err
 		}
@@ -448,7 +447,7 @@ func (f *faultEnv) invariantsOnce(ctx context.Context) error {
 			return fmt.Errorf("%s has services %q but no registration", m.Name, m.Labels["v6reg.services"])
 		}
 	}
-	met, err := f.Env.Metrics()
+	met, err := f.Metrics()
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
