@@ -275,22 +275,7 @@ func (f *faultEnv) waitOpen(ws ...Workload) {
 
 func (f *faultEnv) waitMetrics(limit time.Duration, what string, cond func(map[string]float64) bool) map[string]float64 {
 	f.t.Helper()
-	var last map[string]float64
-	err := WaitFor(f.ctx, limit, func() error {
-		m, err := f.Metrics()
-		if err != nil {
-			return err
-		}
-		last = m
-		if !cond(m) {
-			return errors.New(what + " not yet")
-		}
-		return nil
-	})
-	if err != nil {
-		f.t.Fatalf("metrics: %v", err)
-	}
-	return last
+	return waitMetric(f.t, f.Env, limit, what, cond)
 }
 
 // managed is a running container on the v6reg network.

@@ -116,6 +116,29 @@ func runContainer(ctx context.Context, cli *client.Client, netName, name string,
 // TestIPAMWithDockerd drives the IPAM driver from a real dockerd: network
 // creation, 50 containers, hold-down on reuse, agent restart, dockerd
 // restart, and a mismatching existing network.
+// startIPAM opens and starts an IPAM service for the test. Its cleanups
+// remove the daemon's containers while the plugin still answers, then
+// close the service (dockerd waits on a dead plugin for every release).
+func startIPAM(t *testing.T, d *dockerd.Daemon, cfg ipam.Config, log *slog.Logger) *ipam.Service {
+	t.Helper()
+	svc, err := ipam.NewService(cfg, ipam.ServiceOptions{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	if err := svc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+		defer cancel()
+		if err := d.RemoveAll(ctx); err != nil {
+			t.Errorf("removing containers: %v", err)
+		}
+	})
+	return svc
+}
+
 func TestIPAMWithDockerd(t *testing.T) {
 	d := dockerd.Start(t)
 	cli := d.Client
@@ -139,22 +162,7 @@ func TestIPAMWithDockerd(t *testing.T) {
 	}.WithDefaults()
 	rec := &recorder{t: t}
 	log := slog.New(rec)
-	svc, err := ipam.NewService(cfg, ipam.ServiceOptions{Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = svc.Close() })
-	if err := svc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// Runs before svc.Close: containers must go while the plugin answers.
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
-		defer cancel()
-		if err := d.RemoveAll(ctx); err != nil {
-			t.Errorf("removing containers: %v", err)
-		}
-	})
+	svc := startIPAM(t, d, cfg, log)
 	netID, err := svc.EnsureNetwork(ctx, cli)
 	if err != nil {
 		t.Fatal(err)
@@ -236,21 +244,7 @@ func TestIPAMWithDockerd(t *testing.T) {
 	if err := svc.Close(); err != nil {
 		t.Fatal(err)
 	}
-	svc, err = ipam.NewService(cfg, ipam.ServiceOptions{Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = svc.Close() })
-	if err := svc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
-		defer cancel()
-		if err := d.RemoveAll(ctx); err != nil {
-			t.Errorf("removing containers: %v", err)
-		}
-	})
+	svc = startIPAM(t, d, cfg, log)
 	if after := leaseSet(svc); !slices.Equal(before, after) {
 		t.Fatalf("leases changed across agent restart: %d before, %d after", len(before), len(after))
 	}
@@ -437,21 +431,7 @@ func TestIPAMDockerdLiveRestore(t *testing.T) {
 	cfg := ipam.Config{Prefix: v6, IPv4Subnet: v4, StateFile: filepath.Join(t.TempDir(), "ipam.db"),
 		PluginName: "v6reg-lr-" + suffix, NetworkName: "v6reg-lr-" + suffix, CreateNetwork: true}.WithDefaults()
 	rec := &recorder{t: t}
-	svc, err := ipam.NewService(cfg, ipam.ServiceOptions{Log: slog.New(rec)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = svc.Close() })
-	if err := svc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
-		defer cancel()
-		if err := d.RemoveAll(ctx); err != nil {
-			t.Errorf("removing containers: %v", err)
-		}
-	})
+	svc := startIPAM(t, d, cfg, slog.New(rec))
 	if _, err := svc.EnsureNetwork(ctx, cli); err != nil {
 		t.Fatal(err)
 	}
