@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/v6reg/v6reg/integration/benchdata"
 	"io"
 	"log/slog"
 	"os"
@@ -33,63 +34,6 @@ import (
 // fixed workload (a burst of containers) whose every sample is a figure;
 // `make test` skips them. The results go as JSON to V6REG_BENCH_OUT for
 // integration/cmd/benchreport, which writes BENCHMARKS.md.
-
-// BenchResults is the JSON TestBenchEndToEnd writes. benchreport has its
-// own copy of these types (a test file's types cannot be imported).
-type BenchResults struct {
-	Started      time.Time       `json:"started"`
-	Seconds      float64         `json:"seconds"`
-	Starters     int             `json:"starters"`
-	PollInterval string          `json:"poll_interval"`
-	Bursts       []BurstResult   `json:"bursts"`
-	Removals     []RemovalResult `json:"removals"`
-	Resources    []ResourcePhase `json:"resources"`
-	Largest      int             `json:"largest"`
-	ScaleNote    string          `json:"scale_note,omitempty"`
-}
-
-// BurstResult is one burst of containers started while Before were
-// already managed. Latencies are per container, in milliseconds, from
-// the container's start event (dockerd's own timestamp) to the poll that
-// first saw its elements in the kernel table (FirewallMs) and its service
-// in Consul (ConsulMs).
-type BurstResult struct {
-	Before     int       `json:"before"`
-	Containers int       `json:"containers"`
-	WallSec    float64   `json:"wall_seconds"` // first create to last registration seen
-	StartSec   float64   `json:"start_seconds"`
-	FirewallMs []float64 `json:"firewall_ms"`
-	ConsulMs   []float64 `json:"consul_ms"`
-	Missing    int       `json:"missing"` // containers never seen applied before the deadline
-	// Agent is the agent's own v6reg_event_to_applied_seconds histogram
-	// over the burst (the difference of two scrapes).
-	Agent BenchHistogram `json:"agent_histogram"`
-}
-
-// RemovalResult is the removal of a burst's containers: from the first
-// remove call until the table and Consul hold none of them.
-type RemovalResult struct {
-	Containers int     `json:"containers"`
-	WallSec    float64 `json:"wall_seconds"`
-}
-
-// ResourcePhase is the agent's RSS and CPU over one phase.
-type ResourcePhase struct {
-	Phase      string  `json:"phase"` // "idle" or "burst"
-	Containers int     `json:"containers"`
-	WallSec    float64 `json:"wall_seconds"`
-	CPUPercent float64 `json:"cpu_percent"` // of one core, utime+stime over wall time
-	RSSMiB     float64 `json:"rss_mib"`     // last sample (idle) or peak sample (burst)
-	HWMMiB     float64 `json:"hwm_mib"`     // VmHWM at the end of the phase
-}
-
-// BenchHistogram is a Prometheus histogram: cumulative bucket counts by upper
-// bound (seconds).
-type BenchHistogram struct {
-	Buckets map[string]float64 `json:"buckets"`
-	Count   float64            `json:"count"`
-	Sum     float64            `json:"sum"`
-}
 
 const (
 	benchStarters   = 4
@@ -163,7 +107,7 @@ func TestBenchEndToEnd(t *testing.T) {
 	}
 	bn.fw = firewall.New(conn, e.Node.Fd(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 
-	res := BenchResults{Started: begin, Starters: benchStarters, PollInterval: benchPoll.String()}
+	res := benchdata.Results{Started: begin, Starters: benchStarters, PollInterval: benchPoll.String()}
 	res.Resources = append(res.Resources, bn.idle(ctx, 0))
 	const n = 100
 	for i := 0; i < bursts; i++ {
@@ -238,9 +182,9 @@ type bencher struct {
 
 // burst starts n containers from benchStarters goroutines and times, for
 // each, its start event to its firewall elements and its Consul service.
-func (bn *bencher) burst(ctx context.Context, n int) (BurstResult, ResourcePhase) {
+func (bn *bencher) burst(ctx context.Context, n int) (benchdata.Burst, benchdata.Resource) {
 	t, e := bn.t, bn.e
-	res := BurstResult{Before: len(bn.ids), Containers: n}
+	res := benchdata.Burst{Before: len(bn.ids), Containers: n}
 	before, err := bn.histogram()
 	if err != nil {
 		t.Fatalf("metrics before the burst: %v", err)
@@ -390,9 +334,9 @@ func (bn *bencher) burst(ctx context.Context, n int) (BurstResult, ResourcePhase
 	if err != nil {
 		t.Fatalf("metrics after the burst: %v", err)
 	}
-	res.Agent = after.minus(before)
+	res.Agent = after.Sub(before)
 	hwm, _ := benchProcMiB(bn.pid, "VmHWM")
-	rp := ResourcePhase{Phase: "burst", Containers: len(bn.ids), WallSec: res.WallSec,
+	rp := benchdata.Resource{Phase: "burst", Containers: len(bn.ids), WallSec: res.WallSec,
 		CPUPercent: benchCPUPercent(ticks1-ticks0, res.WallSec), RSSMiB: peakRSS, HWMMiB: hwm}
 	return res, rp
 }
@@ -421,12 +365,12 @@ func (bn *bencher) start(ctx context.Context, i int) (string, error) {
 
 // removeAll removes every benchmark container (benchStarters at a time)
 // and waits until the table and Consul hold none of them.
-func (bn *bencher) removeAll(ctx context.Context) (RemovalResult, error) {
+func (bn *bencher) removeAll(ctx context.Context) (benchdata.Removal, error) {
 	bn.mu.Lock()
 	ids := bn.ids
 	bn.ids = nil
 	bn.mu.Unlock()
-	res := RemovalResult{Containers: len(ids)}
+	res := benchdata.Removal{Containers: len(ids)}
 	if len(ids) == 0 {
 		return res, nil
 	}
@@ -477,7 +421,7 @@ func (bn *bencher) removeAll(ctx context.Context) (RemovalResult, error) {
 
 // idle measures the agent's CPU and RSS over benchIdle with nothing
 // changing.
-func (bn *bencher) idle(ctx context.Context, containers int) ResourcePhase {
+func (bn *bencher) idle(ctx context.Context, containers int) benchdata.Resource {
 	// Let the last burst's stragglers (health checks' first runs, a
 	// resync) settle first.
 	select {
@@ -494,7 +438,7 @@ func (bn *bencher) idle(ctx context.Context, containers int) ResourcePhase {
 	wall := time.Since(t0).Seconds()
 	rss, _ := benchProcMiB(bn.pid, "VmRSS")
 	hwm, _ := benchProcMiB(bn.pid, "VmHWM")
-	return ResourcePhase{Phase: "idle", Containers: containers, WallSec: wall, CPUPercent: benchCPUPercent(ticks1-ticks0, wall), RSSMiB: rss, HWMMiB: hwm}
+	return benchdata.Resource{Phase: "idle", Containers: containers, WallSec: wall, CPUPercent: benchCPUPercent(ticks1-ticks0, wall), RSSMiB: rss, HWMMiB: hwm}
 }
 
 func (bn *bencher) ticks() uint64 {
@@ -556,13 +500,13 @@ func benchProcMiB(pid int, field string) (float64, error) {
 }
 
 // histogram scrapes v6reg_event_to_applied_seconds from /metrics.
-func (bn *bencher) histogram() (BenchHistogram, error) {
+func (bn *bencher) histogram() (benchdata.Histogram, error) {
 	resp, err := bn.e.Node.HTTPClient().Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", MetricsPort))
 	if err != nil {
-		return BenchHistogram{}, err
+		return benchdata.Histogram{}, err
 	}
 	defer resp.Body.Close()
-	h := BenchHistogram{Buckets: map[string]float64{}}
+	h := benchdata.Histogram{Buckets: map[string]float64{}}
 	const name = "v6reg_event_to_applied_seconds"
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -592,14 +536,6 @@ func (bn *bencher) histogram() (BenchHistogram, error) {
 		return h, fmt.Errorf("no %s in /metrics", name)
 	}
 	return h, sc.Err()
-}
-
-func (h BenchHistogram) minus(o BenchHistogram) BenchHistogram {
-	d := BenchHistogram{Buckets: map[string]float64{}, Count: h.Count - o.Count, Sum: h.Sum - o.Sum}
-	for k, v := range h.Buckets {
-		d.Buckets[k] = v - o.Buckets[k]
-	}
-	return d
 }
 
 func benchMedian(xs []float64) float64 {
