@@ -23,8 +23,18 @@ import (
 	"time"
 )
 
-// envInt reads a scale knob, e.g. V6REG_FAULT_BURST=200 for the issue's
-// full size.
+// envInt reads a scale knob. The defaults are the issue's sizes (what
+// `make test-faults` and CI run); a smaller value, e.g.
+// V6REG_FAULT_SOAK=200, makes a quicker run while working on a case, and
+// the row in FAULTS.md then says which size ran.
+// sizeNote marks a row that ran below the issue's size.
+func sizeNote(n, issue int) string {
+	if n >= issue {
+		return ""
+	}
+	return fmt.Sprintf(" (reduced run: the issue's size is %d)", issue)
+}
+
 func envInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
@@ -36,9 +46,9 @@ func envInt(name string, def int) int {
 // container starts and stops, restart it while the burst goes on.
 func TestFaults1KillDuringBurst(t *testing.T) {
 	requireSlowFaults(t)
-	n := envInt("V6REG_FAULT_BURST", 60)
+	n := envInt("V6REG_FAULT_BURST", 200)
 	row := recordFault(t, "1", "kill -9 during a burst",
-		fmt.Sprintf("%d container starts (every 2nd stopped again) by 4 workers; the agent SIGKILLed after op %d, restarted 1 s later while the burst goes on (issue: 200; 2 shared cores, V6REG_FAULT_BURST=200 for the full size)", n, n/3),
+		fmt.Sprintf("%d container starts (every 2nd stopped again) by 4 workers; the agent SIGKILLed after op %d, restarted 1 s later while the burst goes on%s", n, n/3, sizeNote(n, 200)),
 		"invariants within 10 s of the burst's end")
 	f := newFaultEnv(t, nil)
 	var ops, failed atomic.Int64
@@ -404,9 +414,9 @@ func consulProcess(t *testing.T, f *faultEnv) int {
 // harder case than refused) while containers come and go.
 func TestFaults4ConsulDown(t *testing.T) {
 	requireSlowFaults(t)
-	outage := time.Duration(envInt("V6REG_FAULT_CONSUL_SECONDS", 25)) * time.Second
+	outage := time.Duration(envInt("V6REG_FAULT_CONSUL_SECONDS", 60)) * time.Second
 	row := recordFault(t, "4", "Consul down",
-		fmt.Sprintf("Consul frozen with SIGSTOP for %s (issue: 60 s; V6REG_FAULT_CONSUL_SECONDS=60) while one registered container is removed and one with a service starts", outage),
+		fmt.Sprintf("Consul frozen with SIGSTOP for %s%s while one registered container is removed and one with a service starts", outage, sizeNote(int(outage/time.Second), 60)),
 		"the new container opens and the removed one's firewall goes during the outage; after SIGCONT registrations converge (the removed container's is deregistered: no orphan)")
 	f := newFaultEnv(t, nil)
 	gone := f.run("fault-gone", map[string]string{"v6reg.ingress": "tcp/8080 from @office", "v6reg.services": "gone:8080:http"}, httpdShell(8080, "gone"), false)
@@ -673,9 +683,9 @@ func TestFaults5NomadUnreachable(t *testing.T) {
 // must not grow, nothing may leak.
 func TestFaults10Soak(t *testing.T) {
 	requireSlowFaults(t)
-	n := envInt("V6REG_FAULT_SOAK", 200)
+	n := envInt("V6REG_FAULT_SOAK", 2000)
 	row := recordFault(t, "10", "soak",
-		fmt.Sprintf("%d container start/stop cycles by 4 workers, every 2nd with a service (issue: 2,000; 2 shared cores, V6REG_FAULT_SOAK=2000 for the full size)", n),
+		fmt.Sprintf("%d container start/stop cycles by 4 workers, every 2nd with a service%s", n, sizeNote(n, 2000)),
 		"agent VmRSS and go_goroutines at the end within 10% of after the first 10% of cycles; nothing left: kernel set = sentinel only, leases back to baseline, registrations = sentinel's")
 	// The agent as shipped (no -race: the race detector's shadow memory
 	// grows with every allocation and never shrinks, which is not what an

@@ -173,7 +173,8 @@ func newFaultEnv(t *testing.T, edit func(cfg string) string) *faultEnv {
 // the agent starts) and returns the agent's config.
 func newFaultEnvPrep(t *testing.T, prep func(e *Env, cfg string) string) *faultEnv {
 	t.Helper()
-	e, ctx := newTestEnv(t, "v6f-", 15*time.Minute, agentBin)
+	// The soak at the 2,000 cycles takes ~14 min on 2 idle cores.
+	e, ctx := newTestEnv(t, "v6f-", 30*time.Minute, agentBin)
 	if prep != nil {
 		b, err := os.ReadFile(e.Config)
 		if err != nil {
@@ -495,6 +496,25 @@ func (f *faultEnv) probeSentinel() {
 func (f *faultEnv) diagnose(w Workload) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "node -> %s:8080 (unfiltered): %v\n", w.Name, HTTPGet(f.Node, w.Addr, 8080, 2*time.Second))
+	// A neighbour entry pointing at a gone container's MAC, or a route
+	// that changed, fails the flow with an intact table.
+	for _, args := range [][]string{{"-6", "neigh", "show", "to", w.Addr.String()}, {"-6", "route", "get", w.Addr.String()}} {
+		out, err := f.nodeCmd("ip", args...)
+		fmt.Fprintf(&b, "node: ip %s: %s%v\n", strings.Join(args, " "), out, errOrEmpty(err))
+	}
+	if code, out, err := f.Exec(f.ctx, w.ID, "/bin/sh", "-c", "ip -6 addr show dev eth0; ip link show dev eth0; ip -6 neigh"); err == nil {
+		fmt.Fprintf(&b, "%s (exit %d): %s\n", w.Name, code, out)
+	}
+	if s, err := f.Status(); err == nil {
+		for _, c := range s.Containers {
+			if c.ID == w.ID {
+				fmt.Fprintf(&b, "status: %+v\n", c)
+			}
+		}
+	}
+	if out, err := f.nodeCmd("conntrack", "-L", "-f", "ipv6", "-d", w.Addr.String()); err == nil {
+		fmt.Fprintf(&b, "conntrack to %s:\n%s", w.Name, out)
+	}
 	out, err := f.nodeCmd("nft", "list", "table", "inet", firewall.TableName)
 	if err != nil {
 		fmt.Fprintf(&b, "nft list: %v %s", err, out)
@@ -506,6 +526,13 @@ func (f *faultEnv) diagnose(w Workload) string {
 		}
 	}
 	return b.String()
+}
+
+func errOrEmpty(err error) string {
+	if err == nil {
+		return ""
+	}
+	return " (" + err.Error() + ")"
 }
 
 func (f *faultEnv) agentPid() int {
