@@ -142,10 +142,21 @@ func handle[Req, Resp any](mux *http.ServeMux, d *Driver, method string, fn func
 	})
 }
 
+// errEmptyBody is what an IPAM call without a body gets. Every method
+// routed through handle carries a body; an empty one is how a call arrives
+// that Docker retried after v6reg was stopped in the middle of it: moby's
+// plugin client (pkg/plugins, callWithRetry) sends the same, already
+// drained, request buffer again. Nothing says which pool or address it
+// meant, so the call fails with this explanation instead of a confusing
+// "unknown pool". The container start fails and its restart policy (or
+// Nomad) starts it again; a lost ReleaseAddress is swept by the agent's
+// next full reconcile with Docker.
+var errEmptyBody = errors.New("empty request body: Docker resent a call that a v6reg restart cut off, without its body (a known behaviour of Docker's plugin client); the call fails: a container start is retried by its restart policy or Nomad, a lost release is swept by the agent's next full reconcile; nothing to do unless it repeats without restarts")
+
 func decodeRequest[T any](body []byte) (T, error) {
 	var v T
 	if len(strings.TrimSpace(string(body))) == 0 {
-		return v, nil // Docker sends empty bodies for some calls
+		return v, errEmptyBody
 	}
 	if err := json.Unmarshal(body, &v); err != nil {
 		return v, fmt.Errorf("request body is not the JSON the protocol defines: %w", err)

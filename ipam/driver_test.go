@@ -124,6 +124,9 @@ func TestDriverOverSocket(t *testing.T) {
 				t.Fatalf("pool %v", r)
 			}
 		}},
+		// What Docker's plugin client resends after a restart cut a call off.
+		{"address, empty body", "IpamDriver.RequestAddress", "", 400, wantErr("empty request body", "restart")},
+		{"release, empty body", "IpamDriver.ReleaseAddress", " \n", 400, wantErr("empty request body")},
 		{"v4 pool, another one", "IpamDriver.RequestPool", `{"Pool":"10.0.0.0/8"}`, 500, wantErr("10.0.0.0/8", "172.30.0.0/16")},
 		{"gateway", "IpamDriver.RequestAddress", `{"PoolID":"` + v6 + `","Options":{"RequestAddressType":"com.docker.network.gateway"}}`, 200, wantAddr("fd00:db8:1:2:3::1/80")},
 		{"gateway, the configured one", "IpamDriver.RequestAddress", `{"PoolID":"` + v6 + `","Address":"fd00:db8:1:2:3::1","Options":{"RequestAddressType":"com.docker.network.gateway"}}`, 200, wantAddr("fd00:db8:1:2:3::1/80")},
