@@ -9,6 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
+	"os/exec"
+	"regexp"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -20,62 +23,17 @@ import (
 
 	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/policies/policytest"
 )
-
-// hostileSeeds are valid and nearly valid policies the mutator starts
-// from; several would open everything if a mutation were misread.
-var hostileSeeds = map[string][]string{
-	"v6reg.ingress": {"tcp/8080 from @office", "tcp/8080 from any", "any from ::/0", "tcp/1-65535 from @internet",
-		"udp/53 from @dns", "icmp from @office; tcp/22 from 2001:db8::/32", "tcp/8080 from service:x, job:y"},
-	"v6reg.egress":   {"tcp/443 to @internet", "any to any", "tcp/5432 to service:postgres", "udp/0-65535 to ::/0"},
-	"v6reg.services": {"web:8080:http", "a:1:tcp", "x:65535:https", "svc:80"},
-}
-
-var hostileKeys = []string{"v6reg.ingress", "v6reg.egress", "v6reg.services"}
-
-// mutate returns a hostile variant of s: bytes flipped, inserted,
-// deleted, separators and numbers swapped for edge cases, random bytes,
-// or very long values.
-func mutate(r *rand.Rand, s string) string {
-	b := []byte(s)
-	edge := []string{";", ",", "/", "-", ":", "@", " ", "0", "65536", "99999999999999999999", "-1", "::", "/0", "/129", "\x00", "\xff\xfe", "ÿ", "\n", "any", "from", "to", "%", "\\", "\"", "${x}", "\u202e"}
-	for range 1 + r.IntN(4) {
-		switch r.IntN(7) {
-		case 0:
-			if len(b) > 0 {
-				b[r.IntN(len(b))] = byte(r.IntN(256))
-			}
-		case 1:
-			i := r.IntN(len(b) + 1)
-			b = append(b[:i], append([]byte(edge[r.IntN(len(edge))]), b[i:]...)...)
-		case 2:
-			if len(b) > 1 {
-				i := r.IntN(len(b) - 1)
-				b = append(b[:i], b[i+1+r.IntN(len(b)-i-1):]...)
-			}
-		case 3:
-			b = make([]byte, r.IntN(64))
-			for i := range b {
-				b[i] = byte(r.IntN(256))
-			}
-		case 4:
-			b = []byte(strings.Repeat(string(b)+"; ", 1+r.IntN(300)))
-		case 5:
-			b = []byte(strings.ReplaceAll(string(b), "8080", edge[r.IntN(len(edge))]))
-		case 6:
-			b = append(b, []byte(strings.Repeat(",", r.IntN(2000)))...)
-		}
-	}
-	return string(b)
-}
 
 func TestFaults8HostileLabels(t *testing.T) {
 	requireSlowFaults(t)
 	rounds := envInt("V6REG_FAULT_HOSTILE_ROUNDS", 15)
+	cases := envInt("V6REG_FAULT_HOSTILE_CASES", 200000)
 	const slots = 3
 	row := recordFault(t, "8", "hostile input",
-		fmt.Sprintf("%d real containers (%d slots recreated %d times) with mutated/random v6reg.ingress, v6reg.egress, v6reg.services labels (NUL, invalid UTF-8, huge values, edge numbers); the parser fuzzers (policies: go test -fuzz) cover the tens of thousands of cases. And 1,000 containers x 50 rules applied to a fresh table (TestFault8FirewallScale)", slots*rounds, slots, rounds),
-		"the agent stays up (same pid); a refused container is closed (office and internet -> :8080 dropped); every error names its label key; invariants")
+		fmt.Sprintf("%d real containers (%d slots recreated %d times) with mutated/random v6reg.ingress, v6reg.egress, v6reg.services labels (NUL, invalid UTF-8, huge values, edge numbers); and %d generated cases of hostile job meta (job/group/task level, both key spellings) and labels through the agent's state builder (agent TestHostileInput). And 1,000 containers x 50 rules applied to a fresh table (TestFault8FirewallScale)", slots*rounds, slots, rounds, cases),
+		"the agent stays up (same pid); a refused container is closed (office and internet -> :8080 dropped); every error names its label key; invariants. Generated cases: no panic, the node's state stays appliable, a refused container has no rules and only critical checks, no rule open to any outside allow_any namespaces, every error names its meta key or label, the neighbour's rules unchanged")
 	f := newFaultEnv(t, nil)
 	pid := f.agentPid()
 	r := rand.New(rand.NewPCG(8, uint64(time.Now().UnixNano())))
@@ -89,17 +47,13 @@ func TestFaults8HostileLabels(t *testing.T) {
 				}
 			}
 			labels := map[string]string{}
-			for _, k := range hostileKeys {
+			for _, k := range policytest.Keys {
 				if r.IntN(3) > 0 {
-					seeds := hostileSeeds[k]
-					labels[k] = seeds[r.IntN(len(seeds))]
-					if r.IntN(4) > 0 { // a quarter stay valid, so refusals are not all-or-nothing
-						labels[k] = mutate(r, labels[k])
-					}
+					labels[k] = policytest.Value(r, k)
 				}
 			}
 			if len(labels) == 0 {
-				labels["v6reg.ingress"] = mutate(r, "tcp/8080 from @office")
+				labels["v6reg.ingress"] = policytest.Mutate(r, "tcp/8080 from @office")
 			}
 			w, err := f.start(f.ctx, fmt.Sprintf("hostile-%d-%d", round, i), labels, httpdShell(8080, "hostile"), runOpts{})
 			if err != nil {
@@ -181,6 +135,28 @@ func TestFaults8HostileLabels(t *testing.T) {
 	f.invariants(15 * time.Second)
 	row.fig(t, "%d containers: %d refused and closed (probes dropped), %d accepted, %d errors all naming their label; agent pid unchanged",
 		refused+accepted, refused, accepted, errsSeen)
+	row.fig(t, "%s", hostileCorpus(t, cases))
+}
+
+var reHostileSummary = regexp.MustCompile(`hostile input: ([^\n]*)`)
+
+// hostileCorpus runs the agent's TestHostileInput with n generated cases
+// of hostile job meta and labels: the tens of thousands of cases that real
+// containers cannot carry, through the code that turns them into the
+// node's state. It returns the test's own summary.
+func hostileCorpus(t *testing.T, n int) string {
+	t.Helper()
+	cmd := exec.Command("go", "test", "-count=1", "-run", "^TestHostileInput$", "-v", "../agent/")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("V6REG_HOSTILE_CASES=%d", n))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("hostile input corpus (%d cases): %v\n%s", n, err, tail(string(out), 40))
+	}
+	m := reHostileSummary.FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("hostile input corpus: no summary in its output:\n%s", tail(string(out), 20))
+	}
+	return "agent TestHostileInput: " + m[1]
 }
 
 // TestFault8FirewallScale programs 1,000 containers with 50 rules each

@@ -1,0 +1,187 @@
+package agent
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/v6reg/v6reg/firewall"
+	"github.com/v6reg/v6reg/policies/policytest"
+)
+
+// hostileCase is one container's hostile input and where it was written.
+type hostileCase struct {
+	c      Container
+	in     buildInput
+	keys   []string // the keys the input set, as the errors must name them
+	anyOK  bool     // its namespace may use "any" (testOperator's "open")
+	source string   // "labels" or "nomad"
+}
+
+// neighbour is a well-formed container built next to every hostile one:
+// its rules must come out the same whatever its neighbour says.
+var neighbour = labelContainer("f2", "other", 11, map[string]string{"v6reg.ingress": "tcp/80 from @traefik"})
+
+// hostileNamespace is a namespace for the case: mostly the bounded
+// default, sometimes "open" (allow_any), sometimes garbage.
+func hostileNamespace(r *rand.Rand) string {
+	switch r.IntN(6) {
+	case 0:
+		return "open"
+	case 1:
+		return policytest.Mutate(r, "team")
+	}
+	return ""
+}
+
+// labelCase puts hostile values on a label-only container.
+func labelCase(r *rand.Rand) hostileCase {
+	labels := map[string]string{labelJob: "p-x"}
+	hc := hostileCase{source: "labels"}
+	for _, k := range policytest.Keys {
+		if r.IntN(3) > 0 {
+			labels[k] = policytest.Value(r, k)
+			hc.keys = append(hc.keys, `label "`+k+`"`)
+		}
+	}
+	if ns := hostileNamespace(r); ns != "" {
+		labels[labelNamespace] = ns
+		hc.anyOK = ns == "open"
+	}
+	hc.c = labelContainer("f1", "fz", 10, labels)
+	hc.in = testInput(hc.c, neighbour)
+	return hc
+}
+
+// nomadCase puts hostile values in a Nomad allocation's job, group or task
+// meta, under either spelling of the key.
+func nomadCase(r *rand.Rand) hostileCase {
+	hc := hostileCase{source: "nomad"}
+	a := Alloc{ID: allocA, Namespace: "default", Job: "p-shop", Group: "web",
+		JobMeta: map[string]string{}, GroupMeta: map[string]string{}, TaskMeta: map[string]map[string]string{"api": {}}}
+	if ns := hostileNamespace(r); ns != "" {
+		a.Namespace = ns
+		hc.anyOK = ns == "open"
+	}
+	for _, k := range policytest.Keys {
+		if r.IntN(3) == 0 {
+			continue
+		}
+		key := k
+		if r.IntN(2) == 0 {
+			key = strings.Replace(k, ".", "_", 1)
+		}
+		level := []map[string]string{a.JobMeta, a.GroupMeta, a.TaskMeta["api"]}[r.IntN(3)]
+		level[key] = policytest.Value(r, k)
+		hc.keys = append(hc.keys, `meta "`+key+`"`)
+	}
+	hc.c = nomadContainer("f1", "api", allocA, 10)
+	hc.in = testInput(hc.c, neighbour)
+	hc.in.Lookup = lookupOf(a)
+	return hc
+}
+
+// checkHostile builds the case and asserts what hostile input must never
+// do: make the node's state unappliable, open a refused container, let a
+// namespace without allow_any reach "any", give an error that does not
+// name where it came from, or change a neighbour. It returns the
+// container's workload and whether it got a rule open to any (allowed only
+// where the namespace allows it).
+func checkHostile(t *testing.T, hc hostileCase, want firewall.Container) (Workload, bool) {
+	t.Helper()
+	start := time.Now()
+	d := build(hc.in)
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("build took %v for %s input %q", el, hc.source, hc.keys)
+	}
+	if err := d.Firewall.Validate(); err != nil {
+		t.Fatalf("%s input gave a state the firewall refuses: %v", hc.source, err)
+	}
+	w := workloadOf(t, d, hc.c.ID)
+	fc, _ := fwOf(d, hc.c.ID)
+	if w.Closed {
+		if len(fc.Ingress)+len(fc.Egress) > 0 {
+			t.Fatalf("closed container has rules: %+v (errors %q)", fc, w.Errors)
+		}
+		for _, r := range regsOf(d, hc.c.ID) {
+			if r.Check.Kind != "critical" {
+				t.Fatalf("closed container registered healthy: %+v", r)
+			}
+		}
+	}
+	openToAny := slices.ContainsFunc(slices.Concat(fc.Ingress, fc.Egress), func(r firewall.Rule) bool { return r.Peer == firewall.PeerAny })
+	if openToAny && !hc.anyOK {
+		t.Fatalf("namespace %q (allow_any false) got a rule open to any: %+v", w.Namespace, fc)
+	}
+	for _, e := range w.Errors {
+		if !slices.ContainsFunc(hc.keys, func(k string) bool { return strings.Contains(e, k) }) {
+			t.Fatalf("error does not name its source (one of %q): %q", hc.keys, e)
+		}
+	}
+	if got, _ := fwOf(d, neighbour.ID); !sameFirewallContainer(got, want) {
+		t.Fatalf("a neighbour's rules changed with its neighbour's input: %+v, want %+v", got, want)
+	}
+	return w, openToAny
+}
+
+func sameFirewallContainer(a, b firewall.Container) bool {
+	return fmt.Sprintf("%+v", a) == fmt.Sprintf("%+v", b)
+}
+
+var reSeed = regexp.MustCompile(`^[0-9]+$`)
+
+// TestHostileInput drives build with generated hostile job meta and Docker
+// labels: V6REG_HOSTILE_CASES of them (default 20,000, ~20 s under -race
+// in `make test`; the fault suite's case 8 runs 200,000), from
+// V6REG_HOSTILE_SEED or a fresh seed that a failure prints.
+func TestHostileInput(t *testing.T) {
+	n := 20000
+	if v, err := strconv.Atoi(os.Getenv("V6REG_HOSTILE_CASES")); err == nil && v > 0 {
+		n = v
+	}
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("V6REG_HOSTILE_SEED"); reSeed.MatchString(s) {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	r := rand.New(rand.NewPCG(seed, 1))
+	want, _ := fwOf(build(testInput(neighbour)), neighbour.ID)
+	var refused, accepted, errs, labels, meta, caseNo, anyOpened int
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("case %d failed: reproduce with V6REG_HOSTILE_SEED=%d V6REG_HOSTILE_CASES=%d", caseNo, seed, caseNo+1)
+		}
+	})
+	for i := range n {
+		var hc hostileCase
+		if i%2 == 0 {
+			hc, labels = labelCase(r), labels+1
+		} else {
+			hc, meta = nomadCase(r), meta+1
+		}
+		caseNo = i
+		w, openToAny := checkHostile(t, hc, want)
+		if openToAny {
+			anyOpened++
+		}
+		errs += len(w.Errors)
+		if w.Closed {
+			refused++
+		} else {
+			accepted++
+		}
+	}
+	// The checks mean something only if the generator makes every kind:
+	// refused, accepted, and "any" accepted where the namespace allows it
+	// (so the same input elsewhere was refused by the bound, not by luck).
+	if n >= 1000 && (refused == 0 || accepted == 0 || anyOpened == 0) {
+		t.Fatalf("%d refused, %d accepted, %d open to any in namespace \"open\": the generator no longer makes every kind", refused, accepted, anyOpened)
+	}
+	t.Logf("hostile input: %d cases (%d label sets, %d Nomad metas), %d refused and closed, %d accepted within bounds (%d open to any, all in an allow_any namespace), %d errors all naming their key; seed %d",
+		n, labels, meta, refused, accepted, anyOpened, errs, seed)
+}
