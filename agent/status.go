@@ -213,7 +213,9 @@ func (a *Agent) withHealth(ctx context.Context, s *Snapshot) {
 		for j := range c.Services {
 			sv := &c.Services[j]
 			if err != nil {
-				sv.Health = HealthUnknown
+				if sv.Check != "" {
+					sv.Health = HealthUnknown
+				}
 				continue
 			}
 			sv.Health, sv.Output = serviceHealth(sv.Check, byService[sv.ID])
