@@ -29,6 +29,9 @@ type ConsulAPI interface {
 	// HealthService runs one blocking query for every instance of service
 	// (with tag, if not empty), returning the next index.
 	HealthService(ctx context.Context, service, tag string, waitIndex uint64) ([]*consul.ServiceEntry, uint64, error)
+	// Checks lists the checks of the local agent, with their live status
+	// and output, for the status API.
+	Checks(ctx context.Context) (map[string]*consul.AgentCheck, error)
 }
 
 // ConsulClient adapts *consul.Client to ConsulAPI.
@@ -59,6 +62,14 @@ func (c ConsulClient) HealthService(ctx context.Context, service, tag string, wa
 		return nil, 0, err
 	}
 	return entries, meta.LastIndex, nil
+}
+
+// Checks lists the local agent's checks; see ConsulAPI. All of them, in
+// one call: a node's agent holds only its own node's checks, and a filter
+// expression on the service ID prefix would need the node name quoted for
+// both bexpr and a regexp. The caller keeps the ones v6reg owns.
+func (c ConsulClient) Checks(ctx context.Context) (map[string]*consul.AgentCheck, error) {
+	return c.C.Agent().ChecksWithFilterOpts("", (&consul.QueryOptions{}).WithContext(ctx))
 }
 
 // NewConsulClient builds a client from the agent's Consul settings.

@@ -199,6 +199,13 @@ type fakeConsul struct {
 	healthIndex map[string]uint64
 	healthCalls []string
 	wake        chan struct{}
+	// checkState sets the live status and output of a service's check
+	// (by service ID); a check without one is critical with no output,
+	// as Consul starts a new check. checksErr fails Checks; checksHang
+	// blocks it until its context ends.
+	checkState map[string][2]string
+	checksErr  error
+	checksHang bool
 }
 
 func newFakeConsul() *fakeConsul {
@@ -281,6 +288,46 @@ func (f *fakeConsul) HealthService(ctx context.Context, service, tag string, wai
 			return nil, 0, ctx.Err()
 		}
 	}
+}
+
+// Checks answers like /v1/agent/checks: one check per registered check,
+// keyed by check ID.
+func (f *fakeConsul) Checks(ctx context.Context) (map[string]*consul.AgentCheck, error) {
+	f.mu.Lock()
+	if f.checksHang {
+		f.mu.Unlock()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	defer f.mu.Unlock()
+	if f.checksErr != nil {
+		return nil, f.checksErr
+	}
+	out := map[string]*consul.AgentCheck{}
+	for sid, c := range f.checks {
+		if c == nil {
+			continue
+		}
+		ac := &consul.AgentCheck{Node: "n1", CheckID: c.CheckID, Name: c.Name, Status: consul.HealthCritical,
+			Notes: c.Notes, ServiceID: sid, ServiceName: f.services[sid].Service}
+		if c.Status != "" {
+			ac.Status = c.Status
+		}
+		if st, ok := f.checkState[sid]; ok {
+			ac.Status, ac.Output = st[0], st[1]
+		}
+		out[c.CheckID] = ac
+	}
+	return out, nil
+}
+
+func (f *fakeConsul) setCheck(serviceID, status, output string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.checkState == nil {
+		f.checkState = map[string][2]string{}
+	}
+	f.checkState[serviceID] = [2]string{status, output}
 }
 
 func (f *fakeConsul) setHealth(key string, entries ...*consul.ServiceEntry) {

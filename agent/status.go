@@ -10,23 +10,29 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	consul "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Snapshot is what the status API serves: the desired and applied state
 // per container, as of the last reconcile.
 type Snapshot struct {
-	Node        string           `json:"node"`
-	Prefix      string           `json:"prefix"`
-	At          time.Time        `json:"at"`
-	FirewallErr string           `json:"firewall_error,omitempty"`
-	ConsulErr   string           `json:"consul_error,omitempty"`
-	Nomad       string           `json:"nomad"`
-	Containers  []ContainerState `json:"containers"`
+	Node        string    `json:"node"`
+	Prefix      string    `json:"prefix"`
+	At          time.Time `json:"at"`
+	FirewallErr string    `json:"firewall_error,omitempty"`
+	ConsulErr   string    `json:"consul_error,omitempty"`
+	// HealthErr says why the services' health is unknown: Consul did not
+	// answer the status API's question about its checks.
+	HealthErr  string           `json:"health_error,omitempty"`
+	Nomad      string           `json:"nomad"`
+	Containers []ContainerState `json:"containers"`
 }
 
 // ContainerState is one container in the status API.
@@ -63,9 +69,20 @@ type ServiceState struct {
 	ID    string   `json:"id"`
 	Name  string   `json:"name"`
 	Port  int      `json:"port"`
-	Check string   `json:"check"`
+	Check string   `json:"check"` // the kind v6reg registered: http, https, tcp, critical (policy error), "" (none)
 	Tags  []string `json:"tags,omitempty"`
+	// Health is Consul's live view when the status API was asked: the
+	// worst status of the service's checks (passing, warning, critical),
+	// HealthUnknown when Consul did not answer or holds no check for it,
+	// empty when the registration has no check or Consul is off.
+	Health string `json:"health,omitempty"`
+	// Output is that check's output (its notes when it has none, as for
+	// the policy error check), cut to maxCheckOutput bytes.
+	Output string `json:"output,omitempty"`
 }
+
+// HealthUnknown is a service's Health when Consul could not tell it.
+const HealthUnknown = "unknown"
 
 // DropState holds the kernel's drop counters of a container.
 type DropState struct {
@@ -151,6 +168,112 @@ func (a *Agent) withDrops(ctx context.Context) (*Snapshot, error) {
 	return &s, nil
 }
 
+// consulHealthTimeout bounds the status API's one question to Consul (the
+// local agent's checks), so that a frozen Consul delays `v6reg status` by
+// at most this much and it says "health unknown" instead of hanging. A
+// healthy local agent answers from memory within milliseconds.
+var consulHealthTimeout = 2 * time.Second
+
+// maxCheckOutput caps a check's output in the status API: an HTTP check's
+// output carries the response body, which can be kilobytes.
+const maxCheckOutput = 512
+
+// withHealth fills in, on s (a copy the caller owns), every registration's
+// live health from the local Consul agent, in one bounded call.
+func (a *Agent) withHealth(ctx context.Context, s *Snapshot) {
+	if a.o.Consul == nil {
+		return
+	}
+	owned := map[string]bool{}
+	for _, c := range s.Containers {
+		for _, sv := range c.Services {
+			owned[sv.ID] = true
+		}
+	}
+	if len(owned) == 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, consulHealthTimeout)
+	checks, err := a.o.Consul.Checks(cctx)
+	cancel()
+	byService := map[string][]*consul.AgentCheck{}
+	for _, c := range checks {
+		if c != nil && owned[c.ServiceID] {
+			byService[c.ServiceID] = append(byService[c.ServiceID], c)
+		}
+	}
+	if err != nil {
+		s.HealthErr = fmt.Sprintf("asking consul for its checks: %v", err)
+	}
+	// The services slices are shared with the stored snapshot: copy them.
+	s.Containers = slices.Clone(s.Containers)
+	for i := range s.Containers {
+		c := &s.Containers[i]
+		c.Services = slices.Clone(c.Services)
+		for j := range c.Services {
+			sv := &c.Services[j]
+			if err != nil {
+				if sv.Check != "" {
+					sv.Health = HealthUnknown
+				}
+				continue
+			}
+			sv.Health, sv.Output = serviceHealth(sv.Check, byService[sv.ID])
+		}
+	}
+}
+
+// healthRank orders check statuses from best to worst.
+func healthRank(status string) int {
+	switch status {
+	case consul.HealthPassing:
+		return 0
+	case consul.HealthWarning:
+		return 1
+	case consul.HealthCritical:
+		return 3
+	default:
+		return 2
+	}
+}
+
+// serviceHealth is the worst of a service's checks, as Consul would count
+// it for DNS and Traefik, and that check's output.
+func serviceHealth(kind string, checks []*consul.AgentCheck) (health, output string) {
+	if len(checks) == 0 {
+		if kind == "" {
+			return "", ""
+		}
+		return HealthUnknown, "consul holds no check for this service (not registered yet?)"
+	}
+	checks = slices.Clone(checks)
+	sort.Slice(checks, func(i, j int) bool { return checks[i].CheckID < checks[j].CheckID })
+	worst := checks[0]
+	for _, c := range checks[1:] {
+		if healthRank(c.Status) > healthRank(worst.Status) {
+			worst = c
+		}
+	}
+	output = strings.TrimSpace(worst.Output)
+	if output == "" {
+		output = strings.TrimSpace(worst.Notes)
+	}
+	return worst.Status, cutOutput(output, maxCheckOutput)
+}
+
+// cutOutput cuts s to at most n bytes on a rune boundary, marking the cut.
+func cutOutput(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = " [...]"
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut-- // s[cut] continues a rune that must not be split
+	}
+	return s[:cut] + mark
+}
+
 // refreshDrops copies the kernel's drop counters into the metrics.
 func (a *Agent) refreshDrops(ctx context.Context) {
 	s, err := a.withDrops(ctx)
@@ -176,6 +299,10 @@ func (a *Agent) APIHandler() http.Handler {
 		s, err := a.withDrops(r.Context())
 		if err != nil {
 			a.log.Warn("status: drop counters unavailable", "err", err)
+		}
+		a.withHealth(r.Context(), s)
+		if s.HealthErr != "" {
+			a.log.Warn("status: consul health unavailable", "err", s.HealthErr)
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(s)

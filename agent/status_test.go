@@ -13,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	consul "github.com/hashicorp/consul/api"
 )
 
 func TestStatusAPI(t *testing.T) {
@@ -165,4 +168,156 @@ func TestListenAPIIsRootOnly(t *testing.T) {
 	}
 	cancel()
 	wait(t, done, "Serve to return")
+}
+
+// healthRig is a node with two services on one container (an HTTP one
+// whose check passes, a TCP one with no listener) and a container whose
+// policy is refused.
+func healthRig(t *testing.T) (*rig, *httptest.Server) {
+	t.Helper()
+	r := newRig(t, nil)
+	r.docker.set(
+		summary(cid("aa01"), "web", addrN(10), map[string]string{
+			"v6reg.job": "p-web", "v6reg.ingress": "tcp/80,81 from @traefik", "v6reg.services": "web:80:http, api:81:tcp",
+		}),
+		summary(cid("bb01"), "bad", addrN(11), map[string]string{"v6reg.ingress": "tcp/80 form @traefik"}),
+	)
+	if err := r.agent.reconcile(t.Context(), false); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(r.agent.APIHandler())
+	t.Cleanup(srv.Close)
+	return r, srv
+}
+
+func getStatus(t *testing.T, srv *httptest.Server) Snapshot {
+	t.Helper()
+	resp, err := srv.Client().Get(srv.URL + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s Snapshot
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// servicesByName lists every registration of the snapshot by service name.
+func servicesByName(s Snapshot) map[string]ServiceState {
+	out := map[string]ServiceState{}
+	for _, c := range s.Containers {
+		for _, sv := range c.Services {
+			out[sv.Name] = sv
+		}
+	}
+	return out
+}
+
+func TestStatusHealth(t *testing.T) {
+	r, srv := healthRig(t)
+	webID := serviceID("v6reg", "n1", cid("aa01"), "web", 80)
+	apiID := serviceID("v6reg", "n1", cid("aa01"), "api", 81)
+	refused := "dial tcp [" + addrN(10).String() + "]:81: connect: connection refused"
+	r.consul.setCheck(webID, "passing", "HTTP GET http://["+addrN(10).String()+"]:80/: 200 OK Output: hello")
+	r.consul.setCheck(apiID, "critical", refused)
+
+	s := getStatus(t, srv)
+	if s.HealthErr != "" {
+		t.Errorf("health error %q with a Consul that answers", s.HealthErr)
+	}
+	got := servicesByName(s)
+	if sv := got["web"]; sv.Health != "passing" || !strings.Contains(sv.Output, "200 OK") || sv.Check != "http" {
+		t.Errorf("web = %+v, want passing with Consul's output", sv)
+	}
+	if sv := got["api"]; sv.Health != "critical" || sv.Output != refused || sv.Check != "tcp" {
+		t.Errorf("api = %+v, want critical with output %q", sv, refused)
+	}
+	// The refused policy's check is critical from its registration; its
+	// notes (the policy error) stand in for the output a TTL check lacks.
+	if sv := got[policyErrorService]; sv.Health != "critical" || !strings.Contains(sv.Output, "refused this container's policy") ||
+		!strings.Contains(sv.Output, "form") {
+		t.Errorf("%s = %+v, want critical with the policy error", policyErrorService, sv)
+	}
+	if sv := got[jobsService]; sv.Health != "" || sv.Output != "" {
+		t.Errorf("%s has no check, yet health %q output %q", jobsService, sv.Health, sv.Output)
+	}
+	// The live view is per request: the stored snapshot stays as the
+	// reconcile left it.
+	for _, c := range r.agent.Snapshot().Containers {
+		for _, sv := range c.Services {
+			if sv.Health != "" || sv.Output != "" {
+				t.Errorf("stored snapshot changed by a status request: %+v", sv)
+			}
+		}
+	}
+
+	// A check that Consul does not hold (registration lost, or not yet
+	// made) is unknown, and says so.
+	r.consul.mu.Lock()
+	delete(r.consul.checks, apiID)
+	r.consul.mu.Unlock()
+	if sv := servicesByName(getStatus(t, srv))["api"]; sv.Health != HealthUnknown || !strings.Contains(sv.Output, "no check") {
+		t.Errorf("api without a check in Consul = %+v, want unknown", sv)
+	}
+}
+
+func TestStatusHealthConsulDown(t *testing.T) {
+	r, srv := healthRig(t)
+	r.consul.mu.Lock()
+	r.consul.checksErr = errors.New("connection refused")
+	r.consul.mu.Unlock()
+	s := getStatus(t, srv)
+	if !strings.Contains(s.HealthErr, "connection refused") {
+		t.Errorf("health error = %q, want Consul's error", s.HealthErr)
+	}
+	for name, sv := range servicesByName(s) {
+		want := HealthUnknown
+		if sv.Check == "" {
+			want = "" // no check: nothing to be unknown about
+		}
+		if sv.Health != want {
+			t.Errorf("%s health %q while Consul does not answer, want %q", name, sv.Health, want)
+		}
+	}
+}
+
+func TestStatusHealthConsulFrozen(t *testing.T) {
+	r, srv := healthRig(t)
+	r.consul.mu.Lock()
+	r.consul.checksHang = true
+	r.consul.mu.Unlock()
+	start := time.Now()
+	s := getStatus(t, srv)
+	took := time.Since(start)
+	// The bound, plus slack for a loaded machine; never Consul's own wait.
+	if took < consulHealthTimeout || took > consulHealthTimeout+2*time.Second {
+		t.Errorf("status took %s with a frozen Consul, want about %s", took, consulHealthTimeout)
+	}
+	if !strings.Contains(s.HealthErr, "deadline exceeded") {
+		t.Errorf("health error = %q, want the timeout", s.HealthErr)
+	}
+	if sv := servicesByName(s)["web"]; sv.Health != HealthUnknown {
+		t.Errorf("web health %q with a frozen Consul, want unknown", sv.Health)
+	}
+}
+
+func TestServiceHealthWorstCheckAndCut(t *testing.T) {
+	checks := []*consul.AgentCheck{
+		{CheckID: "a", Status: "passing", Output: "fine"},
+		{CheckID: "b", Status: "warning", Output: "slow"},
+		{CheckID: "_service_maintenance:x", Status: "critical", Notes: "maintenance mode"},
+	}
+	if h, out := serviceHealth("http", checks); h != "critical" || out != "maintenance mode" {
+		t.Errorf("worst of passing, warning, critical = %q %q", h, out)
+	}
+	if h, out := serviceHealth("http", checks[:2]); h != "warning" || out != "slow" {
+		t.Errorf("worst of passing, warning = %q %q", h, out)
+	}
+	long := strings.Repeat("é", maxCheckOutput) // 2 bytes each
+	_, out := serviceHealth("tcp", []*consul.AgentCheck{{CheckID: "c", Status: "critical", Output: long}})
+	if len(out) > maxCheckOutput || !strings.HasSuffix(out, " [...]") || !utf8.ValidString(out) {
+		t.Errorf("long output cut to %d bytes, valid UTF-8 %v: ...%q", len(out), utf8.ValidString(out), out[max(0, len(out)-12):])
+	}
 }

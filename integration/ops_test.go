@@ -146,10 +146,31 @@ func sendDenied(t *testing.T, from interface {
 	}
 }
 
+// servicesByName lists a snapshot's registrations by service name.
+func servicesByName(s *agent.Snapshot) map[string]agent.ServiceState {
+	out := map[string]agent.ServiceState{}
+	for _, c := range s.Containers {
+		for _, sv := range c.Services {
+			out[sv.Name] = sv
+		}
+	}
+	return out
+}
+
 func TestOpsStatusExplain(t *testing.T) {
 	e, ctx := newE2E(t)
 	web, db, fetch := demoWorkloads(t, e, ctx)
-	waitOpen(t, e, ctx, web, db, fetch)
+	// A service whose port has no listener: Consul's TCP check (from the
+	// node, which the firewall lets through) is refused, and status must
+	// say so in Consul's words.
+	idle, err := e.Run(ctx, "demo-idle", map[string]string{
+		"v6reg.job":      "demo-idle",
+		"v6reg.services": "idle:8081:tcp",
+	}, "exec sleep 3600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, e, ctx, web, db, fetch, idle)
 	if err := WaitFor(ctx, allowWait, func() error { return HTTPGet(e.Office, web.Addr, 8080, time.Second) }); err != nil {
 		t.Fatalf("office to web:8080 must pass before anything is explained: %v", err)
 	}
@@ -170,11 +191,36 @@ func TestOpsStatusExplain(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Consul runs a new check first at a random point of its 10 s
+	// interval, and a new check is critical with no output until then.
+	start := time.Now()
+	var last map[string]agent.ServiceState
+	if err := WaitFor(ctx, 30*time.Second, func() error {
+		s, err := e.Status()
+		if err != nil {
+			return err
+		}
+		if s.HealthErr != "" {
+			return errors.New(s.HealthErr)
+		}
+		last = servicesByName(s)
+		if last["web"].Health != "passing" || last["db"].Health != "passing" {
+			return fmt.Errorf("web %q, db %q; want both passing", last["web"].Health, last["db"].Health)
+		}
+		if idle := last["idle"]; idle.Health != "critical" || !strings.Contains(idle.Output, "connection refused") {
+			return fmt.Errorf("idle %q %q; want critical, connection refused", idle.Health, idle.Output)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("Consul's checks as the status API tells them: %v\n%+v", err, last)
+	}
+	t.Logf("checks settled %s after the registrations: idle %q", time.Since(start).Round(time.Millisecond), last["idle"].Output)
 
 	n := &normalizer{}
 	n.workload("web", web)
 	n.workload("db", db)
 	n.workload("fetch", fetch)
+	n.workload("idle", idle)
 	n.add(OfficeAddr.String(), "<office-addr>")
 	n.add(InternetAddr.String(), "<internet-addr>")
 
@@ -187,9 +233,14 @@ func TestOpsStatusExplain(t *testing.T) {
 				t.Errorf("status line %d is %d columns (max 80): %q", i+1, len(line), line)
 			}
 		}
-		for _, w := range []Workload{web, db, fetch} {
+		for _, w := range []Workload{web, db, fetch, idle} {
 			if !strings.Contains(raw, " "+hostPart(w.Addr)+" ") {
 				t.Errorf("status does not show %s's address %s (as %s):\n%s", w.Name, w.Addr, hostPart(w.Addr), raw)
+			}
+		}
+		for _, want := range []string{" web:8080 ok ", " db:5432 ok ", " idle:8081 CRIT ", "demo-idle: consul idle:8081 critical:\n", "connection refused"} {
+			if !strings.Contains(raw, want) {
+				t.Errorf("status does not show %q:\n%s", want, raw)
 			}
 		}
 		golden(t, "status.golden", n.apply(raw))
@@ -205,13 +256,24 @@ func TestOpsStatusExplain(t *testing.T) {
 		for _, c := range s.Containers {
 			got[c.ID] = c.Address
 		}
-		for _, w := range []Workload{web, db, fetch} {
+		for _, w := range []Workload{web, db, fetch, idle} {
 			if got[w.ID] != w.Addr.String() {
 				t.Errorf("json status: %s address %q, want %s", w.Name, got[w.ID], w.Addr)
 			}
 		}
-		if len(s.Containers) != 3 || s.Node != "e2e-node" || s.At.IsZero() {
-			t.Errorf("json status: node %q, %d containers, at %v; want e2e-node, 3, a reconcile time", s.Node, len(s.Containers), s.At)
+		if len(s.Containers) != 4 || s.Node != "e2e-node" || s.At.IsZero() {
+			t.Errorf("json status: node %q, %d containers, at %v; want e2e-node, 4, a reconcile time", s.Node, len(s.Containers), s.At)
+		}
+		svcs := servicesByName(&s)
+		if sv := svcs["web"]; sv.Check != "http" || sv.Health != "passing" || !strings.Contains(sv.Output, "200 OK") {
+			t.Errorf("json status: web %+v; want an http check passing with Consul's output", sv)
+		}
+		wantOut := "[" + idle.Addr.String() + "]:8081: connect: connection refused"
+		if sv := svcs["idle"]; sv.Check != "tcp" || sv.Health != "critical" || !strings.Contains(sv.Output, wantOut) {
+			t.Errorf("json status: idle %+v; want a tcp check critical with output %q", sv, wantOut)
+		}
+		if sv := svcs["v6reg-jobs"]; sv.Health != "" {
+			t.Errorf("json status: v6reg-jobs (no check) has health %q", sv.Health)
 		}
 	})
 
@@ -546,8 +608,9 @@ func TestOpsConsulOutage(t *testing.T) {
 	if s, err := e.Status(); err != nil || s.ConsulErr == "" {
 		t.Errorf("status 25 s into the outage: err %v, consul error %q; want the Consul error shown", err, s.ConsulErr)
 	}
-	if out := v6regCLI(t, e, "status"); !strings.Contains(out, "CONSUL ERROR") {
-		t.Errorf("v6reg status does not show the Consul outage:\n%s", out)
+	if out := v6regCLI(t, e, "status"); !strings.Contains(out, "CONSUL ERROR") ||
+		!strings.Contains(out, "Consul did not answer: ") || !strings.Contains(out, " web:8080 ? ") {
+		t.Errorf("v6reg status does not show the Consul outage and unknown health:\n%s", out)
 	}
 	time.Sleep(time.Until(down.Add(30 * time.Second)))
 

@@ -15,7 +15,7 @@ import (
 	"github.com/v6reg/v6reg/policies"
 )
 
-var update = flag.Bool("update", false, "rewrite the policy check golden files")
+var update = flag.Bool("update", false, "rewrite the golden files (policy check, status table)")
 
 // The sample jobs and the expected outputs live with the policies package.
 const (

@@ -65,7 +65,8 @@ func apiGet(socket, path string, out any) error {
 const statusUsage = `Usage: v6reg status [-format table|json] [-socket PATH]
 
 Shows every container the agent manages on this node: job/task, allocation,
-address, rule counts, Consul services, drops, and why a container is closed.
+address, rule counts, Consul services with their live health (Consul's check
+output for any that is not passing), drops, and why a container is closed.
 
 Flags:
 `
@@ -103,7 +104,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 
 // printStatus writes the status table. It fits 80 columns for a /80: the
 // address column shows the host part (the prefix is in the header), rule
-// and drop counts are in/out pairs, and long names are cut with a '~'.
+// and drop counts are in/out pairs, the CONSUL column ends with the worst
+// live health of the container's services (details and Consul's output
+// below the table), and long names are cut with a '~'.
 func printStatus(w io.Writer, s *agent.Snapshot) {
 	fmt.Fprintf(w, "node %s  prefix %s  nomad %s  reconciled %s ago\n", s.Node, s.Prefix, s.Nomad, time.Since(s.At).Round(time.Second))
 	if s.FirewallErr != "" {
@@ -111,6 +114,9 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 	}
 	if s.ConsulErr != "" {
 		fmt.Fprintf(w, "CONSUL ERROR: %s\n", s.ConsulErr)
+	}
+	if s.HealthErr != "" {
+		fmt.Fprintf(w, "Consul did not answer: %s; health unknown\n", s.HealthErr)
 	}
 	prefix, _ := netip.ParsePrefix(s.Prefix)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
@@ -127,17 +133,6 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 		if c.AllocID != "" {
 			alloc = c.AllocID[:min(8, len(c.AllocID))]
 		}
-		consul := "-"
-		var names []string
-		for _, sv := range c.Services {
-			if sv.Name == "v6reg-jobs" || sv.Name == "v6reg-policy-errors" {
-				continue
-			}
-			names = append(names, sv.Name+":"+strconv.Itoa(sv.Port))
-		}
-		if len(names) > 0 {
-			consul = strings.Join(names, ",")
-		}
 		drops := "-"
 		if c.Drops != nil {
 			drops = fmt.Sprintf("%d/%d", c.Drops.IngressPackets, c.Drops.EgressPackets)
@@ -151,19 +146,138 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 		case c.Stopping:
 			state = "stopping"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", trunc(name, 18), alloc, hostPart(prefix, c.Address), len(c.Ingress), len(c.Egress), trunc(consul, 12), drops, state)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", trunc(name, 16), alloc, hostPart(prefix, c.Address), len(c.Ingress), len(c.Egress), consulCell(c.Services, 14), drops, state)
 		if c.Reason != "" {
 			notes = append(notes, fmt.Sprintf("%s: %s", name, c.Reason))
 		}
 		for _, e := range c.Errors {
 			notes = append(notes, "  "+e)
 		}
+		notes = append(notes, healthNotes(name, c, 80)...)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "%d containers (ADDRESS: host part in the prefix; RULES, DROPS: in/out)\n", len(s.Containers))
+	fmt.Fprintln(w, "CONSUL: services, then the worst check: ok, warn, CRIT, ? (unknown)")
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
 	}
+}
+
+// internalService says whether a registration is v6reg's own (job peers,
+// policy errors) rather than one the job declared.
+func internalService(name string) bool {
+	return name == "v6reg-jobs" || name == "v6reg-policy-errors"
+}
+
+// healthRank orders Consul health from best to worst; "" (no check) first.
+func healthRank(h string) int {
+	switch h {
+	case "":
+		return 0
+	case "passing":
+		return 1
+	case "warning":
+		return 2
+	case "critical":
+		return 4
+	default: // unknown
+		return 3
+	}
+}
+
+// healthMark is the short form of a health in the CONSUL column.
+func healthMark(h string) string {
+	switch h {
+	case "":
+		return ""
+	case "passing":
+		return "ok"
+	case "warning":
+		return "warn"
+	case "critical":
+		return "CRIT"
+	default:
+		return "?"
+	}
+}
+
+// consulCell is the CONSUL column: the declared services as name:port,
+// cut to leave room for the worst health of all of the container's
+// registrations (a refused policy's check included), within width.
+func consulCell(services []agent.ServiceState, width int) string {
+	var names []string
+	worst := ""
+	for _, sv := range services {
+		if healthRank(sv.Health) > healthRank(worst) {
+			worst = sv.Health
+		}
+		if !internalService(sv.Name) {
+			names = append(names, sv.Name+":"+strconv.Itoa(sv.Port))
+		}
+	}
+	mark := healthMark(worst)
+	switch {
+	case len(names) == 0 && mark == "":
+		return "-"
+	case len(names) == 0:
+		return mark
+	case mark == "":
+		return trunc(strings.Join(names, ","), width)
+	}
+	return trunc(strings.Join(names, ","), width-len(mark)-1) + " " + mark
+}
+
+// healthNotes says, under the table, which of a container's registrations
+// Consul does not count as passing, and why, in Consul's words, wrapped
+// to width. A refused policy's check carries the error already listed; an
+// unknown health without output is explained by the line on top.
+func healthNotes(name string, c agent.ContainerState, width int) []string {
+	var out []string
+	for _, sv := range c.Services {
+		if sv.Health == "" || sv.Health == "passing" || sv.Health == agent.HealthUnknown && sv.Output == "" {
+			continue
+		}
+		what := sv.Name
+		if !internalService(sv.Name) {
+			what += ":" + strconv.Itoa(sv.Port)
+		}
+		head := fmt.Sprintf("%s: consul %s %s", name, what, sv.Health)
+		switch {
+		case sv.Check == "critical" && len(c.Errors) > 0:
+			out = append(out, trunc(head+": the policy error above", width))
+		case sv.Output == "":
+			out = append(out, trunc(head, width))
+		default:
+			out = append(out, trunc(head+":", width))
+			out = append(out, wrap(strings.Join(strings.Fields(sv.Output), " "), "    ", width, 3)...)
+		}
+	}
+	return out
+}
+
+// wrap cuts s into at most maxLines lines of width columns, each with
+// indent, breaking at spaces where it can; what does not fit ends in '~'.
+func wrap(s, indent string, width, maxLines int) []string {
+	room := width - len(indent)
+	var lines []string
+	for s != "" && len(lines) < maxLines {
+		if len(s) <= room {
+			lines = append(lines, indent+s)
+			s = ""
+			break
+		}
+		cut := strings.LastIndexByte(s[:room+1], ' ')
+		if cut <= 0 {
+			cut = room
+		}
+		lines = append(lines, indent+strings.TrimRight(s[:cut], " "))
+		s = strings.TrimLeft(s[cut:], " ")
+	}
+	if s != "" {
+		last := lines[len(lines)-1]
+		lines[len(lines)-1] = last[:min(len(last), width-1)] + "~"
+	}
+	return lines
 }
 
 // hostPart writes an address of prefix as its host bits ("::ef2f:140f:a512"),

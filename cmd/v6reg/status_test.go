@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/v6reg/v6reg/agent"
+)
+
+// healthSnapshot is a node as the status API serves it: widest host parts
+// and drop counts of a /80, a service whose check passes, one that Consul
+// finds critical, one it does not know, and a refused policy.
+func healthSnapshot() *agent.Snapshot {
+	return &agent.Snapshot{
+		Node: "n1", Prefix: "2001:db8:1:2:3::/80", At: time.Now(), Nomad: "ok",
+		Containers: []agent.ContainerState{
+			{ID: "aa01", Name: "web", Address: "2001:db8:1:2:3:fffe:ffff:ffff", Job: "p-cerebro-frontend", Task: "cerebro",
+				AllocID: "5f3a2c1b-0000-0000-0000-000000000000", Ingress: make([]agent.RuleState, 2), Egress: make([]agent.RuleState, 1),
+				Drops: &agent.DropState{IngressPackets: 12345, EgressPackets: 7},
+				Services: []agent.ServiceState{
+					{Name: "cerebro", Port: 9000, Check: "http", Health: "passing", Output: "HTTP GET http://[2001:db8:1:2:3:fffe:ffff:ffff]:9000/: 200 OK Output: ok"},
+					{Name: "cerebro-admin", Port: 9001, Check: "tcp", Health: "critical",
+						Output: "dial tcp [2001:db8:1:2:3:fffe:ffff:ffff]:9001: connect: connection refused"},
+					{Name: "v6reg-jobs", Check: ""},
+				}},
+			{ID: "bb01", Name: "db", Address: "2001:db8:1:2:3:1:2:3", Job: "p-db", Task: "p-db", Ingress: make([]agent.RuleState, 1),
+				Drops:    &agent.DropState{},
+				Services: []agent.ServiceState{{Name: "db", Port: 5432, Check: "tcp", Health: agent.HealthUnknown, Output: "consul holds no check for this service (not registered yet?)"}}},
+			{ID: "cc01", Name: "bad", Address: "2001:db8:1:2:3:abcd::1", Job: "p-bad", Task: "p-bad", Closed: true,
+				Reason: "policy refused", Errors: []string{`v6reg.ingress:1:8: unknown word "form"; want from`},
+				Drops: &agent.DropState{},
+				Services: []agent.ServiceState{{Name: "v6reg-policy-errors", Check: "critical", Health: "critical",
+					Output: "v6reg refused this container's policy; it stays closed until fixed:\nv6reg.ingress:1:8: ..."}}},
+			{ID: "dd01", Name: "fetch", Address: "2001:db8:1:2:3:9::9", Job: "p-fetch", Task: "p-fetch", Egress: make([]agent.RuleState, 1)},
+		},
+	}
+}
+
+var reAgo = regexp.MustCompile(`reconciled \S+ ago`)
+
+func TestPrintStatusHealth(t *testing.T) {
+	var b bytes.Buffer
+	printStatus(&b, healthSnapshot())
+	got := b.String()
+	for i, line := range strings.Split(got, "\n") {
+		if len(line) > 80 {
+			t.Errorf("line %d is %d columns (max 80): %q", i+1, len(line), line)
+		}
+	}
+	for _, want := range []string{
+		"::fffe:ffff:ffff",
+		"cerebro:~ CRIT", // the worst of the container's checks, the names cut to fit
+		"db:5432 ?",
+		" CRIT ", // the refused policy's check, though it declares no service
+		"p-cerebro-frontend/cerebro: consul cerebro-admin:9001 critical:\n    dial tcp",
+		"connect: connection refused",
+		"p-bad: consul v6reg-policy-errors critical: the policy error above",
+		"p-db: consul db:5432 unknown:\n    consul holds no check",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("status table lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "consul cerebro:9000") {
+		t.Errorf("a passing service got a note:\n%s", got)
+	}
+	statusGolden(t, "status-health.golden", reAgo.ReplaceAllString(got, "reconciled <dur> ago"))
+}
+
+func TestPrintStatusConsulSilent(t *testing.T) {
+	s := healthSnapshot()
+	s.HealthErr = `asking consul for its checks: Get "http://127.0.0.1:8500/v1/agent/checks": context deadline exceeded`
+	for i := range s.Containers {
+		for j := range s.Containers[i].Services {
+			s.Containers[i].Services[j].Health, s.Containers[i].Services[j].Output = agent.HealthUnknown, ""
+		}
+	}
+	var b bytes.Buffer
+	printStatus(&b, s)
+	got := b.String()
+	if !strings.Contains(got, "Consul did not answer: asking consul for its checks: ") || !strings.Contains(got, "; health unknown\n") {
+		t.Errorf("status does not say Consul did not answer:\n%s", got)
+	}
+	if !strings.Contains(got, "cerebro:900~ ?") || !strings.Contains(got, "db:5432 ?") {
+		t.Errorf("status does not show unknown health:\n%s", got)
+	}
+	// The line on top says why; no note per service repeats it.
+	if strings.Contains(got, "cerebro-admin:9001 unknown") {
+		t.Errorf("status repeats the unknown health per service:\n%s", got)
+	}
+}
+
+func TestWrap(t *testing.T) {
+	tests := []struct {
+		in   string
+		max  int
+		want []string
+	}{
+		{"short", 3, []string{"    short"}},
+		{"aaaa bbbb cccc", 3, []string{"    aaaa", "    bbbb", "    cccc"}},
+		{"aaaa bbbb cccc dddd", 2, []string{"    aaaa", "    bbbb~"}},
+		{"aaaaaaaaaaaa", 2, []string{"    aaaaaa", "    aaaaaa"}},
+		{"aaaaaaaaaaaaa", 2, []string{"    aaaaaa", "    aaaaa~"}},
+	}
+	for _, tt := range tests {
+		got := wrap(tt.in, "    ", 10, tt.max)
+		if strings.Join(got, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("wrap(%q, max %d) = %q, want %q", tt.in, tt.max, got, tt.want)
+		}
+	}
+}
+
+// statusGolden compares got with testdata/NAME, or rewrites it under -update.
+func statusGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("golden %s: %v (run with -update to create it)", path, err)
+	}
+	if string(want) != string(got) {
+		t.Errorf("%s differs (run with -update if the change is intended)\n--- got:\n%s\n--- want:\n%s", path, got, want)
+	}
+}
