@@ -103,7 +103,7 @@ func (f *PortFinder) nsid(path string) (int, error) {
 		return 0, fmt.Errorf("open network namespace: %w", err)
 	}
 	defer func() { _ = file.Close() }() // read-only
-	fd := int(file.Fd()) //nolint:gosec // G115: a file descriptor fits an int
+	fd := int(file.Fd())                //nolint:gosec // G115: a file descriptor fits an int
 	id, err := f.h.GetNetNsIdByFd(fd)
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) {
