@@ -72,7 +72,7 @@ func (f *PortFinder) Ports(netns []string) (ports []int, errs []error) {
 		}
 		switch p := byNSID[nsid]; len(p) {
 		case 0:
-			errs[i] = fmt.Errorf("network namespace %s (nsid %d): %w (ifindex %d)", path, nsid, ErrNoPort, bridge)
+			errs[i] = fmt.Errorf("network namespace %s (nsid %d): %w (bridge ifindex %d)", path, nsid, ErrNoPort, bridge)
 		case 1:
 			ports[i] = p[0]
 		default:
@@ -102,9 +102,9 @@ func (f *PortFinder) nsid(path string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("open network namespace: %w", err)
 	}
-	defer func() { _ = file.Close() }() // read-only
-	fd := int(file.Fd())                //nolint:gosec // G115: a file descriptor fits an int
-	id, err := f.h.GetNetNsIdByFd(fd)
+	// Opened read-only: a failed close loses nothing.
+	defer func() { _ = file.Close() }()
+	id, err := f.h.GetNetNsIdByFd(int(file.Fd())) //nolint:gosec // G115: a file descriptor fits an int
 	if err != nil {
 		if errors.Is(err, unix.EINVAL) {
 			return 0, fmt.Errorf("network namespace %s: not a namespace file (is it mounted in the agent's mount namespace?): %w", path, err)

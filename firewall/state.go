@@ -1,4 +1,5 @@
-// Package firewall programs v6reg's nftables table (`inet v6reg`): default
+// Package firewall programs v6reg's nftables tables (`inet v6reg`, and
+// `bridge v6reg` for anti-spoofing, see below): default
 // deny for the node's prefix, per-container ingress and egress policy held
 // in hash maps of peer list ids, shared peer lists, drop counters per
 // container. It knows
@@ -20,6 +21,11 @@
 // element additions or removals, whose commit cost does not grow with the
 // number of containers. The id passes through the packet mark, which each
 // rule restores before it ends.
+//
+// A second table, `bridge v6reg`, binds each container's address to its
+// bridge port (Container.Port): a frame with that source address entering
+// the bridge through another port is dropped before the bridge switches or
+// routes it, whatever its MAC.
 //
 // Bridged traffic between two containers crosses the inet forward hook only
 // with br_netfilter and net.bridge.bridge-nf-call-ip6tables=1, see

@@ -32,7 +32,7 @@ import (
 const agentUsage = `Usage: v6reg agent [flags]
 
 Runs the node agent: the Docker IPAM driver for the node's IPv6 prefix, the
-nftables firewall (table inet v6reg) from each container's policy, and the
+nftables firewall (tables inet and bridge v6reg) from each container's policy, and the
 container's Consul services. Configuration comes from defaults, then the HCL
 file, then the environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT,
 CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, NOMAD_ADDR, NOMAD_TOKEN, NOMAD_CACERT,
