@@ -110,8 +110,9 @@ func (f *fakeDocker) ContainerInspect(_ context.Context, id string) (container.I
 			nets = s.NetworkSettings.Networks
 		}
 	}
-	return container.InspectResponse{NetworkSettings: &container.NetworkSettings{
-		NetworkSettingsBase: container.NetworkSettingsBase{SandboxKey: key}, Networks: nets}}, nil
+	ns := &container.NetworkSettings{Networks: nets}
+	ns.SandboxKey = key
+	return container.InspectResponse{NetworkSettings: ns}, nil
 }
 
 func (f *fakeDocker) ContainerList(ctx context.Context, _ container.ListOptions) ([]container.Summary, error) {
