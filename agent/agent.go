@@ -57,8 +57,11 @@ type Options struct {
 	NomadID  string // this node's Nomad ID; empty asks the local agent
 	Consul   ConsulAPI
 	Firewall Firewall
-	IPAM     IPAM
-	Metrics  *Metrics
+	// Ports finds containers' bridge ports, so the firewall binds each
+	// address to its container's port (nil: to its MAC only).
+	Ports   BridgePorts
+	IPAM    IPAM
+	Metrics *Metrics
 }
 
 // Bounds on the calls one reconcile makes, so that a source or output that
@@ -75,6 +78,7 @@ type Agent struct {
 	nomad *nomadSource
 	reg   *consulRegistrar
 	peers *peerWatches
+	ports *portCache // nil without Options.Ports
 
 	trig     chan struct{}
 	pendMu   sync.Mutex
@@ -117,6 +121,9 @@ func New(o Options) *Agent {
 		}, func() float64 { return float64(r.Restores()) }))
 	}
 	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator, peerWait: 5 * time.Second}
+	if o.Ports != nil && o.Firewall != nil {
+		a.ports = newPortCache(o.Docker, o.Ports, o.Network, o.Log.With("source", "docker"))
+	}
 	if o.Nomad != nil {
 		a.nomad = newNomadSource(o.Nomad, o.NomadID, o.Log.With("source", "nomad"))
 	}
@@ -295,6 +302,11 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		// Without Docker's list nothing can be decided; applying a partial
 		// state would remove what is right. Keep everything as it is.
 		return err
+	}
+	if a.ports != nil {
+		// New containers only (one inspect each); the periodic full
+		// reconcile retries the ones whose port was not found.
+		a.ports.fill(ctx, containers, full)
 	}
 	in := a.input(containers)
 	d := build(in)

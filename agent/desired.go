@@ -81,7 +81,7 @@ func build(in buildInput) Desired {
 			continue
 		}
 		seen[c.Addr] = c.ShortID()
-		fc := firewall.Container{ID: c.ID, Addr: c.Addr, MAC: c.MAC}
+		fc := firewall.Container{ID: c.ID, Addr: c.Addr, MAC: c.MAC, Port: c.Port}
 		if !w.Closed {
 			fc.Ingress = firewallRules(w.Policy.Ingress, w.Namespace, &d, in)
 			fc.Egress = firewallRules(w.Policy.Egress, w.Namespace, &d, in)

@@ -20,6 +20,9 @@ import (
 // *client.Client satisfies it.
 type DockerAPI interface {
 	ContainerList(ctx context.Context, options container.ListOptions) ([]container.Summary, error)
+	// ContainerInspect is called once per container start, for its
+	// network namespace (NetworkSettings.SandboxKey).
+	ContainerInspect(ctx context.Context, containerID string) (container.InspectResponse, error)
 	Events(ctx context.Context, options events.ListOptions) (<-chan events.Message, <-chan error)
 }
 
@@ -45,7 +48,13 @@ type Container struct {
 	Addr4 netip.Addr
 	// MAC is the endpoint's MAC: the firewall binds Addr to it, so a
 	// container cannot send as another on the same bridge.
-	MAC    net.HardwareAddr
+	MAC net.HardwareAddr
+	// EndpointID is the container's endpoint on the network: new at every
+	// start, so it tells when Port must be looked up again.
+	EndpointID string
+	// Port is the host-side veth ifindex of the container on the bridge,
+	// 0 if unknown (see portCache): the firewall binds Addr to it.
+	Port   int
 	Labels map[string]string
 	// AllocID is the Nomad allocation (empty for containers without Nomad).
 	AllocID string
@@ -78,6 +87,7 @@ func listContainers(ctx context.Context, api DockerAPI, network string) ([]Conta
 				c.Addr, _ = netip.ParseAddr(ep.GlobalIPv6Address)
 				c.Addr4, _ = netip.ParseAddr(ep.IPAddress)
 				c.MAC, _ = net.ParseMAC(ep.MacAddress)
+				c.EndpointID = ep.EndpointID
 			}
 		}
 		c.AllocID = s.Labels[labelNomadAlloc]

@@ -90,6 +90,29 @@ type fakeDocker struct {
 	onList func(ctx context.Context, n int)
 	// events serves Events; nil blocks until ctx is done.
 	events func(ctx context.Context, o events.ListOptions) (<-chan events.Message, <-chan error)
+	// sandbox is each container's network namespace file for
+	// ContainerInspect (by ID); a container without one is not found.
+	sandbox  map[string]string
+	inspects []string // IDs inspected, in order
+}
+
+func (f *fakeDocker) ContainerInspect(_ context.Context, id string) (container.InspectResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.inspects = append(f.inspects, id)
+	key, ok := f.sandbox[id]
+	if !ok {
+		return container.InspectResponse{}, fmt.Errorf("no such container: %s", id)
+	}
+	nets := map[string]*network.EndpointSettings{}
+	for _, s := range f.list {
+		if s.ID == id && s.NetworkSettings != nil {
+			nets = s.NetworkSettings.Networks
+		}
+	}
+	ns := &container.NetworkSettings{Networks: nets}
+	ns.SandboxKey = key
+	return container.InspectResponse{NetworkSettings: ns}, nil
 }
 
 func (f *fakeDocker) ContainerList(ctx context.Context, _ container.ListOptions) ([]container.Summary, error) {

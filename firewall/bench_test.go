@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 
@@ -11,12 +12,14 @@ import (
 )
 
 // bigState has n containers, each with a typical policy.
-func bigState(n int) State {
+func bigState(n int) State { return bigStateOf(n, benchContainer) }
+
+func bigStateOf(n int, container func(int) Container) State {
 	s := State{Prefix: testPrefix, Gateway: testGW, PeerSets: map[string][]netip.Prefix{
 		"@traefik": {pfx("2001:db8:a::/64")}, "@mon": {pfx("2001:db8:b::/64")}, "@internet": {pfx("::/0")},
 	}}
 	for i := 0; i < n; i++ {
-		s.Containers = append(s.Containers, benchContainer(i))
+		s.Containers = append(s.Containers, container(i))
 	}
 	return s
 }
@@ -29,15 +32,27 @@ func benchContainer(i int) Container {
 		Egress:  []Rule{{Peer: "@internet", Proto: TCP, Ports: ports(443)}, {Peer: "@internet", Proto: UDP, Ports: ports(53)}}}
 }
 
-func benchAddOne(b *testing.B, n int) {
+// boundContainer is benchContainer with its MAC and bridge port, as the
+// agent programs a container whose port it found: 4 more elements, 2 of
+// them in table bridge v6reg.
+func boundContainer(i int) Container {
+	c := benchContainer(i)
+	c.MAC = net.HardwareAddr{0x02, 0x42, 0, byte(i >> 16), byte(i >> 8), byte(i)}
+	c.Port = 1000 + i
+	return c
+}
+
+func benchAddOne(b *testing.B, n int) { benchAddOneOf(b, n, benchContainer) }
+
+func benchAddOneOf(b *testing.B, n int, container func(int) Container) {
 	ns := netns.New(b, "bench")
 	fw := newFirewall(b, ns)
-	base := bigState(n)
+	base := bigStateOf(n, container)
 	if _, err := fw.Apply(context.Background(), base); err != nil {
 		b.Fatal(err)
 	}
 	with := base
-	with.Containers = append(append([]Container(nil), base.Containers...), benchContainer(n+1))
+	with.Containers = append(append([]Container(nil), base.Containers...), container(n+1))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		s := with
@@ -54,6 +69,13 @@ func benchAddOne(b *testing.B, n int) {
 func BenchmarkAddOneContainerAt0(b *testing.B)     { benchAddOne(b, 0) }
 func BenchmarkAddOneContainerAt1000(b *testing.B)  { benchAddOne(b, 1000) }
 func BenchmarkAddOneContainerAt10000(b *testing.B) { benchAddOne(b, 10000) }
+
+// The same with MAC and bridge port: what the agent sends for a container.
+func BenchmarkAddOneBoundContainerAt0(b *testing.B)    { benchAddOneOf(b, 0, boundContainer) }
+func BenchmarkAddOneBoundContainerAt1000(b *testing.B) { benchAddOneOf(b, 1000, boundContainer) }
+func BenchmarkAddOneBoundContainerAt10000(b *testing.B) {
+	benchAddOneOf(b, 10000, boundContainer)
+}
 
 func BenchmarkFullApply10000(b *testing.B) {
 	s := bigState(10000)

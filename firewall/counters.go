@@ -55,10 +55,11 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 }
 
 // SpoofDrops reads how many packets were dropped because their source was
-// in the prefix but owned by no container, came from the wrong link, or
-// came from another MAC than its container's (Container.MAC), whether
-// they were forwarded (chain "egress") or addressed to the node (chain
-// "node").
+// in the prefix but owned by no container, came from the wrong link, came
+// from another MAC than its container's (Container.MAC), whether they
+// were forwarded (chain "egress") or addressed to the node (chain "node"),
+// or entered the bridge through another port than its container's
+// (Container.Port; chain prerouting of table bridge v6reg).
 func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
 	if err := ctx.Err(); err != nil {
 		return Counter{}, err
@@ -66,16 +67,17 @@ func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var sum Counter
-	for _, chain := range []string{"egress", "node"} {
-		rules, err := f.conn.GetRules(table, &nftables.Chain{Table: table, Name: chain})
-		if chain == "node" && errors.Is(err, unix.ENOENT) {
+	for _, qchain := range []string{"egress", "node", inBridge("prerouting")} {
+		t, chain := tableOf(qchain)
+		rules, err := f.conn.GetRules(t, &nftables.Chain{Table: t, Name: chain})
+		if qchain != "egress" && errors.Is(err, unix.ENOENT) {
 			continue // a table of an older layout, before its first Apply
 		}
 		if err != nil {
 			return Counter{}, fmt.Errorf("read anti-spoofing counters of chain %s: %w", chain, err)
 		}
 		// Only the anti-spoofing rules (wrong link, unowned address, wrong
-		// MAC) carry counters.
+		// MAC, wrong bridge port) carry counters.
 		for _, r := range rules {
 			for _, e := range r.Exprs {
 				if c, ok := e.(*expr.Counter); ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -338,6 +339,11 @@ func TestSelfHeal(t *testing.T) {
 	e := newEnv(t)
 	tp := e.tp
 	s := e.state()
+	vc1, err := tp.Node.Handle().LinkByName("vc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Containers[0].Port = vc1.Attrs().Index // so the bridge table has elements to restore
 	e.apply(t, s)
 	ctx, cancel := context.WithCancel(context.Background())
 	watchDone := make(chan error, 1)
@@ -351,9 +357,12 @@ func TestSelfHeal(t *testing.T) {
 	for i, breakIt := range []struct {
 		name string
 		do   func()
+		tbl  *nftables.Table
 	}{
-		{"delete table", func() { other.DelTable(table) }},
-		{"flush table", func() { other.FlushTable(table) }},
+		{"delete table", func() { other.DelTable(table) }, table},
+		{"flush table", func() { other.FlushTable(table) }, table},
+		{"delete bridge table", func() { other.DelTable(bridgeTable) }, bridgeTable},
+		{"flush bridge table", func() { other.FlushTable(bridgeTable) }, bridgeTable},
 	} {
 		breakIt.do()
 		if err := other.Flush(); err != nil {
@@ -363,7 +372,7 @@ func TestSelfHeal(t *testing.T) {
 		// Prove the break took (the table gone, or its chains empty)
 		// from the kernel right away: a traffic probe here would race the
 		// watch, which may already have restored the table under load.
-		if rules := liveRuleCount(t, other); rules != 0 {
+		if rules := liveRuleCount(t, other, breakIt.tbl.Family); rules != 0 {
 			t.Fatalf("%s: the table still holds %d rules right after the break", breakIt.name, rules)
 		}
 		for e.fw.Restores() < uint64(i+1) {
@@ -375,13 +384,20 @@ func TestSelfHeal(t *testing.T) {
 		t.Logf("%s: restored after %v", breakIt.name, time.Since(start).Round(time.Millisecond))
 		drop(t, breakIt.name+": client-out -> c1:8080 after restore", tp.ClientOut.DialTCP(none, tp.C1Addr, 8080, dropWait))
 		pass(t, breakIt.name+": client-in -> c1:8080 after restore", tp.ClientIn.DialTCP(none, tp.C1Addr, 8080, okWait))
+		if n := liveRuleCount(t, other, nftables.TableFamilyBridge); n != 1 {
+			t.Errorf("%s: table bridge v6reg has %d rules after restore, want 1", breakIt.name, n)
+		}
+		if got := nftList(t, tp.Node, "list", "set", "bridge", TableName, "port_src"); !strings.Contains(got, tp.C1Addr.String()+" . ") {
+			t.Errorf("%s: set port_src lacks c1 after restore:\n%s", breakIt.name, got)
+		}
 	}
 }
 
-// liveRuleCount counts the rules of table inet v6reg (0 when it is gone).
-func liveRuleCount(t *testing.T, c *nftables.Conn) int {
+// liveRuleCount counts the rules of table v6reg of family fam (0 when it
+// is gone).
+func liveRuleCount(t *testing.T, c *nftables.Conn, fam nftables.TableFamily) int {
 	t.Helper()
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	chains, err := c.ListChainsOfTableFamily(fam)
 	if err != nil {
 		t.Fatalf("listing chains: %v", err)
 	}

@@ -9,9 +9,11 @@ import (
 	"github.com/google/nftables"
 )
 
-// plan is the difference between the live table and the desired one.
+// plan is the difference between the live tables and the desired ones.
+// Set and chain names are qualified (see tableOf).
 type plan struct {
-	createTable   bool
+	createTable   bool // inet v6reg
+	createBridge  bool // bridge v6reg
 	addSets       []setSpec
 	addChains     []chainSpec // created empty, filled with their rules later
 	rewriteChains []chainSpec // exist with other rules: flushed and refilled
@@ -22,12 +24,12 @@ type plan struct {
 }
 
 func (p plan) empty() bool {
-	return !p.createTable && len(p.addSets) == 0 && len(p.addChains) == 0 && len(p.rewriteChains) == 0 &&
+	return !p.createTable && !p.createBridge && len(p.addSets) == 0 && len(p.addChains) == 0 && len(p.rewriteChains) == 0 &&
 		len(p.delElems) == 0 && len(p.addElems) == 0 && len(p.delChains) == 0 && len(p.delSets) == 0
 }
 
 func (p plan) changes() Changes {
-	c := Changes{TableCreated: p.createTable, SetsAdded: len(p.addSets), SetsRemoved: len(p.delSets),
+	c := Changes{TableCreated: p.createTable, BridgeTableCreated: p.createBridge, SetsAdded: len(p.addSets), SetsRemoved: len(p.delSets),
 		ChainsAdded: len(p.addChains), ChainsRemoved: len(p.delChains), ChainsRewritten: len(p.rewriteChains)}
 	for _, es := range p.addElems {
 		c.ElemsAdded += len(es)
@@ -38,14 +40,15 @@ func (p plan) changes() Changes {
 	return c
 }
 
-// diff computes what turns live into want. live == nil or !live.present
-// means the table does not exist. Output is sorted, so it is deterministic.
+// diff computes what turns live into want. live == nil means neither
+// table exists; a table that is not present has no sets or chains in live.
+// Output is sorted, so it is deterministic.
 func diff(live *liveState, want content) plan {
 	p := plan{delElems: map[string][]elem{}, addElems: map[string][]elem{}}
-	if live == nil || !live.present {
-		p.createTable = true
+	if live == nil {
 		live = &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}}}
 	}
+	p.createTable, p.createBridge = !live.present, !live.bridgePresent
 	// Walk the maps unsorted (they hold every container's elements) and
 	// sort only what changes, so a small change stays cheap at 10k.
 	for _, name := range slices.Sorted(maps.Keys(want.sets)) {
@@ -122,17 +125,22 @@ func (f *Firewall) send(p plan) (batches int, err error) {
 	var ops []op
 	add := func(size int, do func(c *nftables.Conn) error) { ops = append(ops, op{size, do}) }
 	sets := map[string]*nftables.Set{}
-	setOf := func(name string) *nftables.Set {
-		if s, ok := sets[name]; ok {
+	setOf := func(qname string) *nftables.Set {
+		if s, ok := sets[qname]; ok {
 			return s
 		}
-		return &nftables.Set{Table: table, Name: name}
+		t, name := tableOf(qname)
+		return &nftables.Set{Table: t, Name: name}
 	}
 	if p.createTable {
 		add(100, func(c *nftables.Conn) error { c.AddTable(table); return nil })
 	}
+	if p.createBridge {
+		add(100, func(c *nftables.Conn) error { c.AddTable(bridgeTable); return nil })
+	}
 	for _, ss := range p.addSets {
-		s := &nftables.Set{Table: table, Name: ss.name, KeyType: ss.keyType, Concatenation: ss.concat,
+		t, name := tableOf(ss.name)
+		s := &nftables.Set{Table: t, Name: name, KeyType: ss.keyType, Concatenation: ss.concat,
 			Interval: ss.interval, Counter: ss.counter, Comment: ss.comment}
 		if ss.idMap {
 			s.IsMap = true
@@ -197,9 +205,10 @@ func (f *Firewall) send(p plan) (batches int, err error) {
 	for _, name := range p.delSets {
 		add(100, func(c *nftables.Conn) error { c.FlushSet(setOf(name)); return nil })
 	}
-	for _, name := range p.delChains {
+	for _, qname := range p.delChains {
 		add(100, func(c *nftables.Conn) error {
-			ch := &nftables.Chain{Table: table, Name: name}
+			t, name := tableOf(qname)
+			ch := &nftables.Chain{Table: t, Name: name}
 			c.FlushChain(ch)
 			c.DelChain(ch)
 			return nil
@@ -235,19 +244,24 @@ func (f *Firewall) send(p plan) (batches int, err error) {
 }
 
 func chainObj(cs chainSpec) *nftables.Chain {
-	ch := &nftables.Chain{Table: table, Name: cs.name}
+	t, name := tableOf(cs.name)
+	ch := &nftables.Chain{Table: t, Name: name}
 	if cs.base {
 		accept := nftables.ChainPolicyAccept
 		ch.Type = nftables.ChainTypeFilter
 		ch.Hooknum = cs.hook
 		ch.Priority = nftables.ChainPriorityFilter
+		if cs.prio != nil {
+			ch.Priority = cs.prio
+		}
 		ch.Policy = &accept
 	}
 	return ch
 }
 
 func ruleObj(cs chainSpec, r ruleSpec) *nftables.Rule {
-	return &nftables.Rule{Table: table, Chain: &nftables.Chain{Table: table, Name: cs.name},
+	t, name := tableOf(cs.name)
+	return &nftables.Rule{Table: t, Chain: &nftables.Chain{Table: t, Name: name},
 		Exprs: r.exprs, UserData: ruleUserData(cs.tag)}
 }
 

@@ -5,7 +5,7 @@ import (
 	"testing"
 )
 
-func liveOf(c content) *liveState { return &liveState{content: c, present: true} }
+func liveOf(c content) *liveState { return &liveState{content: c, present: true, bridgePresent: true} }
 
 func TestDiff(t *testing.T) {
 	base := smallState()
@@ -23,6 +23,9 @@ func TestDiff(t *testing.T) {
 		}, 4, 0, 0, 0}, // containers, in_drop, eg_drop, in_port_list
 		{"remove container", func(s *State) { s.Containers = s.Containers[:1] }, 0, 7, 1, 0},
 		{"port change", func(s *State) { s.Containers[0].Ingress[0].Ports = ports(8081) }, 1, 1, 0, 0},
+		{"bridge port learnt", func(s *State) { s.Containers[1].Port = 43 }, 2, 0, 0, 0},   // bridge port_bound, port_src
+		{"bridge port changed", func(s *State) { s.Containers[0].Port = 44 }, 1, 1, 0, 0},  // port_src only
+		{"bridge port forgotten", func(s *State) { s.Containers[0].Port = 0 }, 0, 2, 0, 0}, // back to the MAC check
 		{"peer set grows", func(s *State) {
 			s.PeerSets["@traefik"] = append(s.PeerSets["@traefik"], pfx("2001:db8:b::/64"))
 		}, 1, 0, 0, 0}, // one range of list {@traefik} in set "lists"
@@ -58,8 +61,8 @@ func TestDiff(t *testing.T) {
 			}
 		}
 	}
-	if p2 := diff(nil, desired(base)); !p2.createTable {
-		t.Error("diff against no table does not create it")
+	if p2 := diff(nil, desired(base)); !p2.createTable || !p2.createBridge {
+		t.Error("diff against no table does not create both")
 	}
 }
 
@@ -75,6 +78,8 @@ func TestValidate(t *testing.T) {
 		func(s *State) { s.NodePorts[1].Ports = []PortRange{{0, 10}} },       // port 0
 		func(s *State) { s.NodePorts[2].Ports = ports(1) },                   // icmp takes no ports
 		func(s *State) { s.NodePorts = append(s.NodePorts, Rule{Proto: 3}) }, // unknown protocol
+		func(s *State) { s.Containers[0].Port = -1 },
+		func(s *State) { s.Containers[0].Port = 1 << 31 }, // beyond an ifindex (int32)
 	}
 	if err := smallState().Validate(); err != nil {
 		t.Fatalf("valid state: %v", err)

@@ -17,7 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Firewall owns the table `inet v6reg` in one network namespace.
+// Firewall owns the tables `inet v6reg` and `bridge v6reg` in one network
+// namespace.
 type Firewall struct {
 	conn *nftables.Conn
 	log  *slog.Logger
@@ -42,8 +43,9 @@ type Changes struct {
 	ChainsAdded, ChainsRemoved, ChainsRewritten int // rewritten: repaired after an outside edit
 	ChainsUpdated                               int // rewritten because the State changed them (NodePorts)
 	SetsAdded, SetsRemoved                      int
-	TableCreated                                bool
-	Batches                                     int // netlink batches sent; 1 unless the change was chunked
+	TableCreated                                bool // table inet v6reg
+	BridgeTableCreated                          bool // table bridge v6reg
+	Batches                                     int  // netlink batches sent; 1 unless the change was chunked
 }
 
 // Empty reports whether nothing was sent.
@@ -51,7 +53,9 @@ func (c Changes) Empty() bool { return c.Batches == 0 }
 
 // Restored reports whether the change repaired a missing table or a
 // rewritten base chain.
-func (c Changes) Restored() bool { return c.TableCreated || c.ChainsRewritten > 0 }
+func (c Changes) Restored() bool {
+	return c.TableCreated || c.BridgeTableCreated || c.ChainsRewritten > 0
+}
 
 // New returns a Firewall programming through conn. Pass a conn created with
 // nftables.WithNetNSFd(fd) to work in another namespace, and the same fd as
@@ -65,7 +69,10 @@ func New(conn *nftables.Conn, nsfd int, log *slog.Logger) *Firewall {
 // rules edited, and repaired it.
 func (f *Firewall) Restores() uint64 { return f.restores.Load() }
 
-var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+var (
+	table       = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	bridgeTable = &nftables.Table{Family: nftables.TableFamilyBridge, Name: TableName}
+)
 
 // Apply makes the table hold exactly what s describes.
 //
@@ -77,8 +84,9 @@ var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 // container. Otherwise (first Apply, someone else's commit, an earlier
 // error) it validates everything, reads the table and diffs it whole.
 //
-// The difference is sent as one netlink batch, so a container's change is
-// atomic. The table is created when missing and never deleted or flushed.
+// The difference is sent as one netlink batch (it spans both tables), so a
+// container's change is atomic. The tables are created when missing and
+// never deleted or flushed.
 // A change larger than one netlink message can carry (a first apply of
 // thousands of containers) is sent as several batches in this order: new
 // sets and chains, element removals, element additions, rewritten chains,
@@ -117,10 +125,10 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		if f.m != nil {
 			reuse = f.m.conts
 			if gerr == nil && g0 == f.liveGen && f.m.prefix == s.Prefix && f.m.gateway == s.Gateway {
-				live = &liveState{content: f.m.want, present: true}
+				live = &liveState{content: f.m.want, present: true, bridgePresent: true}
 			}
 		}
-		m := newModel(s.Prefix, s.Gateway, s.NodePorts)
+		m := newModel(s)
 		if _, ok := m.update(s, f.comp, reuse); !ok {
 			return Changes{}, fmt.Errorf("firewall state: accepted by Validate but not by the model (a bug)")
 		}
@@ -158,7 +166,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 	ch.Batches = batches
 	if err != nil {
 		f.m = nil // unknown: re-read next time
-		return ch, fmt.Errorf("nftables batch for table inet %s: %w", TableName, err)
+		return ch, fmt.Errorf("nftables batch for tables inet and bridge %s: %w", TableName, err)
 	}
 	g1, gerr1 := f.gen.read()
 	f.liveGen = g1
@@ -168,41 +176,60 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 	if ch.Restored() && f.everApplied {
 		f.restores.Add(1)
 		f.log.Warn("firewall table restored after an outside change", "table", "inet "+TableName,
-			"table_created", ch.TableCreated, "chains_rewritten", ch.ChainsRewritten)
+			"table_created", ch.TableCreated, "bridge_table_created", ch.BridgeTableCreated, "chains_rewritten", ch.ChainsRewritten)
 	}
 	f.everApplied = true
 	f.log.Info("firewall applied", "table", "inet "+TableName,
 		"elems_added", ch.ElemsAdded, "elems_removed", ch.ElemsRemoved,
 		"chains_added", ch.ChainsAdded, "chains_removed", ch.ChainsRemoved,
-		"chains_rewritten", ch.ChainsRewritten, "chains_updated", ch.ChainsUpdated, "table_created", ch.TableCreated, "batches", batches)
+		"chains_rewritten", ch.ChainsRewritten, "chains_updated", ch.ChainsUpdated, "table_created", ch.TableCreated,
+		"bridge_table_created", ch.BridgeTableCreated, "batches", batches)
 	return ch, nil
 }
 
-// liveState is the table as read, plus whether it exists.
+// liveState is the tables as read, plus whether each exists.
 type liveState struct {
 	content
-	present bool
+	present       bool // table inet v6reg
+	bridgePresent bool // table bridge v6reg
 }
 
 func (f *Firewall) readLive() (*liveState, error) {
 	ls := &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}}}
-	tables, err := f.conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	var err error
+	if ls.present, err = f.readLiveTable(ls, table, ""); err != nil {
+		return nil, err
+	}
+	if ls.bridgePresent, err = f.readLiveTable(ls, bridgeTable, bridgeQual); err != nil {
+		return nil, err
+	}
+	return ls, nil
+}
+
+// readLiveTable reads one of our tables into ls, its names prefixed with
+// qual, and reports whether it exists.
+func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual string) (bool, error) {
+	fam := "inet"
+	if table.Family == nftables.TableFamilyBridge {
+		fam = "bridge"
+	}
+	tables, err := f.conn.ListTablesOfFamily(table.Family)
 	if err != nil {
-		return nil, fmt.Errorf("list nftables tables: %w", err)
+		return false, fmt.Errorf("list nftables tables of family %s: %w", fam, err)
 	}
 	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
-		return ls, nil
+		return false, nil
 	}
-	ls.present = true
 	sets, err := f.conn.GetSets(table)
 	if err != nil {
-		return nil, fmt.Errorf("list sets of inet %s: %w", TableName, err)
+		return false, fmt.Errorf("list sets of %s %s: %w", fam, TableName, err)
 	}
 	for _, s := range sets {
-		ls.sets[s.Name] = setSpec{name: s.Name}
+		name := qual + s.Name
+		ls.sets[name] = setSpec{name: name}
 		elems, err := f.conn.GetSetElements(s)
 		if err != nil {
-			return nil, fmt.Errorf("list elements of set %s: %w", s.Name, err)
+			return false, fmt.Errorf("list elements of set %s %s %s: %w", fam, TableName, s.Name, err)
 		}
 		m := make(map[string]elem, len(elems))
 		for _, e := range elems {
@@ -212,11 +239,11 @@ func (f *Firewall) readLive() (*liveState, error) {
 			}
 			m[le.id()] = le
 		}
-		ls.elems[s.Name] = m
+		ls.elems[name] = m
 	}
-	chains, err := f.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	chains, err := f.conn.ListChainsOfTableFamily(table.Family)
 	if err != nil {
-		return nil, fmt.Errorf("list chains: %w", err)
+		return false, fmt.Errorf("list chains of family %s: %w", fam, err)
 	}
 	for _, c := range chains {
 		if c.Table.Name != TableName {
@@ -224,9 +251,9 @@ func (f *Firewall) readLive() (*liveState, error) {
 		}
 		rules, err := f.conn.GetRules(table, c)
 		if err != nil {
-			return nil, fmt.Errorf("list rules of chain %s: %w", c.Name, err)
+			return false, fmt.Errorf("list rules of chain %s %s %s: %w", fam, TableName, c.Name, err)
 		}
-		cs := chainSpec{name: c.Name, base: c.Hooknum != nil, rules: make([]ruleSpec, len(rules))}
+		cs := chainSpec{name: qual + c.Name, base: c.Hooknum != nil, rules: make([]ruleSpec, len(rules))}
 		// The chain's tag is only trusted if every rule carries it.
 		for i, r := range rules {
 			t, _ := userdata.GetString(r.UserData, udataRuleComment)
@@ -236,9 +263,9 @@ func (f *Firewall) readLive() (*liveState, error) {
 				cs.tag = "mixed"
 			}
 		}
-		ls.chains[c.Name] = cs
+		ls.chains[cs.name] = cs
 	}
-	return ls, nil
+	return true, nil
 }
 
 // genReader reads the nftables ruleset generation id, which the kernel

@@ -16,22 +16,24 @@ func TestGolden(t *testing.T) {
 	if err != nil {
 		t.Fatalf("apply: %v", err)
 	}
-	if !ch.TableCreated || ch.Batches != 1 {
-		t.Errorf("first apply: got %+v, want table created in one batch", ch)
+	if !ch.TableCreated || !ch.BridgeTableCreated || ch.Batches != 1 {
+		t.Errorf("first apply: got %+v, want both tables created in one batch", ch)
 	}
-	got := nftList(t, ns, "list", "table", "inet", TableName)
-	path := filepath.Join("testdata", "small.nft")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
+	for _, g := range []struct{ family, file string }{{"inet", "small.nft"}, {"bridge", "small_bridge.nft"}} {
+		got := nftList(t, ns, "list", "table", g.family, TableName)
+		path := filepath.Join("testdata", g.file)
+		if *update {
+			if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden (run with -update to create): %v", err)
-	}
-	if got != string(want) {
-		t.Errorf("nft list table differs from %s (rerun with -update if intended):\n--- got\n%s\n--- want\n%s", path, got, want)
+		want, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatalf("read golden (run with -update to create): %v", err)
+		}
+		if got != string(want) {
+			t.Errorf("nft list table %s differs from %s (rerun with -update if intended):\n--- got\n%s\n--- want\n%s", g.family, path, got, want)
+		}
 	}
 	ch, err = fw.Apply(context.Background(), smallState())
 	if err != nil || !ch.Empty() {

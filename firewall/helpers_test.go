@@ -74,7 +74,7 @@ func smallState() State {
 			"service:pg": {pfx("2001:db8:1:2:3::c2/128"), pfx("2001:db8:9::/48")},
 		},
 		Containers: []Container{
-			{ID: "c1", Addr: addr("2001:db8:1:2:3::c1"), MAC: net.HardwareAddr{0x02, 0x42, 0xac, 0x11, 0, 0xc1},
+			{ID: "c1", Addr: addr("2001:db8:1:2:3::c1"), MAC: net.HardwareAddr{0x02, 0x42, 0xac, 0x11, 0, 0xc1}, Port: 42,
 				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: ports(8080)}, {Peer: "any", Proto: ICMP}},
 				Egress:  []Rule{{Peer: "service:pg", Proto: TCP, Ports: ports(5432)}}},
 			{ID: "c2", Addr: addr("2001:db8:1:2:3::c2"),

@@ -16,8 +16,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TableName is the name of v6reg's table (family inet).
+// TableName is the name of v6reg's tables: `inet v6reg` (the policy) and
+// `bridge v6reg` (address to bridge port binding).
 const TableName = "v6reg"
+
+// Names of sets and chains in a content, a plan and the model are
+// qualified by their table: the inet table's as they are, the bridge
+// table's after bridgeQual. Our own names never contain a space.
+const bridgeQual = "bridge "
+
+// inBridge qualifies the name of a set or chain of table bridge v6reg.
+func inBridge(name string) string { return bridgeQual + name }
+
+// tableOf splits a qualified name into its table and its name there.
+func tableOf(qname string) (*nftables.Table, string) {
+	if n, ok := strings.CutPrefix(qname, bridgeQual); ok {
+		return bridgeTable, n
+	}
+	return table, qname
+}
 
 // elem is one set or map element as the diff sees it.
 type elem struct {
@@ -55,9 +72,10 @@ type ruleSpec struct {
 }
 
 type chainSpec struct {
-	name  string
+	name  string // qualified, see tableOf
 	base  bool
-	hook  *nftables.ChainHook // base chains: forward or input
+	hook  *nftables.ChainHook     // base chains: forward, input or (bridge) prerouting
+	prio  *nftables.ChainPriority // base chains; nil: filter (0)
 	rules []ruleSpec
 	tag   string // rule comment: a hash of the chain's rules, to detect edits
 }
@@ -75,6 +93,7 @@ var (
 	keyAddrProto = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto)
 	keyAddrPort  = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 	keyAddrMAC   = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeEtherAddr)
+	keyAddrIf    = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIFIndex)
 )
 
 // Static sets and maps; names are part of the table's public shape
@@ -102,6 +121,10 @@ var staticSets = []setSpec{
 	// size is peer lists x prefixes, independent of the number of
 	// containers.
 	{name: "lists", keyType: keyListAddr, concat: true, interval: true, comment: "peer list id . peer prefix"},
+	// Table bridge v6reg: addresses bound to the bridge port (host-side
+	// veth ifindex) of their container (Container.Port).
+	{name: inBridge("port_bound"), keyType: keyAddr, comment: "addresses whose bridge port is checked"},
+	{name: inBridge("port_src"), keyType: keyAddrIf, concat: true, comment: "address . bridge port ifindex of each container"},
 }
 
 // listID is a peer list's id: the value of the *_list maps and the first
@@ -126,7 +149,7 @@ func port(p uint16) []byte { return binary.BigEndian.AppendUint16(nil, p) }
 
 // desired computes the table content for s. s must be valid.
 func desired(s State) content {
-	m := newModel(s.Prefix, s.Gateway, s.NodePorts)
+	m := newModel(s)
 	if _, ok := m.update(s, newCompiler(), nil); !ok {
 		panic("desired: invalid state")
 	}
@@ -201,6 +224,10 @@ func (cp *compiler) container(ct Container) *compiled {
 	if len(ct.MAC) == 6 {
 		add("mac_bound", elem{key: a, comment: ct.ID})
 		add("src_mac", elem{key: key(a, ct.MAC), comment: ct.ID})
+	}
+	if ct.Port > 0 {
+		add(inBridge("port_bound"), elem{key: a, comment: ct.ID})
+		add(inBridge("port_src"), elem{key: key(a, binary.NativeEndian.AppendUint32(nil, uint32(ct.Port))), comment: ct.ID}) //nolint:gosec // G115: Validate keeps Port in 1..MaxInt32
 	}
 	peerSeen := map[string]bool{}
 	listSeen := map[listID]bool{}
@@ -545,6 +572,37 @@ func nodePortRules(rs []Rule) []ruleSpec {
 // network namespace.
 const loopbackIfindex = 1
 
+// bridgePortRules are the rules of chain prerouting of table bridge v6reg:
+// an IPv6 frame entering a bridge port whose source address is in the
+// prefix and bound to a port (port_bound) must come in through that port
+// (port_src: address . ifindex); otherwise it is counted (SpoofDrops) and
+// dropped, before the bridge learns its MAC, switches it or hands it to
+// br_netfilter and routing. Sources outside the prefix (:: for DAD,
+// link-local for ND, router solicitations, MLD) are not looked at.
+//
+// meta iif in the bridge family is the port the frame came in on (in the
+// inet hooks it is the bridge itself, under br_netfilter too). The rule
+// does not match the bridge itself: meta ibrname needs nft_meta_bridge
+// (CONFIG_NFT_BRIDGE_META), which kernels may lack (then the whole batch
+// would fail with EOPNOTSUPP), and nftables has no key for the bridge's
+// ifindex. It needs none: an address of the prefix lives behind exactly
+// one port, so the same address entering any other port of any bridge of
+// the node is forged too.
+func bridgePortRules(prefix netip.Prefix) []ruleSpec {
+	return []ruleSpec{rule(&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.BigEndian.AppendUint16(nil, unix.ETH_P_IPV6)},
+		matchPrefix(true, prefix),
+		payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "port_bound"},
+		&expr.Meta{Key: expr.MetaKeyIIF, Register: reg32b},
+		&expr.Lookup{SourceRegister: reg1, SetName: "port_src", Invert: true},
+		&expr.Counter{}, verdict(expr.VerdictDrop, ""))}
+}
+
+// bridgeFilterPriority is the bridge family's "filter" priority: before
+// br_netfilter (NF_BR_PRI_BRNF, 0), which hands IPv6 frames to the inet
+// hooks.
+var bridgeFilterPriority = nftables.ChainPriorityRef(-200)
+
 func baseChains(prefix netip.Prefix, nodePorts []Rule) []chainSpec {
 	egress := append(antiSpoofing(), directionChain("eg")...)
 	filter := append(alwaysAllowed(),
@@ -589,6 +647,8 @@ func baseChains(prefix netip.Prefix, nodePorts []Rule) []chainSpec {
 		}},
 		{name: "ingress", rules: directionChain("in")},
 		{name: "node", rules: node},
+		{name: inBridge("prerouting"), base: true, hook: nftables.ChainHookPrerouting, prio: bridgeFilterPriority,
+			rules: bridgePortRules(prefix)},
 	}
 	for i := range chains {
 		chains[i] = tagged(chains[i])

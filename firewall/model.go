@@ -38,8 +38,10 @@ type listEntry struct {
 	elems []elem
 }
 
-func newModel(prefix netip.Prefix, gateway netip.Addr, nodePorts []Rule) *model {
-	m := &model{prefix: prefix, gateway: gateway, nodePorts: cloneRules(nodePorts),
+// newModel is an empty model for the table-wide fields of s (prefix,
+// gateway, node ports); update adds the containers.
+func newModel(s State) *model {
+	m := &model{prefix: s.Prefix, gateway: s.Gateway, nodePorts: cloneRules(s.NodePorts),
 		conts: map[string]*compiled{}, addrs: map[netip.Addr]*compiled{},
 		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
 		want: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
@@ -48,7 +50,7 @@ func newModel(prefix netip.Prefix, gateway netip.Addr, nodePorts []Rule) *model 
 		m.want.sets[ss.name] = ss
 		m.want.elems[ss.name] = map[string]elem{}
 	}
-	for _, ch := range baseChains(prefix, nodePorts) {
+	for _, ch := range baseChains(s.Prefix, s.NodePorts) {
 		m.want.chains[ch.name] = ch
 	}
 	return m

@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -189,4 +192,97 @@ func udpChecksum(src, dst netip.Addr, u []byte) uint16 {
 		c = 0xffff
 	}
 	return c
+}
+
+// TestPortAntiSpoofing proves that a container cannot send from another
+// container's address even with that container's MAC, once both have
+// their bridge port in the State: C1 takes C2's MAC on its eth0 (as a
+// container with NET_ADMIN can; NET_RAW alone can write any source MAC)
+// and sends from C2's address. The frame enters the bridge through C1's
+// port, so chain prerouting of table bridge v6reg drops and counts it;
+// C2's own packets pass. With C2's port left 0 in the State the same
+// forgery passes (the MAC check alone cannot tell them apart), so the
+// test fails if the bridge table stops working.
+func TestPortAntiSpoofing(t *testing.T) {
+	e := newEnv(t)
+	tp := e.tp
+	link := func(ns *netns.NS, name string) (net.HardwareAddr, int) {
+		l, err := ns.Handle().LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Attrs().HardwareAddr, l.Attrs().Index
+	}
+	c1mac, _ := link(tp.C1, "eth0")
+	c2mac, _ := link(tp.C2, "eth0")
+	_, vc1 := link(tp.Node, "vc1")
+	_, vc2 := link(tp.Node, "vc2")
+	const port = 7001
+	inRx := listenUDP(t, tp.ClientIn, tp.InAddr, port)
+
+	udpAny := []Rule{{Peer: PeerAny, Proto: UDP}}
+	s := State{Prefix: tp.Prefix, Gateway: tp.Gateway, PeerSets: map[string][]netip.Prefix{},
+		Containers: []Container{
+			{ID: "c1", Addr: tp.C1Addr, MAC: c1mac, Port: vc1, Egress: udpAny},
+			{ID: "c2", Addr: tp.C2Addr, MAC: c2mac, Port: vc2, Egress: udpAny},
+		}}
+	e.apply(t, s)
+	spoofed := func() uint64 {
+		t.Helper()
+		c, err := e.fw.SpoofDrops(context.Background())
+		must(t, err)
+		return c.Packets
+	}
+	before, brBefore := spoofed(), bridgeDrops(t, tp.Node)
+
+	// The bound port does not get in the way of the real senders.
+	must(t, sendRawUDP(tp.C1, tp.C1Addr, tp.InAddr, port, "real-c1"))
+	inRx.want(t, "real-c1", true)
+
+	// C1 becomes C2 on the link: same MAC, C2's address.
+	must(t, tp.C1.Handle().LinkSetHardwareAddr(mustLink(t, tp.C1, "eth0"), c2mac))
+	forged := func(tag string) error { return sendRawUDP(tp.C1, tp.C2Addr, tp.InAddr, port, tag) }
+	must(t, forged("forged-mac-and-addr"))
+	inRx.want(t, "forged-mac-and-addr", false)
+	must(t, sendRawUDP(tp.C2, tp.C2Addr, tp.InAddr, port, "real-c2"))
+	inRx.want(t, "real-c2", true)
+	if got := spoofed() - before; got != 1 {
+		t.Errorf("spoof drops: got %d more packets, want 1 (the forged one)", got)
+	}
+	if got := bridgeDrops(t, tp.Node) - brBefore; got != 1 {
+		t.Errorf("drops of chain bridge v6reg prerouting: got %d more, want 1", got)
+	}
+
+	// Positive control: without C2's port only the MAC check is left,
+	// and the forged MAC passes it.
+	s.Containers[1].Port = 0
+	e.apply(t, s)
+	must(t, forged("forged-no-port"))
+	inRx.want(t, "forged-no-port", true)
+}
+
+func mustLink(t *testing.T, ns *netns.NS, name string) netlink.Link {
+	t.Helper()
+	l, err := ns.Handle().LinkByName(name)
+	must(t, err)
+	return l
+}
+
+// bridgeDrops reads the counter of chain prerouting of table bridge v6reg
+// with its own conn, to tell its drops from the inet table's.
+func bridgeDrops(t *testing.T, ns *netns.NS) uint64 {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	must(t, err)
+	rules, err := c.GetRules(bridgeTable, &nftables.Chain{Table: bridgeTable, Name: "prerouting"})
+	must(t, err)
+	var n uint64
+	for _, r := range rules {
+		for _, e := range r.Exprs {
+			if ctr, ok := e.(*expr.Counter); ok {
+				n += ctr.Packets
+			}
+		}
+	}
+	return n
 }

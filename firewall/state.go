@@ -1,4 +1,5 @@
-// Package firewall programs v6reg's nftables table (`inet v6reg`): default
+// Package firewall programs v6reg's nftables tables (`inet v6reg`, and
+// `bridge v6reg` for anti-spoofing, see below): default
 // deny for the node's prefix, per-container ingress and egress policy held
 // in hash maps of peer list ids, shared peer lists, drop counters per
 // container. It knows
@@ -21,6 +22,11 @@
 // number of containers. The id passes through the packet mark, which each
 // rule restores before it ends.
 //
+// A second table, `bridge v6reg`, binds each container's address to its
+// bridge port (Container.Port): a frame with that source address entering
+// the bridge through another port is dropped before the bridge switches or
+// routes it, whatever its MAC.
+//
 // Bridged traffic between two containers crosses the inet forward hook only
 // with br_netfilter and net.bridge.bridge-nf-call-ip6tables=1, see
 // EnableBridgeNetfilter. Traffic from the node itself (its own address, a
@@ -31,6 +37,7 @@ package firewall
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -103,7 +110,15 @@ type Container struct {
 	// packet from Addr is dropped (and counted as spoofed) unless its
 	// frame came from this MAC, so another container on the same bridge
 	// cannot send from Addr.
-	MAC     net.HardwareAddr
+	MAC net.HardwareAddr
+	// Port is the ifindex of the container's port on the bridge (the
+	// host side of its veth, in the Firewall's namespace), optional; 0
+	// means unknown, and only the MAC check applies. When set, a frame
+	// with source address Addr that enters a bridge through any other
+	// port is dropped (and counted as spoofed) before the bridge switches
+	// or routes it, so another container cannot send from Addr even with
+	// Addr's MAC.
+	Port    int
 	Ingress []Rule // who may connect to Addr
 	Egress  []Rule // where Addr may connect to
 }
@@ -188,6 +203,9 @@ func (s *State) validateContainer(i int, c Container) []string {
 	if c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 != 0 || bytes.Equal(c.MAC, make([]byte, 6))) {
 		errs = append(errs, fmt.Sprintf("%s: MAC %q is not a unicast Ethernet address; pass the endpoint's MacAddress or leave it empty", where, c.MAC))
 	}
+	if c.Port < 0 || c.Port > math.MaxInt32 {
+		errs = append(errs, fmt.Sprintf("%s: port %d is not an interface index; pass the ifindex of the host side of the container's veth, or 0 if unknown", where, c.Port))
+	}
 	for dir, rules := range map[string][]Rule{"ingress": c.Ingress, "egress": c.Egress} {
 		for j, r := range rules {
 			rw := fmt.Sprintf("%s %s rule %d", where, dir, j)
@@ -250,7 +268,7 @@ func cloneRules(rs []Rule) []Rule {
 // sameContainer reports whether a and b compile to the same elements. It
 // runs for every container on every Apply, so it is kept cheap.
 func sameContainer(a, b *Container) bool {
-	if a.ID != b.ID || a.Addr != b.Addr || !bytes.Equal(a.MAC, b.MAC) ||
+	if a.ID != b.ID || a.Addr != b.Addr || a.Port != b.Port || !bytes.Equal(a.MAC, b.MAC) ||
 		len(a.Ingress) != len(b.Ingress) || len(a.Egress) != len(b.Egress) {
 		return false
 	}

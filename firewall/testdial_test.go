@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"slices"
 	"testing"
 
 	"github.com/google/nftables"
@@ -46,7 +48,7 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 	fw.gen = gen
 	// The table as a previous Apply left it, without sending anything.
 	base := bigState(3)
-	fw.m = newModel(base.Prefix, base.Gateway, base.NodePorts)
+	fw.m = newModel(base)
 	if _, ok := fw.m.update(base, newCompiler(), nil); !ok {
 		t.Fatal("base state rejected")
 	}
@@ -91,6 +93,40 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 	// Applying it again sends nothing.
 	if ch, err := fw.Apply(context.Background(), with); err != nil || !ch.Empty() || len(batches) != 1 {
 		t.Errorf("second apply: %+v %v, %d batches; want nothing sent", ch, err, len(batches))
+	}
+
+	// A container with its MAC and bridge port: its elements of table
+	// bridge v6reg go in the same batch as its inet ones.
+	//	add element bridge v6reg port_bound { 2001:db8:1:2:3::1:2712 comment "..." }
+	//	add element bridge v6reg port_src { 2001:db8:1:2:3::1:2712 . 17 comment "..." }
+	bound := benchContainer(10002)
+	bound.MAC, bound.Port = net.HardwareAddr{2, 0x42, 0, 0, 0x27, 0x12}, 17
+	with2 := with
+	with2.Containers = append(append([]Container(nil), with.Containers...), bound)
+	ch, err = fw.Apply(context.Background(), with2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.ElemsAdded != 12 || ch.ElemsRemoved != 0 || ch.Batches != 1 || len(batches) != 2 {
+		t.Errorf("changes: got %+v in %d batches, want 12 elements added in 1 batch", ch, len(batches)-1)
+	}
+	var got []string
+	for _, m := range batches[len(batches)-1] {
+		if m.Header.Type == newElem {
+			fam := map[byte]string{unix.NFPROTO_INET: "inet", unix.NFPROTO_BRIDGE: "bridge"}[m.Data[0]]
+			got = append(got, fam+" "+setNameOf(t, m.Data))
+		}
+	}
+	want = []string{"bridge port_bound", "bridge port_src", "inet containers", "inet eg_drop", "inet eg_port_list",
+		"inet in_drop", "inet in_icmp_list", "inet in_port_list", "inet mac_bound", "inet src_mac"}
+	if !slices.Equal(got, want) {
+		t.Errorf("element messages for sets %v, want %v", got, want)
+	}
+	// Forgetting the port (a failed lookup) removes only its two elements.
+	bound.Port = 0
+	with2.Containers[len(with2.Containers)-1] = bound
+	if ch, err := fw.Apply(context.Background(), with2); err != nil || ch.ElemsRemoved != 2 || ch.ElemsAdded != 0 || ch.Batches != 1 {
+		t.Errorf("port forgotten: %+v %v; want 2 elements removed in 1 batch", ch, err)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 
 	"github.com/v6reg/v6reg/firewall"
 )
@@ -162,7 +163,7 @@ func TestFault7CorruptLeaseStore(t *testing.T) {
 // and reach a node service on the prefix gateway.
 func TestFault9SpoofingAndEscapes(t *testing.T) {
 	row := recordFault(t, "9", "spoofing and escapes from a container",
-		"attacker (NET_ADMIN) takes the victim's address and connects to office:80 (open only to the victim); connects to victim:7000 (not in its policy); connects to the gateway [prefix::1]:9999 (a node service)",
+		"attacker (NET_ADMIN) takes the victim's address and connects to office:80 (open only to the victim), then takes the victim's MAC too and connects again; connects to victim:7000 (not in its policy); connects to the gateway [prefix::1]:9999 (a node service)",
 		"nothing arrives (receiver TCP InSegs in office; HTTP answers), SpoofDrops / per-container drop counters grow; the victim itself passes (control)")
 	f := newFaultEnv(t, nil)
 	stopOffice, err := ServeHTTP(f.Office, OfficeAddr, 80, "office:80")
@@ -224,6 +225,40 @@ func TestFault9SpoofingAndEscapes(t *testing.T) {
 		t.Errorf("SpoofDrops did not grow (%d -> %d) after forged packets", spoof0, spoof1)
 	}
 	row.fig(t, "forged source: %d segments arrived at the office, SpoofDrops +%d", arrived, spoof1-spoof0)
+
+	// 1b. Forged source and MAC: the attacker also takes the victim's MAC
+	// on its eth0 (NET_ADMIN; NET_RAW alone writes any source MAC per
+	// frame), so the MAC check of table inet v6reg passes. The frames
+	// still enter the bridge through the attacker's port, and table
+	// bridge v6reg binds the victim's address to the victim's port.
+	ins, err := f.Docker.Client.ContainerInspect(f.ctx, victim.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victimMAC := ins.NetworkSettings.Networks[NetworkName].MacAddress
+	if err := WaitFor(f.ctx, allowWait, func() error { return portBound(t, f, victim) }); err != nil {
+		t.Fatalf("the agent did not bind the victim's address to its bridge port: %v\n%s", err, f.AgentLogTail(20))
+	}
+	shell = fmt.Sprintf("ip link set dev eth0 address %s && ip link show dev eth0", victimMAC)
+	if code, out, err := f.Exec(f.ctx, attacker.ID, "/bin/sh", "-c", shell); err != nil || code != 0 || !strings.Contains(out, victimMAC) {
+		t.Fatalf("attacker taking the victim's MAC %s: %v exit %d: %s", victimMAC, err, code, out)
+	}
+	before = inSegs()
+	bridge1 := bridgeDrops(t, f)
+	for range 3 {
+		if err := f.Fetch(f.ctx, attacker.ID, OfficeAddr, 80, time.Second); err == nil {
+			t.Errorf("the attacker reached office:80 with the victim's source address and MAC")
+		}
+	}
+	arrived = inSegs() - before
+	if arrived != 0 {
+		t.Errorf("BUG: office received %d TCP segments from the forged source and MAC (the victim's, sent by the attacker); want 0", arrived)
+	}
+	spoof2, bridge2 := spoofDrops(t, f), bridgeDrops(t, f)
+	if bridge2 <= bridge1 || spoof2-spoof1 < bridge2-bridge1 {
+		t.Errorf("the bridge port check counted no drop (chain bridge v6reg prerouting %d -> %d), or SpoofDrops (%d -> %d) does not include it", bridge1, bridge2, spoof1, spoof2)
+	}
+	row.fig(t, "forged source and MAC: %d segments arrived at the office, SpoofDrops +%d (bridge port check +%d)", arrived, spoof2-spoof1, bridge2-bridge1)
 	// The next two attempts come from a second, ordinary container.
 	if err := f.Remove(f.ctx, attacker.ID); err != nil {
 		t.Fatal(err)
@@ -269,6 +304,52 @@ func spoofDrops(t *testing.T, f *faultEnv) uint64 {
 		t.Fatalf("reading SpoofDrops: %v", err)
 	}
 	return c.Packets
+}
+
+// portBound checks that set port_src of table bridge v6reg binds w's
+// address to a bridge port (the agent found it).
+func portBound(t *testing.T, f *faultEnv, w Workload) error {
+	t.Helper()
+	conn, err := nftables.New(nftables.WithNetNSFd(f.Node.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := &nftables.Table{Family: nftables.TableFamilyBridge, Name: firewall.TableName}
+	elems, err := conn.GetSetElements(&nftables.Set{Table: tbl, Name: "port_src"})
+	if err != nil {
+		return fmt.Errorf("reading set bridge v6reg port_src: %w", err)
+	}
+	a := w.Addr.As16()
+	for _, e := range elems {
+		if len(e.Key) == 20 && string(e.Key[:16]) == string(a[:]) && e.Comment == w.ID {
+			return nil
+		}
+	}
+	return fmt.Errorf("set bridge v6reg port_src has no element for %s (%d elements)", w.Addr, len(elems))
+}
+
+// bridgeDrops reads the drop counter of chain prerouting of table bridge
+// v6reg alone (SpoofDrops sums it with the inet table's checks).
+func bridgeDrops(t *testing.T, f *faultEnv) uint64 {
+	t.Helper()
+	conn, err := nftables.New(nftables.WithNetNSFd(f.Node.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tbl := &nftables.Table{Family: nftables.TableFamilyBridge, Name: firewall.TableName}
+	rules, err := conn.GetRules(tbl, &nftables.Chain{Table: tbl, Name: "prerouting"})
+	if err != nil {
+		t.Fatalf("reading chain bridge v6reg prerouting: %v", err)
+	}
+	var n uint64
+	for _, r := range rules {
+		for _, e := range r.Exprs {
+			if c, ok := e.(*expr.Counter); ok {
+				n += c.Packets
+			}
+		}
+	}
+	return n
 }
 
 func dropCounters(t *testing.T, f *faultEnv) map[string]firewall.DirCounters {

@@ -20,6 +20,8 @@ import (
 	docker "github.com/docker/docker/client"
 	"github.com/google/nftables"
 	nomad "github.com/hashicorp/nomad/api"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/agent/config"
@@ -30,7 +32,7 @@ import (
 const agentUsage = `Usage: v6reg agent [flags]
 
 Runs the node agent: the Docker IPAM driver for the node's IPv6 prefix, the
-nftables firewall (table inet v6reg) from each container's policy, and the
+nftables firewall (tables inet and bridge v6reg) from each container's policy, and the
 container's Consul services. Configuration comes from defaults, then the HCL
 file, then the environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT,
 CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, NOMAD_ADDR, NOMAD_TOKEN, NOMAD_CACERT,
@@ -234,6 +236,16 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 			}
 		}()
 		opts.Firewall = firewall.New(conn, 0, log.With("component", "firewall"))
+		// Each container's bridge port, so that the firewall binds its
+		// address to the port and not only to a MAC the container can
+		// change. A handle in the agent's (the node's) namespace: the
+		// containers' namespaces are read by file, never entered.
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return fmt.Errorf("netlink handle for bridge ports: %w", err)
+		}
+		defer h.Close()
+		opts.Ports = firewall.NewPortFinder(h, icfg.Gateway)
 	} else {
 		log.Warn("firewall disabled in config: every address of the prefix is reachable")
 	}

@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+)
+
+// BridgePorts finds the bridge port (host-side veth ifindex) of network
+// namespaces given by their files; *firewall.PortFinder satisfies it.
+// ports[i] is 0 when errs[i] says why.
+type BridgePorts interface {
+	Ports(netns []string) (ports []int, errs []error)
+}
+
+// portCache keeps each container's bridge port, so that a container is
+// inspected once per start, not per reconcile. Entries are keyed by
+// container ID and remember the endpoint they were found for: a restarted
+// container keeps its ID but gets a new endpoint and a new veth, so a new
+// endpoint ID is looked up again. Only the reconcile goroutine uses it.
+type portCache struct {
+	docker  DockerAPI
+	finder  BridgePorts
+	network string
+	log     *slog.Logger
+	known   map[string]portEntry
+}
+
+type portEntry struct {
+	endpoint string
+	port     int
+	failed   bool // not found: Port 0, retried on the next full reconcile
+}
+
+func newPortCache(docker DockerAPI, finder BridgePorts, network string, log *slog.Logger) *portCache {
+	return &portCache{docker: docker, finder: finder, network: network, log: log, known: map[string]portEntry{}}
+}
+
+// fill sets the Port of every container that has an address: from the
+// cache, or by inspecting the containers whose endpoint is new (and, when
+// retryFailed, those whose lookup failed) and asking the finder once for
+// all of them. A container whose port is not found keeps Port 0 (the
+// firewall then binds its address to its MAC only) and is logged; it
+// never holds up the others or the reconcile.
+func (pc *portCache) fill(ctx context.Context, cs []Container, retryFailed bool) {
+	alive := make(map[string]bool, len(cs))
+	var todo []int // indexes into cs
+	for i, c := range cs {
+		alive[c.ID] = true
+		if !c.Addr.IsValid() {
+			continue
+		}
+		e, ok := pc.known[c.ID]
+		if !ok || e.endpoint != c.EndpointID || e.failed && retryFailed {
+			todo = append(todo, i)
+		}
+	}
+	for id := range pc.known {
+		if !alive[id] {
+			delete(pc.known, id) // removed: forget it
+		}
+	}
+	if len(todo) > 0 {
+		pc.lookup(ctx, cs, todo)
+	}
+	for i := range cs {
+		if e, ok := pc.known[cs[i].ID]; ok && e.endpoint == cs[i].EndpointID {
+			cs[i].Port = e.port
+		}
+	}
+}
+
+func (pc *portCache) lookup(ctx context.Context, cs []Container, todo []int) {
+	var paths []string
+	var asked []int
+	for _, i := range todo {
+		c := cs[i]
+		sandbox, err := pc.sandbox(ctx, c)
+		if err != nil {
+			pc.failed(c, err)
+			continue
+		}
+		paths = append(paths, sandbox)
+		asked = append(asked, i)
+	}
+	if len(paths) == 0 {
+		return
+	}
+	ports, errs := pc.finder.Ports(paths)
+	for j, i := range asked {
+		c := cs[i]
+		if errs[j] != nil || ports[j] <= 0 {
+			err := errs[j]
+			if err == nil {
+				err = fmt.Errorf("bridge port: got ifindex %d", ports[j])
+			}
+			pc.failed(c, err)
+			continue
+		}
+		pc.known[c.ID] = portEntry{endpoint: c.EndpointID, port: ports[j]}
+		pc.log.Debug("bridge port found", "container", c.ShortID(), "address", c.Addr, "ifindex", ports[j], "netns", paths[j])
+	}
+}
+
+// sandbox is the container's network namespace file, from Docker.
+func (pc *portCache) sandbox(ctx context.Context, c Container) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, dockerListTimeout)
+	defer cancel()
+	info, err := pc.docker.ContainerInspect(ctx, c.ID)
+	if err != nil {
+		return "", fmt.Errorf("inspecting container: %w", err)
+	}
+	ns := info.NetworkSettings
+	if ns == nil || ns.SandboxKey == "" {
+		return "", fmt.Errorf("docker gives no network namespace (SandboxKey) for the container")
+	}
+	// Restarted between the list and the inspect: this sandbox is the
+	// new endpoint's; the next reconcile sees that endpoint and asks again.
+	if ep := ns.Networks[pc.network]; ep == nil || ep.EndpointID != c.EndpointID {
+		return "", fmt.Errorf("container's endpoint on network %s changed since it was listed (restarted?)", pc.network)
+	}
+	return ns.SandboxKey, nil
+}
+
+func (pc *portCache) failed(c Container, err error) {
+	prev, had := pc.known[c.ID]
+	pc.known[c.ID] = portEntry{endpoint: c.EndpointID, failed: true}
+	msg := "bridge port of container not found; its address is bound to its MAC only, which a container with NET_RAW or NET_ADMIN can forge"
+	if had && prev.failed && prev.endpoint == c.EndpointID {
+		pc.log.Debug(msg, "container", c.ShortID(), "address", c.Addr, "err", err)
+		return
+	}
+	pc.log.Warn(msg, "container", c.ShortID(), "address", c.Addr, "err", err)
+}
