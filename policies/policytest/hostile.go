@@ -37,7 +37,7 @@ func Mutate(r *rand.Rand, s string) string {
 		switch r.IntN(7) {
 		case 0:
 			if len(b) > 0 {
-				b[r.IntN(len(b))] = byte(r.IntN(256))
+				b[r.IntN(len(b))] = byte(r.IntN(256)) //nolint:gosec // G115: IntN(256) is in [0, 255]
 			}
 		case 1:
 			i := r.IntN(len(b) + 1)
@@ -50,7 +50,7 @@ func Mutate(r *rand.Rand, s string) string {
 		case 3:
 			b = make([]byte, r.IntN(64))
 			for i := range b {
-				b[i] = byte(r.IntN(256))
+				b[i] = byte(r.IntN(256)) //nolint:gosec // G115: IntN(256) is in [0, 255]
 			}
 		case 4:
 			// Repeated once per value: repeating a repeat would grow to
