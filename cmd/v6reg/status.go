@@ -294,7 +294,17 @@ func hostPart(prefix netip.Prefix, addr string) string {
 	for i := range b {
 		b[i] ^= p[i]
 	}
-	return netip.AddrFrom16(b).String()
+	// Written group by group: netip would print a host part whose first
+	// group is ffff as IPv4-mapped ("::ffff:1.2.3.4").
+	var groups []string
+	for i := 0; i < 16; i += 2 {
+		g := uint16(b[i])<<8 | uint16(b[i+1])
+		if g == 0 && len(groups) == 0 {
+			continue // the prefix's bits, now zero, and leading zero groups
+		}
+		groups = append(groups, strconv.FormatUint(uint64(g), 16))
+	}
+	return "::" + strings.Join(groups, ":")
 }
 
 func trunc(s string, n int) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -134,5 +135,23 @@ func statusGolden(t *testing.T, name, got string) {
 	}
 	if string(want) != string(got) {
 		t.Errorf("%s differs (run with -update if the change is intended)\n--- got:\n%s\n--- want:\n%s", path, got, want)
+	}
+}
+
+func TestHostPart(t *testing.T) {
+	for _, tc := range []struct{ prefix, addr, want string }{
+		{"2001:db8:1:2:3::/80", "2001:db8:1:2:3:ef2f:140f:a512", "::ef2f:140f:a512"},
+		// A first host group of ffff is not an IPv4-mapped address.
+		{"2001:db8:1:2:3::/80", "2001:db8:1:2:3:ffff:102:304", "::ffff:102:304"},
+		{"2001:db8:1:2:3::/80", "2001:db8:1:2:3:0:0:5", "::5"},
+		{"2001:db8:1:2:3::/80", "2001:db8:1:2:3::", "::"},
+		{"2001:db8:1:2::/64", "2001:db8:1:2:1:0:0:5", "::1:0:0:5"},
+		{"2001:db8:1:2:3::/80", "2001:db8:9::1", "2001:db8:9::1"},
+		{"2001:db8:1:2:3::/80", "banana", "-"},
+	} {
+		prefix := netip.MustParsePrefix(tc.prefix)
+		if got := hostPart(prefix, tc.addr); got != tc.want {
+			t.Errorf("hostPart(%s, %s) = %q, want %q", prefix, tc.addr, got, tc.want)
+		}
 	}
 }
