@@ -5,8 +5,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/policies"
@@ -111,6 +115,41 @@ func addrProblem(c Container, prefix netip.Prefix, gateway netip.Addr, seen map[
 	return ""
 }
 
+// maxErrorLen bounds one policy error as the agent keeps and shows it (a
+// message may quote a token of a 64 KiB value); its location comes first,
+// so a cut one still says where it is.
+const maxErrorLen = 512
+
+// reNamespace is Nomad's rule for namespace names.
+var reNamespace = regexp.MustCompile(`^[a-zA-Z0-9-]{1,128}$`)
+
+// identityLabelErrors checks the labels that give a container without
+// Nomad its namespace and job: the namespace must be a name Nomad could
+// have, the job an ID Nomad could have (no spaces or control characters,
+// at most 256 bytes of UTF-8).
+func identityLabelErrors(labels map[string]string) []string {
+	var errs []string
+	if ns, ok := labels[labelNamespace]; ok && !reNamespace.MatchString(ns) {
+		errs = append(errs, fmt.Sprintf("label %q: %s is not a namespace name; use letters, digits and '-', at most 128 characters", labelNamespace, quoteCut(ns)))
+	}
+	if job, ok := labels[labelJob]; ok {
+		bad := job == "" || len(job) > 256 || !utf8.ValidString(job) ||
+			strings.ContainsFunc(job, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) })
+		if bad {
+			errs = append(errs, fmt.Sprintf("label %q: %s is not a job ID; use at most 256 printable characters without spaces", labelJob, quoteCut(job)))
+		}
+	}
+	return errs
+}
+
+// quoteCut quotes s, cut to 64 bytes: enough to recognise a value.
+func quoteCut(s string) string {
+	if len(s) <= 64 {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(cutOutput(s, 64)) + fmt.Sprintf(" (%d bytes)", len(s))
+}
+
 // workloadFor finds the container's policy: from its Nomad allocation, or
 // from its v6reg.* labels when it has none.
 func workloadFor(c Container, in buildInput) Workload {
@@ -139,6 +178,14 @@ func workloadFor(c Container, in buildInput) Workload {
 		w.Namespace = c.Labels[labelNamespace]
 		w.Job = c.Labels[labelJob]
 		w.Task = c.Name
+		if errs := identityLabelErrors(c.Labels); len(errs) > 0 {
+			// They pick the bounds and name the job in Consul tags and
+			// job: peers: a garbled one is refused, not guessed at.
+			w.Namespace, w.Job = "", ""
+			w.Errors = errs
+			w.Closed, w.Reason = true, fmt.Sprintf("policy refused (%d error(s)); the container stays closed until the job is fixed", len(errs))
+			return w
+		}
 		meta = policies.FromLabels(c.Labels)
 	}
 	if w.Namespace == "" {
@@ -150,7 +197,7 @@ func workloadFor(c Container, in buildInput) Workload {
 	}, in.Operator)
 	w.Policy = pol
 	for _, e := range errs {
-		w.Errors = append(w.Errors, e.Error())
+		w.Errors = append(w.Errors, cutOutput(e.Error(), maxErrorLen))
 	}
 	if len(errs) > 0 {
 		w.Closed = true

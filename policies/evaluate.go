@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"text/template"
 )
@@ -101,7 +102,17 @@ type evaluator struct {
 	op       Operator
 	errs     []*Error
 	internet []netip.Prefix // computed on first use
+	// perValue counts the errors of each value (level and key); past
+	// MaxErrorsPerValue they are counted in one last error, more[value].
+	perValue map[string]int
+	more     map[string]*Error
 }
+
+// MaxErrorsPerValue bounds the errors reported for one meta value or
+// label: a value of hundreds of broken rules would otherwise give
+// hundreds of errors, in the agent's memory, its status API and a Consul
+// check, for every reconcile. The rest are counted in one more error.
+const MaxErrorsPerValue = 10
 
 // add locates err at the level and key of v.
 func (e *evaluator) add(err *Error, v Value) {
@@ -114,7 +125,23 @@ func (e *evaluator) add(err *Error, v Value) {
 	case LevelTask:
 		err.Job, err.Group, err.Task = e.ctx.Job, e.ctx.Group, e.ctx.Task
 	}
-	e.errs = append(e.errs, err)
+	if e.perValue == nil {
+		e.perValue, e.more = map[string]int{}, map[string]*Error{}
+	}
+	k := strconv.Itoa(int(v.Level)) + "\x00" + v.Key
+	e.perValue[k]++
+	switch n := e.perValue[k]; {
+	case n <= MaxErrorsPerValue:
+		e.errs = append(e.errs, err)
+	case n == MaxErrorsPerValue+1:
+		more := *err
+		more.Column, more.Text, more.Hint = 0, "", "fix the errors above first; the rest are likely the same mistakes"
+		e.more[k] = &more
+		e.errs = append(e.errs, &more)
+		fallthrough
+	default:
+		e.more[k].Msg = fmt.Sprintf("%d more errors in this value are not shown", n-MaxErrorsPerValue)
+	}
 }
 
 func (e *evaluator) resolve(r Rule, b Bounds, v Value) (ResolvedRule, bool) {

@@ -364,3 +364,33 @@ func FuzzEvaluate(f *testing.F) {
 		}
 	})
 }
+
+// A value of many broken rules gives MaxErrorsPerValue errors and one that
+// counts the rest, each at the value's location; another value keeps its
+// own errors.
+func TestEvaluateErrorsCappedPerValue(t *testing.T) {
+	bad := strings.Repeat("tcp/80 from @nope; ", 25)
+	_, errs := Evaluate(FromLabels(map[string]string{"v6reg.ingress": bad, "v6reg.egress": "tcp/443 too @internet"}),
+		Context{Namespace: "default"}, DefaultOperator())
+	var ingress, egress []*Error
+	for _, e := range errs {
+		switch e.Key {
+		case "v6reg.ingress":
+			ingress = append(ingress, e)
+		case "v6reg.egress":
+			egress = append(egress, e)
+		default:
+			t.Errorf("error with key %q: %v", e.Key, e)
+		}
+	}
+	if len(ingress) != MaxErrorsPerValue+1 {
+		t.Fatalf("ingress: %d errors, want %d + 1: %v", len(ingress), MaxErrorsPerValue, ingress)
+	}
+	last := ingress[MaxErrorsPerValue].Error()
+	if want := `label "v6reg.ingress": 15 more errors in this value are not shown; fix the errors above first`; !strings.HasPrefix(last, want) {
+		t.Errorf("last ingress error %q, want it to start with %q", last, want)
+	}
+	if len(egress) != 1 {
+		t.Errorf("egress: %d errors, want its own 1: %v", len(egress), egress)
+	}
+}
