@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -297,8 +298,8 @@ func hostPart(prefix netip.Prefix, addr string) string {
 	// Written group by group: netip would print a host part whose first
 	// group is ffff as IPv4-mapped ("::ffff:1.2.3.4").
 	var groups []string
-	for i := 0; i < 16; i += 2 {
-		g := uint16(b[i])<<8 | uint16(b[i+1])
+	for i := range 8 {
+		g := binary.BigEndian.Uint16(b[2*i:])
 		if g == 0 && len(groups) == 0 {
 			continue // the prefix's bits, now zero, and leading zero groups
 		}
