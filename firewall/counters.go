@@ -61,13 +61,27 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 // or entered the bridge through another port than its container's
 // (Container.Port; chain prerouting of table bridge v6reg).
 func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
+	return f.chainDrops(ctx, "egress", "node", inBridge("prerouting"))
+}
+
+// PortSpoofDrops is the part of SpoofDrops that the bridge port check
+// counted alone: packets whose source address and MAC both were another
+// container's (the MAC check cannot tell them apart).
+func (f *Firewall) PortSpoofDrops(ctx context.Context) (Counter, error) {
+	return f.chainDrops(ctx, inBridge("prerouting"))
+}
+
+// chainDrops sums the counters of the rules of the chains (qualified as
+// tableOf reads them); only the anti-spoofing rules (wrong link, unowned
+// address, wrong MAC, wrong bridge port) carry counters.
+func (f *Firewall) chainDrops(ctx context.Context, qchains ...string) (Counter, error) {
 	if err := ctx.Err(); err != nil {
 		return Counter{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var sum Counter
-	for _, qchain := range []string{"egress", "node", inBridge("prerouting")} {
+	for _, qchain := range qchains {
 		t, chain := tableOf(qchain)
 		rules, err := f.conn.GetRules(t, &nftables.Chain{Table: t, Name: chain})
 		if qchain != "egress" && errors.Is(err, unix.ENOENT) {
@@ -76,8 +90,6 @@ func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
 		if err != nil {
 			return Counter{}, fmt.Errorf("read anti-spoofing counters of chain %s: %w", chain, err)
 		}
-		// Only the anti-spoofing rules (wrong link, unowned address, wrong
-		// MAC, wrong bridge port) carry counters.
 		for _, r := range rules {
 			for _, e := range r.Exprs {
 				if c, ok := e.(*expr.Counter); ok {

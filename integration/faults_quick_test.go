@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 
 	"github.com/v6reg/v6reg/firewall"
 )
@@ -295,11 +294,7 @@ func TestFault9SpoofingAndEscapes(t *testing.T) {
 
 func spoofDrops(t *testing.T, f *faultEnv) uint64 {
 	t.Helper()
-	conn, err := nftables.New(nftables.WithNetNSFd(f.Node.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := firewall.New(conn, f.Node.Fd(), slog.New(slog.DiscardHandler)).SpoofDrops(context.Background())
+	c, err := nodeFirewall(t, f).SpoofDrops(context.Background())
 	if err != nil {
 		t.Fatalf("reading SpoofDrops: %v", err)
 	}
@@ -328,37 +323,31 @@ func portBound(t *testing.T, f *faultEnv, w Workload) error {
 	return fmt.Errorf("set bridge v6reg port_src has no element for %s (%d elements)", w.Addr, len(elems))
 }
 
-// bridgeDrops reads the drop counter of chain prerouting of table bridge
-// v6reg alone (SpoofDrops sums it with the inet table's checks).
+// bridgeDrops reads the drops of the bridge port check alone
+// (SpoofDrops sums it with the inet table's checks).
 func bridgeDrops(t *testing.T, f *faultEnv) uint64 {
+	t.Helper()
+	c, err := nodeFirewall(t, f).PortSpoofDrops(context.Background())
+	if err != nil {
+		t.Fatalf("reading PortSpoofDrops: %v", err)
+	}
+	return c.Packets
+}
+
+// nodeFirewall reads the node's table with a conn of its own (the agent's
+// is in another process).
+func nodeFirewall(t *testing.T, f *faultEnv) *firewall.Firewall {
 	t.Helper()
 	conn, err := nftables.New(nftables.WithNetNSFd(f.Node.Fd()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tbl := &nftables.Table{Family: nftables.TableFamilyBridge, Name: firewall.TableName}
-	rules, err := conn.GetRules(tbl, &nftables.Chain{Table: tbl, Name: "prerouting"})
-	if err != nil {
-		t.Fatalf("reading chain bridge v6reg prerouting: %v", err)
-	}
-	var n uint64
-	for _, r := range rules {
-		for _, e := range r.Exprs {
-			if c, ok := e.(*expr.Counter); ok {
-				n += c.Packets
-			}
-		}
-	}
-	return n
+	return firewall.New(conn, f.Node.Fd(), slog.New(slog.DiscardHandler))
 }
 
 func dropCounters(t *testing.T, f *faultEnv) map[string]firewall.DirCounters {
 	t.Helper()
-	conn, err := nftables.New(nftables.WithNetNSFd(f.Node.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := firewall.New(conn, f.Node.Fd(), slog.New(slog.DiscardHandler)).Counters(context.Background())
+	c, err := nodeFirewall(t, f).Counters(context.Background())
 	if err != nil {
 		t.Fatalf("reading counters: %v", err)
 	}
