@@ -116,7 +116,13 @@ func TestPolicyCheck(t *testing.T) {
 
 func checkGolden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join(goldenDir, name)
+	goldenFile(t, filepath.Join(goldenDir, name), got)
+}
+
+// goldenFile compares got with the file at path, or rewrites it under
+// -update.
+func goldenFile(t *testing.T, path, got string) {
+	t.Helper()
 	if *update {
 		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
 			t.Fatal(err)

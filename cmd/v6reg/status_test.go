@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -70,7 +69,7 @@ func TestPrintStatusHealth(t *testing.T) {
 	if strings.Contains(got, "consul cerebro:9000") {
 		t.Errorf("a passing service got a note:\n%s", got)
 	}
-	statusGolden(t, "status-health.golden", reAgo.ReplaceAllString(got, "reconciled <dur> ago"))
+	goldenFile(t, filepath.Join("testdata", "status-health.golden"), reAgo.ReplaceAllString(got, "reconciled <dur> ago"))
 }
 
 func TestPrintStatusConsulSilent(t *testing.T) {
@@ -113,28 +112,6 @@ func TestWrap(t *testing.T) {
 		if strings.Join(got, "|") != strings.Join(tt.want, "|") {
 			t.Errorf("wrap(%q, max %d) = %q, want %q", tt.in, tt.max, got, tt.want)
 		}
-	}
-}
-
-// statusGolden compares got with testdata/NAME, or rewrites it under -update.
-func statusGolden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("golden %s: %v (run with -update to create it)", path, err)
-	}
-	if string(want) != string(got) {
-		t.Errorf("%s differs (run with -update if the change is intended)\n--- got:\n%s\n--- want:\n%s", path, got, want)
 	}
 }
 
