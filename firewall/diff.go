@@ -1,12 +1,14 @@
 package firewall
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // plan is the difference between the live tables and the desired ones.
@@ -226,7 +228,12 @@ func (f *Firewall) send(p plan) (batches int, err error) {
 		}
 		batches++
 		pending, size = false, 0
-		return f.conn.Flush()
+		err := f.conn.Flush()
+		if errors.Is(err, unix.EAFNOSUPPORT) {
+			// The only family here that a kernel may lack is the bridge's.
+			return fmt.Errorf("%w: the kernel has no nftables bridge family (CONFIG_NF_TABLES_BRIDGE) for table bridge %s, which binds each container's address to its bridge port; run a kernel built with it (distribution kernels build it, loaded on demand)", err, TableName)
+		}
+		return err
 	}
 	for _, o := range ops {
 		if pending && size+o.size > maxBatchBytes {
