@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // BridgePorts finds the bridge port (host-side veth ifindex) of network
@@ -70,17 +72,30 @@ func (pc *portCache) fill(ctx context.Context, cs []Container, retryFailed bool)
 	}
 }
 
+// inspectParallel bounds the inspects in flight: after an agent restart
+// every running container is new to the cache, and one by one a few
+// hundred inspects held the first apply for seconds (fault case 1).
+const inspectParallel = 16
+
 func (pc *portCache) lookup(ctx context.Context, cs []Container, todo []int) {
+	sandboxes, errs := make([]string, len(todo)), make([]error, len(todo))
+	var g errgroup.Group
+	g.SetLimit(inspectParallel)
+	for j, i := range todo {
+		g.Go(func() error {
+			sandboxes[j], errs[j] = pc.sandbox(ctx, cs[i])
+			return nil // each container's error is its own
+		})
+	}
+	_ = g.Wait() // the goroutines return nil
 	var paths []string
 	var asked []int
-	for _, i := range todo {
-		c := cs[i]
-		sandbox, err := pc.sandbox(ctx, c)
-		if err != nil {
-			pc.failed(c, err)
+	for j, i := range todo {
+		if errs[j] != nil {
+			pc.failed(cs[i], errs[j])
 			continue
 		}
-		paths = append(paths, sandbox)
+		paths = append(paths, sandboxes[j])
 		asked = append(asked, i)
 	}
 	if len(paths) == 0 {

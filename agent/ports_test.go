@@ -66,6 +66,7 @@ func TestBridgePorts(t *testing.T) {
 		defer r.docker.mu.Unlock()
 		out := r.docker.inspects
 		r.docker.inspects = nil
+		slices.Sort(out) // inspected concurrently: compare as a set
 		return out
 	}
 	want := func(what string, got map[string]int, wantA, wantB int, wantInspects ...string) {
