@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof" //nolint:gosec // G108: served on the root-only API socket (APIHandler), not on DefaultServeMux's listeners
 	"os"
 	"path/filepath"
 	"slices"
@@ -291,10 +292,18 @@ func (a *Agent) refreshDrops(ctx context.Context) {
 	}
 }
 
-// APIHandler serves the local status API: GET /v1/status.
+// APIHandler serves the local status API: GET /v1/status, /v1/explain
+// and Go's profiles under /debug/pprof/.
 func (a *Agent) APIHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/explain", a.explainHandler)
+	// Go's profiles, for a leak or a stall on a node: on this root-only
+	// socket only, never on the metrics listener.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		s, err := a.withDrops(r.Context())
 		if err != nil {

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -287,21 +288,37 @@ func (e *Env) AgentLogTail(n int) string {
 
 // Status reads the agent's status API.
 func (e *Env) Status() (*agent.Snapshot, error) {
+	b, err := e.APIGet("/v1/status")
+	if err != nil {
+		return nil, err
+	}
+	var s agent.Snapshot
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("decoding status: %w", err)
+	}
+	return &s, nil
+}
+
+// APIGet fetches path from the agent's root-only API socket.
+func (e *Env) APIGet(path string) ([]byte, error) {
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", e.APISocket)
 		}}}
-	resp, err := c.Get("http://v6reg/v1/status")
+	resp, err := c.Get("http://v6reg" + path)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = resp.Body.Close() }() // a read error shows in Decode
-	var s agent.Snapshot
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
-		return nil, fmt.Errorf("decoding status: %w", err)
+	defer func() { _ = resp.Body.Close() }() // a read error shows in ReadAll
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
 	}
-	return &s, nil
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: HTTP %d: %s", path, resp.StatusCode, b)
+	}
+	return b, nil
 }
 
 // Workload is one container the environment started.

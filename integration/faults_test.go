@@ -9,7 +9,6 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -609,18 +608,21 @@ func parseSNMP(out string) map[string]uint64 {
 }
 
 // vmRSS reads a process's resident memory in KiB.
-func vmRSS(pid int) (int, error) {
+// procStatus reads a KiB field of /proc/PID/status, e.g. "VmRSS" or
+// "RssAnon" (resident anonymous memory: heap, stacks, runtime; not the
+// lease store's mapped file nor the binary).
+func procStatus(pid int, field string) (int, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
+		if strings.HasPrefix(l, field+":") {
 			fs := strings.Fields(l)
 			return strconv.Atoi(fs[1])
 		}
 	}
-	return 0, errors.New("no VmRSS")
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
 // signalAgentRestart stops the agent with sig and starts it again,
