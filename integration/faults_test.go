@@ -156,6 +156,9 @@ type faultEnv struct {
 	reused   []string
 	leases0  float64 // leases with no container
 	perLease float64 // leases per container (v6 and v4)
+	// shortHoldDown: the agent's hold_down is minutes, so releases expire
+	// during the test (the soak measures in steady state).
+	shortHoldDown bool
 }
 
 // newFaultEnv builds the topology; edit (if not nil) rewrites the agent's
@@ -449,7 +452,10 @@ func (f *faultEnv) invariantsOnce(ctx context.Context) error {
 	}
 	reused := slices.Clone(f.reused)
 	f.mu.Unlock()
-	if met["v6reg_ipam_held_down"] < float64(released) {
+	// With a short hold-down, held addresses expire within the test and
+	// the count cannot be compared with the releases (the soak; the other
+	// cases keep the default hour and check it).
+	if !f.shortHoldDown && met["v6reg_ipam_held_down"] < float64(released) {
 		return fmt.Errorf("v6reg_ipam_held_down %v, but %d addresses were released in this test", met["v6reg_ipam_held_down"], released)
 	}
 	if len(reused) > 0 {

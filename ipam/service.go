@@ -128,7 +128,7 @@ func (s *Service) Start() error {
 	}()
 	go func() {
 		defer s.wg.Done()
-		t := time.NewTicker(pruneInterval)
+		t := time.NewTicker(pruneEvery(s.cfg.HoldDown))
 		defer t.Stop()
 		for {
 			select {
@@ -379,4 +379,11 @@ func RebuildStore(ctx context.Context, cfg Config, docker DockerClient, o Servic
 	defer func() { err = errors.Join(err, svc.Close()) }()
 	res, err = svc.alloc.Reconcile(inUse)
 	return movedTo, res, err
+}
+
+// pruneEvery is how often expired hold-downs are dropped: every
+// pruneInterval, or a quarter of a shorter hold-down (at least a second),
+// so that the records kept stay about one hold-down's worth of releases.
+func pruneEvery(holdDown time.Duration) time.Duration {
+	return min(pruneInterval, max(holdDown/4, time.Second))
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types"
@@ -228,5 +229,17 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestPruneEvery(t *testing.T) {
+	for _, tc := range []struct{ hold, want time.Duration }{
+		{time.Hour, pruneInterval},
+		{8 * time.Minute, 2 * time.Minute},
+		{2 * time.Second, time.Second},
+	} {
+		if got := pruneEvery(tc.hold); got != tc.want {
+			t.Errorf("pruneEvery(%s) = %s, want %s", tc.hold, got, tc.want)
+		}
 	}
 }
