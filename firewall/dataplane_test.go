@@ -109,6 +109,12 @@ func TestIngressDefaultDeny(t *testing.T) {
 	// Positive control before the table exists: the topology works.
 	pass(t, "no table: client-out -> c1:8080", tp.ClientOut.DialTCP(none, tp.C1Addr, 8080, okWait))
 	pass(t, "no table: client-in -> stray:8080", tp.ClientIn.DialTCP(none, tp.Stray, 8080, okWait))
+	// c1's side of the control connection closes after the client's;
+	// a FIN of it sent after the table is in has no conntrack entry and
+	// would count as an egress drop of c1, which must be 0 below.
+	if err := tp.C1.WaitTCPQuiet(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	e.apply(t, e.state())
 
 	pass(t, "client-in -> c1:8080", tp.ClientIn.DialTCP(none, tp.C1Addr, 8080, okWait))

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,4 +175,52 @@ func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
 func ErrTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// WaitTCPQuiet waits until ns has no TCP socket other than listeners and
+// TIME_WAIT (a closed connection that sends nothing more): every FIN and
+// its retransmissions are out. A test that counts packets after changing
+// the rules calls it first, so that the close of a connection made before
+// the change is not counted as traffic after it.
+func (ns *NS) WaitTCPQuiet(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var busy []string
+		err := ns.Run(func() error {
+			// thread-self: /proc/net is the thread group leader's
+			// namespace, not this locked thread's.
+			b, err := os.ReadFile("/proc/thread-self/net/tcp6")
+			if err != nil {
+				return err
+			}
+			busy = busyTCP(string(b))
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("reading tcp sockets in %s: %w", ns.Name, err)
+		}
+		if len(busy) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("tcp sockets in %s still closing after %s: %v", ns.Name, timeout, busy)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// busyTCP returns the lines of a /proc/net/tcp6 table whose state is
+// neither LISTEN (0A) nor TIME_WAIT (06).
+func busyTCP(table string) []string {
+	var busy []string
+	for i, line := range strings.Split(strings.TrimSpace(table), "\n") {
+		f := strings.Fields(line)
+		if i == 0 || len(f) < 4 {
+			continue // the header
+		}
+		if st := f[3]; st != "0A" && st != "06" {
+			busy = append(busy, f[1]+" -> "+f[2]+" state "+st)
+		}
+	}
+	return busy
 }
