@@ -59,14 +59,18 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 // from another MAC than its container's (Container.MAC), whether they
 // were forwarded (chain "egress") or addressed to the node (chain "node"),
 // or entered the bridge through another port than its container's
-// (Container.Port; chain prerouting of table bridge v6reg).
+// (Container.Port; chain prerouting of table bridge v6reg), and frames
+// of any protocol entering a container's port from another MAC than its
+// container's (same chain).
 func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
 	return f.chainDrops(ctx, "egress", "node", inBridge("prerouting"))
 }
 
-// PortSpoofDrops is the part of SpoofDrops that the bridge port check
-// counted alone: packets whose source address and MAC both were another
-// container's (the MAC check cannot tell them apart).
+// PortSpoofDrops is the part of SpoofDrops that the bridge port checks
+// counted alone: frames entering a container's port from another MAC than
+// the container's (of any protocol), and packets whose source address and
+// MAC both were another container's (the inet MAC check cannot tell them
+// apart).
 func (f *Firewall) PortSpoofDrops(ctx context.Context) (Counter, error) {
 	return f.chainDrops(ctx, inBridge("prerouting"))
 }

@@ -390,8 +390,8 @@ func TestSelfHeal(t *testing.T) {
 		t.Logf("%s: restored after %v", breakIt.name, time.Since(start).Round(time.Millisecond))
 		drop(t, breakIt.name+": client-out -> c1:8080 after restore", tp.ClientOut.DialTCP(none, tp.C1Addr, 8080, dropWait))
 		pass(t, breakIt.name+": client-in -> c1:8080 after restore", tp.ClientIn.DialTCP(none, tp.C1Addr, 8080, okWait))
-		if n := liveRuleCount(t, other, nftables.TableFamilyBridge); n != 1 {
-			t.Errorf("%s: table bridge v6reg has %d rules after restore, want 1", breakIt.name, n)
+		if n := liveRuleCount(t, other, nftables.TableFamilyBridge); n != 2 {
+			t.Errorf("%s: table bridge v6reg has %d rules after restore, want 2 (port MAC, port address)", breakIt.name, n)
 		}
 		if got := nftList(t, tp.Node, "list", "set", "bridge", TableName, "port_src"); !strings.Contains(got, tp.C1Addr.String()+" . ") {
 			t.Errorf("%s: set port_src lacks c1 after restore:\n%s", breakIt.name, got)

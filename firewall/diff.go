@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -144,6 +145,9 @@ func (f *Firewall) send(p plan) (batches int, err error) {
 		t, name := tableOf(ss.name)
 		s := &nftables.Set{Table: t, Name: name, KeyType: ss.keyType, Concatenation: ss.concat,
 			Interval: ss.interval, Counter: ss.counter, Comment: ss.comment}
+		if ss.hostOrder {
+			s.KeyByteOrder = binaryutil.NativeEndian
+		}
 		if ss.idMap {
 			s.IsMap = true
 			s.DataType = nftables.TypeMark

@@ -65,6 +65,9 @@ type setSpec struct {
 	interval bool
 	counter  bool
 	comment  string
+	// hostOrder: the key is in host byte order (a lone iface_index), so
+	// nft prints it as the number it is.
+	hostOrder bool
 }
 
 type ruleSpec struct {
@@ -94,6 +97,7 @@ var (
 	keyAddrPort  = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 	keyAddrMAC   = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeEtherAddr)
 	keyAddrIf    = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIFIndex)
+	keyIfMAC     = nftables.MustConcatSetType(nftables.TypeIFIndex, nftables.TypeEtherAddr)
 )
 
 // Static sets and maps; names are part of the table's public shape
@@ -125,6 +129,10 @@ var staticSets = []setSpec{
 	// veth ifindex) of their container (Container.Port).
 	{name: inBridge("port_bound"), keyType: keyAddr, comment: "addresses whose bridge port is checked"},
 	{name: inBridge("port_src"), keyType: keyAddrIf, concat: true, comment: "address . bridge port ifindex of each container"},
+	// Bridge ports of containers whose MAC is known: only that MAC may
+	// enter them (any frame: IPv6, ARP, IPv4, anything else).
+	{name: inBridge("port_mac_bound"), keyType: nftables.TypeIFIndex, hostOrder: true, comment: "bridge ports whose source MAC is checked"},
+	{name: inBridge("port_mac"), keyType: keyIfMAC, concat: true, comment: "bridge port ifindex . MAC of each container"},
 }
 
 // listID is a peer list's id: the value of the *_list maps and the first
@@ -226,8 +234,13 @@ func (cp *compiler) container(ct Container) *compiled {
 		add("src_mac", elem{key: key(a, ct.MAC), comment: ct.ID})
 	}
 	if ct.Port > 0 {
+		ifindex := binary.NativeEndian.AppendUint32(nil, uint32(ct.Port)) //nolint:gosec // G115: Validate keeps Port in 1..MaxInt32
 		add(inBridge("port_bound"), elem{key: a, comment: ct.ID})
-		add(inBridge("port_src"), elem{key: key(a, binary.NativeEndian.AppendUint32(nil, uint32(ct.Port))), comment: ct.ID}) //nolint:gosec // G115: Validate keeps Port in 1..MaxInt32
+		add(inBridge("port_src"), elem{key: key(a, ifindex), comment: ct.ID})
+		if len(ct.MAC) == 6 {
+			add(inBridge("port_mac_bound"), elem{key: ifindex, comment: ct.ID})
+			add(inBridge("port_mac"), elem{key: key(ifindex, ct.MAC), comment: ct.ID})
+		}
 	}
 	peerSeen := map[string]bool{}
 	listSeen := map[listID]bool{}
@@ -572,8 +585,28 @@ func nodePortRules(rs []Rule) []ruleSpec {
 // network namespace.
 const loopbackIfindex = 1
 
+// portMACRule, the first rule of chain prerouting of table bridge v6reg:
+// a frame of any protocol entering the bridge port of a container whose
+// MAC is known (port_mac_bound) must carry that MAC as its source
+// (port_mac: ifindex . MAC); otherwise it is counted (SpoofDrops) and
+// dropped before the bridge learns its source MAC. Without it a container
+// with NET_RAW (Docker's default) sends one frame, say a gratuitous ARP,
+// from another container's MAC, the bridge moves that MAC's forwarding
+// entry to the sender's port, and the other container's traffic is
+// switched to the sender until the victim talks again; random source
+// MACs would fill the forwarding table. The IPv6 rules cannot see this:
+// the frame need not be IPv6, and its source address need not be forged.
+func portMACRule() ruleSpec {
+	const regIf, regMAC = 8, 9 // NFT_REG32_00, NFT_REG32_01..02: ifindex . MAC
+	return rule(&expr.Meta{Key: expr.MetaKeyIIF, Register: regIf},
+		&expr.Lookup{SourceRegister: regIf, SetName: "port_mac_bound"},
+		&expr.Payload{DestRegister: regMAC, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+		&expr.Lookup{SourceRegister: regIf, SetName: "port_mac", Invert: true},
+		&expr.Counter{}, verdict(expr.VerdictDrop, ""))
+}
+
 // bridgePortRules are the rules of chain prerouting of table bridge v6reg:
-// an IPv6 frame entering a bridge port whose source address is in the
+// the MAC check (portMACRule), then an IPv6 frame entering a bridge port whose source address is in the
 // prefix and bound to a port (port_bound) must come in through that port
 // (port_src: address . ifindex); otherwise it is counted (SpoofDrops) and
 // dropped, before the bridge learns its MAC, switches it or hands it to
@@ -589,7 +622,7 @@ const loopbackIfindex = 1
 // one port, so the same address entering any other port of any bridge of
 // the node is forged too.
 func bridgePortRules(prefix netip.Prefix) []ruleSpec {
-	return []ruleSpec{rule(&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: reg1},
+	return []ruleSpec{portMACRule(), rule(&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: reg1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.BigEndian.AppendUint16(nil, unix.ETH_P_IPV6)},
 		matchPrefix(true, prefix),
 		payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "port_bound"},

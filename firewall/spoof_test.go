@@ -1,17 +1,20 @@
 package firewall
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/v6reg/v6reg/integration/netns"
 	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -200,7 +203,9 @@ func udpChecksum(src, dst netip.Addr, u []byte) uint16 {
 // port, so chain prerouting of table bridge v6reg drops and counts it;
 // C2's own packets pass. With C2's port left 0 in the State the same
 // forgery passes (the MAC check alone cannot tell them apart), so the
-// test fails if the bridge table stops working.
+// test fails if the bridge table stops working. C1's MAC is not in the
+// State, so that the port's own MAC check (TestPortMACAntiSpoofing) does
+// not take these frames first.
 func TestPortAntiSpoofing(t *testing.T) {
 	e := newEnv(t)
 	tp := e.tp
@@ -211,7 +216,6 @@ func TestPortAntiSpoofing(t *testing.T) {
 		}
 		return l.Attrs().HardwareAddr, l.Attrs().Index
 	}
-	c1mac, _ := link(tp.C1, "eth0")
 	c2mac, _ := link(tp.C2, "eth0")
 	_, vc1 := link(tp.Node, "vc1")
 	_, vc2 := link(tp.Node, "vc2")
@@ -221,7 +225,7 @@ func TestPortAntiSpoofing(t *testing.T) {
 	udpAny := []Rule{{Peer: PeerAny, Proto: UDP}}
 	s := State{Prefix: tp.Prefix, Gateway: tp.Gateway, PeerSets: map[string][]netip.Prefix{},
 		Containers: []Container{
-			{ID: "c1", Addr: tp.C1Addr, MAC: c1mac, Port: vc1, Egress: udpAny},
+			{ID: "c1", Addr: tp.C1Addr, Port: vc1, Egress: udpAny},
 			{ID: "c2", Addr: tp.C2Addr, MAC: c2mac, Port: vc2, Egress: udpAny},
 		}}
 	e.apply(t, s)
@@ -270,4 +274,169 @@ func mustLink(t *testing.T, ns *netns.NS, name string) netlink.Link {
 	l, err := ns.Handle().LinkByName(name)
 	must(t, err)
 	return l
+}
+
+// TestPortMACAntiSpoofing proves that a container cannot take another
+// container's MAC on the bridge: C1 (its own MAC on its link, as a
+// container with only NET_RAW) sends gratuitous ARP frames whose source
+// MAC is C2's. With both ports bound the bridge still forwards C2's MAC
+// to C2's port, and each frame is counted. Positive control: with C1's
+// binding gone the same frame moves C2's MAC to C1's port, so the check
+// below can fail.
+func TestPortMACAntiSpoofing(t *testing.T) {
+	e := newEnv(t)
+	tp := e.tp
+	c1 := mustLink(t, tp.C1, "eth0")
+	c2 := mustLink(t, tp.C2, "eth0")
+	c1mac, c2mac := c1.Attrs().HardwareAddr, c2.Attrs().HardwareAddr
+	vc1, vc2 := mustLink(t, tp.Node, "vc1").Attrs().Index, mustLink(t, tp.Node, "vc2").Attrs().Index
+	s := State{Prefix: tp.Prefix, Gateway: tp.Gateway, PeerSets: map[string][]netip.Prefix{},
+		Containers: []Container{
+			{ID: "c1", Addr: tp.C1Addr, MAC: c1mac, Port: vc1},
+			{ID: "c2", Addr: tp.C2Addr, MAC: c2mac, Port: vc2},
+		}}
+	e.apply(t, s)
+	portSpoofed := func() uint64 {
+		t.Helper()
+		c, err := e.fw.PortSpoofDrops(context.Background())
+		must(t, err)
+		return c.Packets
+	}
+	// C2 talks (its own MAC, from its own port): the bridge learns it.
+	must(t, sendRawARP(tp.C2, c2.Attrs().Index, c2mac, tp.C2Addr))
+	wantFDB(t, tp.Node, c2mac, vc2, "after C2's own frame")
+	// C1's own frames pass the check.
+	before := portSpoofed()
+	must(t, sendRawARP(tp.C1, c1.Attrs().Index, c1mac, tp.C1Addr))
+	wantFDB(t, tp.Node, c1mac, vc1, "after C1's own frame")
+	if got := portSpoofed() - before; got != 0 {
+		t.Errorf("C1's own frame was counted as spoofed (%d)", got)
+	}
+
+	// A moved entry lasts only until C2 talks again (here ~0.4 s later),
+	// so the check watches the bridge's forwarding table notifications
+	// rather than sampling the table.
+	moves := watchFDB(t, tp.Node, c2mac)
+	const forgeries = 3
+	for range forgeries {
+		must(t, sendRawARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr))
+	}
+	// The frames reach the bridge asynchronously (the veth's backlog):
+	// wait until they are counted, or long enough for them to have been
+	// learned if they were not dropped.
+	for deadline := time.Now().Add(2 * time.Second); portSpoofed()-before < forgeries && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := portSpoofed() - before; got != forgeries {
+		t.Errorf("port spoof drops: got %d more, want %d (the forged frames)", got, forgeries)
+	}
+	if got := moves(); slices.Contains(got, vc1) {
+		t.Errorf("frames from C1 with C2's MAC moved it to C1's port %d (forwarding table updates for it: ports %v)", vc1, got)
+	}
+	wantFDB(t, tp.Node, c2mac, vc2, "after C1 sent frames from C2's MAC")
+
+	// Positive control: without C1's binding the forgery moves C2's MAC.
+	s.Containers[0].MAC = nil
+	e.apply(t, s)
+	moves = watchFDB(t, tp.Node, c2mac)
+	must(t, sendRawARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr))
+	for deadline := time.Now().Add(2 * time.Second); !slices.Contains(moves(), vc1) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := moves(); !slices.Contains(got, vc1) {
+		t.Errorf("control (C1 unbound, a frame from C2's MAC): the bridge did not move C2's MAC to C1's port %d (updates: ports %v); the check above cannot fail", vc1, got)
+	}
+}
+
+// watchFDB subscribes to the forwarding table notifications of the bridge
+// in ns and returns a function that reports, so far, the ports that mac
+// was learned on (in order, repeats included).
+func watchFDB(t *testing.T, ns *netns.NS, mac net.HardwareAddr) func() []int {
+	t.Helper()
+	updates := make(chan netlink.NeighUpdate, 256)
+	done := make(chan struct{})
+	h := vnetns.NsHandle(ns.Fd())
+	if err := netlink.NeighSubscribeWithOptions(updates, done, netlink.NeighSubscribeOptions{Namespace: &h}); err != nil {
+		t.Fatalf("subscribing to neighbour updates in %s: %v", ns.Name, err)
+	}
+	t.Cleanup(func() { close(done) })
+	var ports []int
+	return func() []int {
+		for {
+			select {
+			case u, ok := <-updates:
+				if !ok {
+					return ports
+				}
+				if u.Type == unix.RTM_NEWNEIGH && u.Family == unix.AF_BRIDGE && bytes.Equal(u.HardwareAddr, mac) {
+					ports = append(ports, u.LinkIndex)
+				}
+			default:
+				return ports
+			}
+		}
+	}
+}
+
+// sendRawARP sends a gratuitous ARP request for addr's last 4 bytes (the
+// ARP payload is IPv4; only the frame's source MAC matters here) from
+// link ifindex of ns, with src as the frame's source MAC: what any
+// process with NET_RAW can write.
+func sendRawARP(ns *netns.NS, ifindex int, src net.HardwareAddr, addr netip.Addr) error {
+	a := addr.As16()
+	frame := make([]byte, 60) // the minimum Ethernet frame, padded
+	copy(frame[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	copy(frame[6:12], src)
+	binary.BigEndian.PutUint16(frame[12:], unix.ETH_P_ARP)
+	arp := frame[14:]
+	binary.BigEndian.PutUint16(arp[0:], 1)             // Ethernet
+	binary.BigEndian.PutUint16(arp[2:], unix.ETH_P_IP) // IPv4
+	arp[4], arp[5] = 6, 4
+	binary.BigEndian.PutUint16(arp[6:], 1) // request
+	copy(arp[8:14], src)
+	copy(arp[14:18], a[12:])
+	copy(arp[24:28], a[12:])
+	return ns.Run(func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		defer unix.Close(fd)
+		to := &unix.SockaddrLinklayer{Ifindex: ifindex, Halen: 6, Protocol: htons(unix.ETH_P_ARP)}
+		copy(to.Addr[:], frame[0:6])
+		if err := unix.Sendto(fd, frame, 0, to); err != nil {
+			return fmt.Errorf("raw frame from %s: %w", src, err)
+		}
+		return nil
+	})
+}
+
+// htons: sockaddr_ll's protocol is in network byte order.
+func htons(v uint16) uint16 { return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, v)) }
+
+// wantFDB waits (2 s at most: a frame reaches the bridge through the
+// veth's backlog, not within the send) until the bridge of ns forwards
+// mac to port, and fails the test if it does not. It passes at once when
+// mac is already there: a caller checking that a frame did not move mac
+// makes sure the frame was processed first.
+func wantFDB(t *testing.T, ns *netns.NS, mac net.HardwareAddr, port int, when string) {
+	t.Helper()
+	var at []int
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		at = at[:0]
+		fdb, err := ns.Handle().NeighList(0, unix.AF_BRIDGE)
+		must(t, err)
+		for _, n := range fdb {
+			if bytes.Equal(n.HardwareAddr, mac) && n.Flags&netlink.NTF_SELF == 0 {
+				at = append(at, n.LinkIndex)
+			}
+		}
+		if slices.Equal(at, []int{port}) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !slices.Equal(at, []int{port}) {
+		t.Errorf("%s: the bridge forwards %s to ports %v, want [%d]", when, mac, at, port)
+	}
 }

@@ -99,6 +99,8 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 	// bridge v6reg go in the same batch as its inet ones.
 	//	add element bridge v6reg port_bound { 2001:db8:1:2:3::1:2712 comment "..." }
 	//	add element bridge v6reg port_src { 2001:db8:1:2:3::1:2712 . 17 comment "..." }
+	//	add element bridge v6reg port_mac_bound { 17 comment "..." }
+	//	add element bridge v6reg port_mac { 17 . 02:42:00:00:27:12 comment "..." }
 	bound := benchContainer(10002)
 	bound.MAC, bound.Port = net.HardwareAddr{2, 0x42, 0, 0, 0x27, 0x12}, 17
 	with2 := with
@@ -107,8 +109,8 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ch.ElemsAdded != 12 || ch.ElemsRemoved != 0 || ch.Batches != 1 || len(batches) != 2 {
-		t.Errorf("changes: got %+v in %d batches, want 12 elements added in 1 batch", ch, len(batches)-1)
+	if ch.ElemsAdded != 14 || ch.ElemsRemoved != 0 || ch.Batches != 1 || len(batches) != 2 {
+		t.Errorf("changes: got %+v in %d batches, want 14 elements added in 1 batch", ch, len(batches)-1)
 	}
 	var got []string
 	for _, m := range batches[len(batches)-1] {
@@ -117,16 +119,17 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 			got = append(got, fam+" "+setNameOf(t, m.Data))
 		}
 	}
-	want = []string{"bridge port_bound", "bridge port_src", "inet containers", "inet eg_drop", "inet eg_port_list",
+	want = []string{"bridge port_bound", "bridge port_mac", "bridge port_mac_bound", "bridge port_src", "inet containers", "inet eg_drop", "inet eg_port_list",
 		"inet in_drop", "inet in_icmp_list", "inet in_port_list", "inet mac_bound", "inet src_mac"}
 	if !slices.Equal(got, want) {
 		t.Errorf("element messages for sets %v, want %v", got, want)
 	}
-	// Forgetting the port (a failed lookup) removes only its two elements.
+	// Forgetting the port (a failed lookup) removes only its four
+	// elements of table bridge v6reg.
 	bound.Port = 0
 	with2.Containers[len(with2.Containers)-1] = bound
-	if ch, err := fw.Apply(context.Background(), with2); err != nil || ch.ElemsRemoved != 2 || ch.ElemsAdded != 0 || ch.Batches != 1 {
-		t.Errorf("port forgotten: %+v %v; want 2 elements removed in 1 batch", ch, err)
+	if ch, err := fw.Apply(context.Background(), with2); err != nil || ch.ElemsRemoved != 4 || ch.ElemsAdded != 0 || ch.Batches != 1 {
+		t.Errorf("port forgotten: %+v %v; want 4 elements removed in 1 batch", ch, err)
 	}
 }
 
