@@ -20,6 +20,7 @@ type Metrics struct {
 	EventToApplied   prometheus.Histogram
 	Errors           *prometheus.CounterVec
 	Drops            *prometheus.GaugeVec
+	SpoofDrops       *prometheus.GaugeVec
 }
 
 // NewMetrics registers every metric on a new registry.
@@ -40,12 +41,15 @@ func NewMetrics() *Metrics {
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v6reg_errors_total", Help: "Errors by kind: docker, nomad, consul, netlink, policy."}, []string{"kind"}),
 		Drops: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_dropped_packets", Help: "Packets dropped by default deny, per container and direction (kernel counter)."},
 			[]string{"container", "direction"}),
+		SpoofDrops: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_spoofed_packets",
+			Help: "Packets and frames dropped by anti-spoofing (kernel counters): check=bridge_port, a container's bridge port with another MAC or another container's address; check=source, a prefix source owned by no container, from the wrong link or from another MAC."},
+			[]string{"check"}),
 	}
 	for _, kind := range []string{"docker", "nomad", "consul", "netlink", "policy"} {
 		m.Errors.WithLabelValues(kind)
 	}
 	m.Registry.MustRegister(m.Containers, m.Closed, m.PolicyErrors, m.Leases, m.HeldDown, m.Registrations, m.FirewallRules,
-		m.ReconcileSeconds, m.EventToApplied, m.Errors, m.Drops,
+		m.ReconcileSeconds, m.EventToApplied, m.Errors, m.Drops, m.SpoofDrops,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -19,6 +19,7 @@ import (
 
 	consul "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/v6reg/v6reg/firewall"
 )
 
 // Snapshot is what the status API serves: the desired and applied state
@@ -289,6 +290,26 @@ func (a *Agent) refreshDrops(ctx context.Context) {
 		}
 		a.o.Metrics.Drops.WithLabelValues(shortID(c.ID), "ingress").Set(float64(c.Drops.IngressPackets))
 		a.o.Metrics.Drops.WithLabelValues(shortID(c.ID), "egress").Set(float64(c.Drops.EgressPackets))
+	}
+	// Anti-spoofing drops, where the firewall counts them (the real one).
+	sf, ok := a.o.Firewall.(interface {
+		SpoofDrops(context.Context) (firewall.Counter, error)
+		PortSpoofDrops(context.Context) (firewall.Counter, error)
+	})
+	if !ok {
+		return
+	}
+	// The bridge part first: the total, read after it, is never smaller.
+	port, err := sf.PortSpoofDrops(ctx)
+	if err == nil {
+		var all firewall.Counter
+		if all, err = sf.SpoofDrops(ctx); err == nil {
+			a.o.Metrics.SpoofDrops.WithLabelValues("bridge_port").Set(float64(port.Packets))
+			a.o.Metrics.SpoofDrops.WithLabelValues("source").Set(float64(all.Packets - min(port.Packets, all.Packets)))
+		}
+	}
+	if err != nil {
+		a.log.Warn("metrics: anti-spoofing counters unavailable", "err", err)
 	}
 }
 
