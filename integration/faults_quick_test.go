@@ -11,9 +11,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,6 +25,9 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/v6reg/v6reg/firewall"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 func TestFault6TableFlushedOrDeleted(t *testing.T) {
@@ -162,8 +168,8 @@ func TestFault7CorruptLeaseStore(t *testing.T) {
 // and reach a node service on the prefix gateway.
 func TestFault9SpoofingAndEscapes(t *testing.T) {
 	row := recordFault(t, "9", "spoofing and escapes from a container",
-		"attacker (NET_ADMIN) takes the victim's address and connects to office:80 (open only to the victim), then takes the victim's MAC too and connects again; connects to victim:7000 (not in its policy); connects to the gateway [prefix::1]:9999 (a node service)",
-		"nothing arrives (receiver TCP InSegs in office; HTTP answers), SpoofDrops / per-container drop counters grow; the victim itself passes (control)")
+		"attacker (NET_ADMIN) takes the victim's address and connects to office:80 (open only to the victim), then takes the victim's MAC too and connects again; an ordinary attacker (NET_RAW) sends ARP from the victim's MAC; connects to victim:7000 (not in its policy); connects to the gateway [prefix::1]:9999 (a node service)",
+		"nothing arrives (receiver TCP InSegs in office; HTTP answers), the victim's MAC stays on its bridge port (forwarding table notifications), SpoofDrops / v6reg_spoofed_packets / per-container drop counters grow; the victim itself passes (control)")
 	f := newFaultEnv(t, nil)
 	stopOffice, err := ServeHTTP(f.Office, OfficeAddr, 80, "office:80")
 	if err != nil {
@@ -258,12 +264,50 @@ func TestFault9SpoofingAndEscapes(t *testing.T) {
 		t.Errorf("the bridge port check counted no drop (chain bridge v6reg prerouting %d -> %d), or SpoofDrops (%d -> %d) does not include it", bridge1, bridge2, spoof1, spoof2)
 	}
 	row.fig(t, "forged source and MAC: %d segments arrived at the office, SpoofDrops +%d (bridge port check +%d)", arrived, spoof2-spoof1, bridge2-bridge1)
-	// The next two attempts come from a second, ordinary container.
+	// The next attempts come from a second, ordinary container.
 	if err := f.Remove(f.ctx, attacker.ID); err != nil {
 		t.Fatal(err)
 	}
 	attacker = f.run("fault-attacker2", map[string]string{"v6reg.ingress": "tcp/8080 from @office"}, "exec sleep 3600", false)
 	f.waitOpen(attacker)
+
+	// 1c. The victim's MAC on the bridge: with Docker's default NET_RAW the
+	// attacker writes gratuitous ARPs from the victim's MAC (no address
+	// forged, not IPv6), which would make the bridge switch the victim's
+	// frames to the attacker. The bridge's forwarding table notifications
+	// must never show the victim's MAC anywhere but its own port, every
+	// frame must be counted, and the office still reaches the victim.
+	victimPort := fdbPort(t, f, victimMAC)
+	moves := watchFDB(t, f, victimMAC)
+	bridge3 := bridgeDrops(t, f)
+	const forged = 20
+	if code, out, err := f.Exec(f.ctx, attacker.ID, "/bin/v6probe", "forge-arp", "eth0", victimMAC, strconv.Itoa(forged)); err != nil || code != 0 {
+		t.Fatalf("attacker sending ARP from the victim's MAC: %v exit %d: %s", err, code, out)
+	}
+	var bridge4 uint64
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if bridge4 = bridgeDrops(t, f); bridge4-bridge3 >= forged || time.Now().After(deadline) {
+			break
+		}
+	}
+	if bridge4-bridge3 < forged {
+		t.Errorf("the bridge port check counted %d of the %d frames from the victim's MAC", bridge4-bridge3, forged)
+	}
+	if got := moves(); slices.ContainsFunc(got, func(p int) bool { return p != victimPort }) {
+		t.Errorf("BUG: the bridge learned the victim's MAC %s on another port than its own (%d): updates %v", victimMAC, victimPort, got)
+	}
+	if err := HTTPGet(f.Office, victim.Addr, 8080, 2*time.Second); err != nil {
+		t.Errorf("office -> victim:8080 after the MAC forgery: %v", err)
+	}
+	m, err := f.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metric := m[`v6reg_spoofed_packets{check="bridge_port"}`]
+	if metric < float64(bridge4) {
+		t.Errorf(`v6reg_spoofed_packets{check="bridge_port"} = %v, want at least the kernel's %d`, metric, bridge4)
+	}
+	row.fig(t, "ARP from the victim's MAC (NET_RAW only): %d frames, bridge port check +%d, the victim's MAC never left its port, v6reg_spoofed_packets{check=\"bridge_port\"} %v", forged, bridge4-bridge3, metric)
 	drops0 := dropCounters(t, f)
 
 	// 2. Another container's port outside its policy.
@@ -332,6 +376,62 @@ func bridgeDrops(t *testing.T, f *faultEnv) uint64 {
 		t.Fatalf("reading PortSpoofDrops: %v", err)
 	}
 	return c.Packets
+}
+
+// fdbPort is the bridge port (ifindex in the node) that the node's bridge
+// forwards mac to.
+func fdbPort(t *testing.T, f *faultEnv, mac string) int {
+	t.Helper()
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fdb, err := f.Node.Handle().NeighList(0, unix.AF_BRIDGE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range fdb {
+		if bytes.Equal(n.HardwareAddr, hw) && n.Flags&netlink.NTF_SELF == 0 {
+			return n.LinkIndex
+		}
+	}
+	t.Fatalf("the node's bridge has no forwarding entry for %s", mac)
+	return 0
+}
+
+// watchFDB subscribes to the node's bridge forwarding table notifications
+// and returns a function reporting the ports mac was learned on so far. A
+// moved entry lasts only until its owner talks again, so sampling the
+// table would miss it.
+func watchFDB(t *testing.T, f *faultEnv, mac string) func() []int {
+	t.Helper()
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	updates := make(chan netlink.NeighUpdate, 1024)
+	done := make(chan struct{})
+	h := vnetns.NsHandle(f.Node.Fd())
+	if err := netlink.NeighSubscribeWithOptions(updates, done, netlink.NeighSubscribeOptions{Namespace: &h}); err != nil {
+		t.Fatalf("subscribing to neighbour updates in the node: %v", err)
+	}
+	t.Cleanup(func() { close(done) })
+	var ports []int
+	return func() []int {
+		for {
+			select {
+			case u, ok := <-updates:
+				if !ok {
+					return ports
+				}
+				if u.Type == unix.RTM_NEWNEIGH && u.Family == unix.AF_BRIDGE && bytes.Equal(u.HardwareAddr, hw) {
+					ports = append(ports, u.LinkIndex)
+				}
+			default:
+				return ports
+			}
+		}
+	}
 }
 
 // nodeFirewall reads the node's table with a conn of its own (the agent's
