@@ -1,10 +1,8 @@
 package integration
 
-// Fault cases quick enough for `make test`: 6 (table flushed or deleted),
-// 7 (lease store corrupt); and 9 (spoofing and escapes from a container),
-// quick too, but it fails on two known bugs (see FAULTS.md), so it runs
-// only under `make test-faults` until they are fixed, not to break
-// everyone's `make test`.
+// Fault cases quick enough for `make test` (they run under
+// `make test-faults` too): 6 (table flushed or deleted), 7 (lease store
+// corrupt) and 9 (spoofing and escapes from a container).
 
 import (
 	"bytes"

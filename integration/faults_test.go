@@ -95,7 +95,7 @@ const faultsHeader = `# Fault suite results
 
 Written by the fault suite (integration/faults*_test.go): every case that
 runs rewrites its own row, so a row shows the last run of that case (date in
-the last column). ` + "`make test-faults`" + ` runs them all at the issue's sizes
+the last column). ` + "`make test-faults`" + ` (run by CI after ` + "`make test`" + `) runs them all at the issue's sizes
 (V6REG_FAULTS=1); cases 6, 7 and 9 also run in
 ` + "`make test`" + `. Every case ends with the same invariants:
 the firewall's containers (IDs and addresses, read from the kernel) equal
