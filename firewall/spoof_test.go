@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -12,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/integration/ethframe"
 	"github.com/v6reg/v6reg/integration/netns"
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -303,11 +302,11 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 		return c.Packets
 	}
 	// C2 talks (its own MAC, from its own port): the bridge learns it.
-	must(t, sendRawARP(tp.C2, c2.Attrs().Index, c2mac, tp.C2Addr))
+	must(t, sendARP(tp.C2, c2.Attrs().Index, c2mac, tp.C2Addr))
 	wantFDB(t, tp.Node, c2mac, vc2, "after C2's own frame")
 	// C1's own frames pass the check.
 	before := portSpoofed()
-	must(t, sendRawARP(tp.C1, c1.Attrs().Index, c1mac, tp.C1Addr))
+	must(t, sendARP(tp.C1, c1.Attrs().Index, c1mac, tp.C1Addr))
 	wantFDB(t, tp.Node, c1mac, vc1, "after C1's own frame")
 	if got := portSpoofed() - before; got != 0 {
 		t.Errorf("C1's own frame was counted as spoofed (%d)", got)
@@ -316,10 +315,10 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 	// A moved entry lasts only until C2 talks again (here ~0.4 s later),
 	// so the check watches the bridge's forwarding table notifications
 	// rather than sampling the table.
-	moves := watchFDB(t, tp.Node, c2mac)
+	moves := tp.Node.WatchFDB(t, c2mac)
 	const forgeries = 3
 	for range forgeries {
-		must(t, sendRawARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr))
+		must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr))
 	}
 	// The frames reach the bridge asynchronously (the veth's backlog):
 	// wait until they are counted, or long enough for them to have been
@@ -330,7 +329,9 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 	if got := portSpoofed() - before; got != forgeries {
 		t.Errorf("port spoof drops: got %d more, want %d (the forged frames)", got, forgeries)
 	}
-	if got := moves(); slices.Contains(got, vc1) {
+	if got, err := moves(); err != nil {
+		t.Error(err)
+	} else if slices.Contains(got, vc1) {
 		t.Errorf("frames from C1 with C2's MAC moved it to C1's port %d (forwarding table updates for it: ports %v)", vc1, got)
 	}
 	wantFDB(t, tp.Node, c2mac, vc2, "after C1 sent frames from C2's MAC")
@@ -338,81 +339,18 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 	// Positive control: without C1's binding the forgery moves C2's MAC.
 	s.Containers[0].MAC = nil
 	e.apply(t, s)
-	moves = watchFDB(t, tp.Node, c2mac)
-	must(t, sendRawARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr))
-	for deadline := time.Now().Add(2 * time.Second); !slices.Contains(moves(), vc1) && time.Now().Before(deadline); {
+	moves = tp.Node.WatchFDB(t, c2mac)
+	must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr))
+	got, err := moves()
+	for deadline := time.Now().Add(2 * time.Second); err == nil && !slices.Contains(got, vc1) && time.Now().Before(deadline); got, err = moves() {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if got := moves(); !slices.Contains(got, vc1) {
+	if err != nil {
+		t.Error(err)
+	} else if !slices.Contains(got, vc1) {
 		t.Errorf("control (C1 unbound, a frame from C2's MAC): the bridge did not move C2's MAC to C1's port %d (updates: ports %v); the check above cannot fail", vc1, got)
 	}
 }
-
-// watchFDB subscribes to the forwarding table notifications of the bridge
-// in ns and returns a function that reports, so far, the ports that mac
-// was learned on (in order, repeats included).
-func watchFDB(t *testing.T, ns *netns.NS, mac net.HardwareAddr) func() []int {
-	t.Helper()
-	updates := make(chan netlink.NeighUpdate, 256)
-	done := make(chan struct{})
-	h := vnetns.NsHandle(ns.Fd())
-	if err := netlink.NeighSubscribeWithOptions(updates, done, netlink.NeighSubscribeOptions{Namespace: &h}); err != nil {
-		t.Fatalf("subscribing to neighbour updates in %s: %v", ns.Name, err)
-	}
-	t.Cleanup(func() { close(done) })
-	var ports []int
-	return func() []int {
-		for {
-			select {
-			case u, ok := <-updates:
-				if !ok {
-					return ports
-				}
-				if u.Type == unix.RTM_NEWNEIGH && u.Family == unix.AF_BRIDGE && bytes.Equal(u.HardwareAddr, mac) {
-					ports = append(ports, u.LinkIndex)
-				}
-			default:
-				return ports
-			}
-		}
-	}
-}
-
-// sendRawARP sends a gratuitous ARP request for addr's last 4 bytes (the
-// ARP payload is IPv4; only the frame's source MAC matters here) from
-// link ifindex of ns, with src as the frame's source MAC: what any
-// process with NET_RAW can write.
-func sendRawARP(ns *netns.NS, ifindex int, src net.HardwareAddr, addr netip.Addr) error {
-	a := addr.As16()
-	frame := make([]byte, 60) // the minimum Ethernet frame, padded
-	copy(frame[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-	copy(frame[6:12], src)
-	binary.BigEndian.PutUint16(frame[12:], unix.ETH_P_ARP)
-	arp := frame[14:]
-	binary.BigEndian.PutUint16(arp[0:], 1)             // Ethernet
-	binary.BigEndian.PutUint16(arp[2:], unix.ETH_P_IP) // IPv4
-	arp[4], arp[5] = 6, 4
-	binary.BigEndian.PutUint16(arp[6:], 1) // request
-	copy(arp[8:14], src)
-	copy(arp[14:18], a[12:])
-	copy(arp[24:28], a[12:])
-	return ns.Run(func() error {
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
-		if err != nil {
-			return fmt.Errorf("packet socket: %w", err)
-		}
-		defer unix.Close(fd)
-		to := &unix.SockaddrLinklayer{Ifindex: ifindex, Halen: 6, Protocol: htons(unix.ETH_P_ARP)}
-		copy(to.Addr[:], frame[0:6])
-		if err := unix.Sendto(fd, frame, 0, to); err != nil {
-			return fmt.Errorf("raw frame from %s: %w", src, err)
-		}
-		return nil
-	})
-}
-
-// htons: sockaddr_ll's protocol is in network byte order.
-func htons(v uint16) uint16 { return binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, v)) }
 
 // wantFDB waits (2 s at most: a frame reaches the bridge through the
 // veth's backlog, not within the send) until the bridge of ns forwards
@@ -421,22 +359,24 @@ func htons(v uint16) uint16 { return binary.NativeEndian.Uint16(binary.BigEndian
 // makes sure the frame was processed first.
 func wantFDB(t *testing.T, ns *netns.NS, mac net.HardwareAddr, port int, when string) {
 	t.Helper()
-	var at []int
-	for deadline := time.Now().Add(2 * time.Second); ; {
-		at = at[:0]
-		fdb, err := ns.Handle().NeighList(0, unix.AF_BRIDGE)
+	var at int
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		at, err = ns.FDBPort(mac)
 		must(t, err)
-		for _, n := range fdb {
-			if bytes.Equal(n.HardwareAddr, mac) && n.Flags&netlink.NTF_SELF == 0 {
-				at = append(at, n.LinkIndex)
-			}
-		}
-		if slices.Equal(at, []int{port}) || time.Now().After(deadline) {
+		if at == port || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	if !slices.Equal(at, []int{port}) {
-		t.Errorf("%s: the bridge forwards %s to ports %v, want [%d]", when, mac, at, port)
+	if at != port {
+		t.Errorf("%s: the bridge forwards %s to port %d, want %d", when, mac, at, port)
 	}
+}
+
+// sendARP has C (ns, its link ifindex) send a gratuitous ARP whose
+// source MAC is src; the ARP payload announces addr's last 4 bytes (no
+// one's IPv4 address: only the frame's source matters to the bridge).
+func sendARP(ns *netns.NS, ifindex int, src net.HardwareAddr, addr netip.Addr) error {
+	a := addr.As16()
+	return ns.SendFrame(ifindex, ethframe.GratuitousARP(src, [4]byte(a[12:])))
 }

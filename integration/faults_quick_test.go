@@ -23,9 +23,6 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/v6reg/v6reg/firewall"
-	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 func TestFault6TableFlushedOrDeleted(t *testing.T) {
@@ -275,8 +272,15 @@ func TestFault9SpoofingAndEscapes(t *testing.T) {
 	// frames to the attacker. The bridge's forwarding table notifications
 	// must never show the victim's MAC anywhere but its own port, every
 	// frame must be counted, and the office still reaches the victim.
-	victimPort := fdbPort(t, f, victimMAC)
-	moves := watchFDB(t, f, victimMAC)
+	victimHW, err := net.ParseMAC(victimMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	victimPort, err := f.Node.FDBPort(victimHW)
+	if err != nil || victimPort == 0 {
+		t.Fatalf("the node's bridge has no port for the victim's MAC %s (%d): %v", victimMAC, victimPort, err)
+	}
+	moves := f.Node.WatchFDB(t, victimHW)
 	bridge3 := bridgeDrops(t, f)
 	const forged = 20
 	if code, out, err := f.Exec(f.ctx, attacker.ID, "/bin/v6probe", "forge-arp", "eth0", victimMAC, strconv.Itoa(forged)); err != nil || code != 0 {
@@ -291,7 +295,9 @@ func TestFault9SpoofingAndEscapes(t *testing.T) {
 	if bridge4-bridge3 < forged {
 		t.Errorf("the bridge port check counted %d of the %d frames from the victim's MAC", bridge4-bridge3, forged)
 	}
-	if got := moves(); slices.ContainsFunc(got, func(p int) bool { return p != victimPort }) {
+	if got, err := moves(); err != nil {
+		t.Error(err)
+	} else if slices.ContainsFunc(got, func(p int) bool { return p != victimPort }) {
 		t.Errorf("BUG: the bridge learned the victim's MAC %s on another port than its own (%d): updates %v", victimMAC, victimPort, got)
 	}
 	if err := HTTPGet(f.Office, victim.Addr, 8080, 2*time.Second); err != nil {
@@ -374,62 +380,6 @@ func bridgeDrops(t *testing.T, f *faultEnv) uint64 {
 		t.Fatalf("reading PortSpoofDrops: %v", err)
 	}
 	return c.Packets
-}
-
-// fdbPort is the bridge port (ifindex in the node) that the node's bridge
-// forwards mac to.
-func fdbPort(t *testing.T, f *faultEnv, mac string) int {
-	t.Helper()
-	hw, err := net.ParseMAC(mac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fdb, err := f.Node.Handle().NeighList(0, unix.AF_BRIDGE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range fdb {
-		if bytes.Equal(n.HardwareAddr, hw) && n.Flags&netlink.NTF_SELF == 0 {
-			return n.LinkIndex
-		}
-	}
-	t.Fatalf("the node's bridge has no forwarding entry for %s", mac)
-	return 0
-}
-
-// watchFDB subscribes to the node's bridge forwarding table notifications
-// and returns a function reporting the ports mac was learned on so far. A
-// moved entry lasts only until its owner talks again, so sampling the
-// table would miss it.
-func watchFDB(t *testing.T, f *faultEnv, mac string) func() []int {
-	t.Helper()
-	hw, err := net.ParseMAC(mac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	updates := make(chan netlink.NeighUpdate, 1024)
-	done := make(chan struct{})
-	h := vnetns.NsHandle(f.Node.Fd())
-	if err := netlink.NeighSubscribeWithOptions(updates, done, netlink.NeighSubscribeOptions{Namespace: &h}); err != nil {
-		t.Fatalf("subscribing to neighbour updates in the node: %v", err)
-	}
-	t.Cleanup(func() { close(done) })
-	var ports []int
-	return func() []int {
-		for {
-			select {
-			case u, ok := <-updates:
-				if !ok {
-					return ports
-				}
-				if u.Type == unix.RTM_NEWNEIGH && u.Family == unix.AF_BRIDGE && bytes.Equal(u.HardwareAddr, hw) {
-					ports = append(ports, u.LinkIndex)
-				}
-			default:
-				return ports
-			}
-		}
-	}
 }
 
 // nodeFirewall reads the node's table with a conn of its own (the agent's

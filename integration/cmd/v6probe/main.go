@@ -15,7 +15,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/http"
@@ -23,6 +22,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/v6reg/v6reg/integration/ethframe"
 	"golang.org/x/sys/unix"
 )
 
@@ -72,25 +72,16 @@ func forgeARP(ifname, macArg, countArg string) error {
 	if err != nil || count < 1 {
 		return fmt.Errorf("COUNT %q: want a positive number", countArg)
 	}
-	frame := make([]byte, 60) // the minimum Ethernet frame, padded
-	copy(frame[0:6], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-	copy(frame[6:12], mac)
-	binary.BigEndian.PutUint16(frame[12:], unix.ETH_P_ARP)
-	arp := frame[14:]
-	binary.BigEndian.PutUint16(arp[0:], 1)             // Ethernet
-	binary.BigEndian.PutUint16(arp[2:], unix.ETH_P_IP) // IPv4
-	arp[4], arp[5] = 6, 4
-	binary.BigEndian.PutUint16(arp[6:], 1) // request, sender = target: gratuitous
-	copy(arp[8:14], mac)
+	// The ARP payload's address is no one's: only the frame's source
+	// MAC matters to the bridge.
+	frame := ethframe.GratuitousARP(mac, [4]byte{192, 0, 2, 1})
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
 	if err != nil {
 		return fmt.Errorf("packet socket (needs NET_RAW): %w", err)
 	}
 	defer func() { _ = unix.Close(fd) }() // nothing buffered to lose
-	// sockaddr_ll's protocol is in network byte order.
-	proto := binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, unix.ETH_P_ARP))
-	to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Protocol: proto}
-	copy(to.Addr[:], frame[0:6])
+	to := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6, Protocol: ethframe.Htons(ethframe.TypeARP)}
+	copy(to.Addr[:], ethframe.Broadcast)
 	for i := range count {
 		if i > 0 {
 			time.Sleep(50 * time.Millisecond)
