@@ -293,24 +293,18 @@ func (a *Agent) refreshDrops(ctx context.Context) {
 	}
 	// Anti-spoofing drops, where the firewall counts them (the real one).
 	sf, ok := a.o.Firewall.(interface {
-		SpoofDrops(context.Context) (firewall.Counter, error)
-		PortSpoofDrops(context.Context) (firewall.Counter, error)
+		SpoofDropsByCheck(context.Context) (bridgePort, source firewall.Counter, err error)
 	})
 	if !ok {
 		return
 	}
-	// The bridge part first: the total, read after it, is never smaller.
-	port, err := sf.PortSpoofDrops(ctx)
-	if err == nil {
-		var all firewall.Counter
-		if all, err = sf.SpoofDrops(ctx); err == nil {
-			a.o.Metrics.SpoofDrops.WithLabelValues("bridge_port").Set(float64(port.Packets))
-			a.o.Metrics.SpoofDrops.WithLabelValues("source").Set(float64(all.Packets - min(port.Packets, all.Packets)))
-		}
-	}
+	port, source, err := sf.SpoofDropsByCheck(ctx)
 	if err != nil {
 		a.log.Warn("metrics: anti-spoofing counters unavailable", "err", err)
+		return
 	}
+	a.o.Metrics.SpoofDrops.WithLabelValues("bridge_port").Set(float64(port.Packets))
+	a.o.Metrics.SpoofDrops.WithLabelValues("source").Set(float64(source.Packets))
 }
 
 // APIHandler serves the local status API: GET /v1/status, /v1/explain

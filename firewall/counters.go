@@ -75,6 +75,19 @@ func (f *Firewall) PortSpoofDrops(ctx context.Context) (Counter, error) {
 	return f.chainDrops(ctx, inBridge("prerouting"))
 }
 
+// SpoofDropsByCheck is SpoofDrops split by where it was counted, each
+// chain read once: bridgePort is PortSpoofDrops, source the inet table's
+// checks (unowned prefix source, wrong link, wrong MAC).
+func (f *Firewall) SpoofDropsByCheck(ctx context.Context) (bridgePort, source Counter, err error) {
+	if bridgePort, err = f.chainDrops(ctx, inBridge("prerouting")); err != nil {
+		return Counter{}, Counter{}, err
+	}
+	if source, err = f.chainDrops(ctx, "egress", "node"); err != nil {
+		return Counter{}, Counter{}, err
+	}
+	return bridgePort, source, nil
+}
+
 // chainDrops sums the counters of the rules of the chains (qualified as
 // tableOf reads them); only the anti-spoofing rules (wrong link, unowned
 // address, wrong MAC, wrong bridge port) carry counters.

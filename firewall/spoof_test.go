@@ -259,6 +259,12 @@ func TestPortAntiSpoofing(t *testing.T) {
 	if got := portSpoofed() - brBefore; got != 1 {
 		t.Errorf("drops of chain bridge v6reg prerouting: got %d more, want 1", got)
 	}
+	// The split the metrics read: the same counters, each chain once.
+	byPort, bySource, err := e.fw.SpoofDropsByCheck(context.Background())
+	must(t, err)
+	if all := spoofed(); byPort.Packets != portSpoofed() || byPort.Packets+bySource.Packets != all || byPort.Packets == 0 {
+		t.Errorf("SpoofDropsByCheck: bridge port %d + source %d; want PortSpoofDrops %d (> 0) and a sum of SpoofDrops %d", byPort.Packets, bySource.Packets, portSpoofed(), all)
+	}
 
 	// Positive control: without C2's port only the MAC check is left,
 	// and the forged MAC passes it.
