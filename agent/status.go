@@ -32,9 +32,21 @@ type Snapshot struct {
 	ConsulErr   string    `json:"consul_error,omitempty"`
 	// HealthErr says why the services' health is unknown: Consul did not
 	// answer the status API's question about its checks.
-	HealthErr  string           `json:"health_error,omitempty"`
-	Nomad      string           `json:"nomad"`
+	HealthErr string `json:"health_error,omitempty"`
+	Nomad     string `json:"nomad"`
+	// Spoofed are the node's anti-spoofing drops (kernel counters, since
+	// the tables were created); nil where the firewall does not count them.
+	Spoofed    *SpoofState      `json:"spoofed,omitempty"`
 	Containers []ContainerState `json:"containers"`
+}
+
+// SpoofState splits the anti-spoofing drops by check: frames at a
+// container's bridge port with another MAC or another container's address,
+// and packets whose prefix source no container owns or came from the
+// wrong link or MAC.
+type SpoofState struct {
+	BridgePortPackets uint64 `json:"bridge_port_packets"`
+	SourcePackets     uint64 `json:"source_packets"`
 }
 
 // ContainerState is one container in the status API.
@@ -167,6 +179,15 @@ func (a *Agent) withDrops(ctx context.Context) (*Snapshot, error) {
 			s.Containers[i].Drops = &DropState{IngressPackets: dc.IngressDropped.Packets, EgressPackets: dc.EgressDropped.Packets}
 		}
 	}
+	if sf, ok := a.o.Firewall.(interface {
+		SpoofDropsByCheck(context.Context) (bridgePort, source firewall.Counter, err error)
+	}); ok {
+		port, source, err := sf.SpoofDropsByCheck(ctx)
+		if err != nil {
+			return &s, fmt.Errorf("reading anti-spoofing counters: %w", err)
+		}
+		s.Spoofed = &SpoofState{BridgePortPackets: port.Packets, SourcePackets: source.Packets}
+	}
 	return &s, nil
 }
 
@@ -291,20 +312,10 @@ func (a *Agent) refreshDrops(ctx context.Context) {
 		a.o.Metrics.Drops.WithLabelValues(shortID(c.ID), "ingress").Set(float64(c.Drops.IngressPackets))
 		a.o.Metrics.Drops.WithLabelValues(shortID(c.ID), "egress").Set(float64(c.Drops.EgressPackets))
 	}
-	// Anti-spoofing drops, where the firewall counts them (the real one).
-	sf, ok := a.o.Firewall.(interface {
-		SpoofDropsByCheck(context.Context) (bridgePort, source firewall.Counter, err error)
-	})
-	if !ok {
-		return
+	if s.Spoofed != nil {
+		a.o.Metrics.SpoofDrops.WithLabelValues("bridge_port").Set(float64(s.Spoofed.BridgePortPackets))
+		a.o.Metrics.SpoofDrops.WithLabelValues("source").Set(float64(s.Spoofed.SourcePackets))
 	}
-	port, source, err := sf.SpoofDropsByCheck(ctx)
-	if err != nil {
-		a.log.Warn("metrics: anti-spoofing counters unavailable", "err", err)
-		return
-	}
-	a.o.Metrics.SpoofDrops.WithLabelValues("bridge_port").Set(float64(port.Packets))
-	a.o.Metrics.SpoofDrops.WithLabelValues("source").Set(float64(source.Packets))
 }
 
 // APIHandler serves the local status API: GET /v1/status, /v1/explain

@@ -7,6 +7,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/google/nftables"
 
+	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/firewall"
 )
 
@@ -310,6 +312,17 @@ func TestFault9SpoofingAndEscapes(t *testing.T) {
 	metric := m[`v6reg_spoofed_packets{check="bridge_port"}`]
 	if metric < float64(bridge4) {
 		t.Errorf(`v6reg_spoofed_packets{check="bridge_port"} = %v, want at least the kernel's %d`, metric, bridge4)
+	}
+	body, err := f.APIGet("/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st agent.Snapshot
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatalf("status API: %v\n%s", err, body)
+	}
+	if st.Spoofed == nil || st.Spoofed.BridgePortPackets < bridge4 {
+		t.Errorf("status API spoofed = %+v, want bridge port packets >= the kernel's %d", st.Spoofed, bridge4)
 	}
 	row.fig(t, "ARP from the victim's MAC (NET_RAW only): %d frames, bridge port check +%d, the victim's MAC never left its port, v6reg_spoofed_packets{check=\"bridge_port\"} %v", forged, bridge4-bridge3, metric)
 	drops0 := dropCounters(t, f)

@@ -119,6 +119,12 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 	if s.HealthErr != "" {
 		fmt.Fprintf(w, "Consul did not answer: %s; health unknown\n", s.HealthErr)
 	}
+	// Kernel counters since the tables were created: any is a container
+	// trying to be another (v6reg_spoofed_packets has them over time).
+	if sp := s.Spoofed; sp != nil && sp.BridgePortPackets+sp.SourcePackets > 0 {
+		fmt.Fprintf(w, "SPOOFING: %d frames dropped at bridge ports, %d packets with forged sources\n",
+			sp.BridgePortPackets, sp.SourcePackets)
+	}
 	prefix, _ := netip.ParsePrefix(s.Prefix)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 	fmt.Fprintln(tw, "JOB/TASK\tALLOC\tADDRESS\tRULES\tCONSUL\tDROPS\tSTATE")

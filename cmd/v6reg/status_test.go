@@ -95,6 +95,27 @@ func TestPrintStatusConsulSilent(t *testing.T) {
 	}
 }
 
+func TestPrintStatusSpoofing(t *testing.T) {
+	s := healthSnapshot()
+	s.Spoofed = &agent.SpoofState{BridgePortPackets: 27, SourcePackets: 1234567}
+	var b bytes.Buffer
+	printStatus(&b, s)
+	line := "SPOOFING: 27 frames dropped at bridge ports, 1234567 packets with forged sources\n"
+	if got := b.String(); !strings.Contains(got, line) {
+		t.Errorf("status lacks %q:\n%s", line, got)
+	}
+	if len(line) > 81 {
+		t.Errorf("spoofing line is %d columns (max 80)", len(line)-1)
+	}
+	// Nothing dropped: no line.
+	s.Spoofed = &agent.SpoofState{}
+	b.Reset()
+	printStatus(&b, s)
+	if strings.Contains(b.String(), "SPOOFING") {
+		t.Errorf("a spoofing line with nothing dropped:\n%s", b.String())
+	}
+}
+
 func TestWrap(t *testing.T) {
 	tests := []struct {
 		in   string
