@@ -390,9 +390,16 @@ func ListenAPI(path string) (net.Listener, error) {
 	return l, nil
 }
 
+// idleTimeout closes a keep-alive connection of the API or metrics server
+// after this long without a request. Without it a client that drops its
+// transport without closing (a script building an http.Client per call)
+// leaves a connection and its goroutine in the agent forever. Prometheus
+// scrapes more often than this, so its connection stays.
+var idleTimeout = 2 * time.Minute
+
 // Serve runs an HTTP server on l until ctx is done.
 func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: idleTimeout}
 	go func() {
 		<-ctx.Done()
 		// ctx is done by now: shut down under a fresh deadline.

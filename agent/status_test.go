@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -168,6 +169,49 @@ func TestListenAPIIsRootOnly(t *testing.T) {
 	}
 	cancel()
 	wait(t, done, "Serve to return")
+}
+
+// TestServeClosesIdleConnections: a client that keeps a connection open
+// without sending (a dropped transport) is cut off after idleTimeout, so
+// such clients cannot pile up connections and goroutines in the agent.
+func TestServeClosesIdleConnections(t *testing.T) {
+	defer func(d time.Duration) { idleTimeout = d }(idleTimeout)
+	idleTimeout = 200 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "api.sock")
+	l, err := ListenAPI(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	r := explainRig(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); Serve(ctx, l, r.agent.APIHandler(), quietLog()) }()
+	defer func() { cancel(); wait(t, done, "Serve to return") }()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: v6reg\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	// Idle now: the server must close within the timeout (plus slack).
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle keep-alive connection: read %v, want EOF (closed by the server)", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("idle connection closed after %s, want about %s", took, idleTimeout)
+	}
 }
 
 // healthRig is a node with two services on one container (an HTTP one

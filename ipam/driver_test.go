@@ -1,10 +1,12 @@
 package ipam
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -356,5 +358,41 @@ func BenchmarkDriverSocket(b *testing.B) {
 		slices.Sort(ds)
 		b.ReportMetric(float64(ds[len(ds)/2].Microseconds()), name+"-p50-µs")
 		b.ReportMetric(float64(ds[len(ds)*99/100].Microseconds()), name+"-p99-µs")
+	}
+}
+
+// TestDriverSocketClosesIdleConnections: a keep-alive connection on the
+// driver socket that sends nothing more is closed after idleTimeout, so
+// idle connections left by Docker's plugin clients cannot pile up.
+func TestDriverSocketClosesIdleConnections(t *testing.T) {
+	defer func(d time.Duration) { idleTimeout = d }(idleTimeout)
+	idleTimeout = 200 * time.Millisecond
+	cfg := testConfig(t)
+	startService(t, cfg, ServiceOptions{Now: newClock().Now, Rand: seeded(7)})
+	c, err := net.Dial("unix", cfg.SocketPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 0\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("Plugin.Activate: HTTP %d", resp.StatusCode)
+	}
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("idle keep-alive connection: read %v, want EOF (closed by the server)", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("idle connection closed after %s, want about %s", took, idleTimeout)
 	}
 }

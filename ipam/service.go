@@ -118,7 +118,7 @@ func (s *Service) Start() error {
 		return err
 	}
 	s.ln = ln
-	s.srv = &http.Server{Handler: s.driver.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: s.driver.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idleTimeout}
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
@@ -380,6 +380,11 @@ func RebuildStore(ctx context.Context, cfg Config, docker DockerClient, o Servic
 	res, err = svc.alloc.Reconcile(inUse)
 	return movedTo, res, err
 }
+
+// idleTimeout closes a keep-alive connection of the driver socket after
+// this long without a request, so that idle connections Docker's plugin
+// clients leave open cannot pile up in the agent.
+var idleTimeout = 2 * time.Minute
 
 // pruneEvery is how often expired hold-downs are dropped: every
 // pruneInterval, or a quarter of a shorter hold-down (at least a second),
