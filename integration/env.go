@@ -301,7 +301,10 @@ func (e *Env) Status() (*agent.Snapshot, error) {
 
 // APIGet fetches path from the agent's root-only API socket.
 func (e *Env) APIGet(path string) ([]byte, error) {
+	// No keep-alive: a transport per call would leave each connection
+	// idle in the agent (the soak counts the agent's goroutines and heap).
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", e.APISocket)

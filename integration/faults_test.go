@@ -16,6 +16,8 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sort"
 	"strconv"
@@ -641,4 +643,22 @@ func (f *faultEnv) restartAgent(sig syscall.Signal) time.Duration {
 		f.t.Fatal(err)
 	}
 	return time.Since(start)
+}
+
+// TestMemStat reads HeapAlloc from a real debug=1 heap profile (this
+// process's), the format the soak reads from the agent.
+func TestMemStat(t *testing.T) {
+	var b strings.Builder
+	if err := pprof.Lookup("heap").WriteTo(&b, 1); err != nil {
+		t.Fatal(err)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	v, err := memStat(b.String(), "HeapAlloc")
+	if err != nil || v <= 0 || uint64(v) > ms.Sys {
+		t.Errorf("memStat(HeapAlloc) = %d, %v; want a positive value below Sys %d", v, err, ms.Sys)
+	}
+	if _, err := memStat(b.String(), "NoSuchField"); err == nil {
+		t.Error("memStat of a missing field: no error")
+	}
 }
