@@ -689,7 +689,7 @@ func TestFaults10Soak(t *testing.T) {
 	n := envInt("V6REG_FAULT_SOAK", 2000)
 	row := recordFault(t, "10", "soak",
 		fmt.Sprintf("%d container start/stop cycles by 4 workers, every 2nd with a service, hold_down 30s; measured once no address is held%s", n, sizeNote(n, 2000)),
-		"agent live memory (Go heap after two forced GCs, the runtime's HeapAlloc) and goroutines (other than idle HTTP keep-alive connections) at the end within 10% of the baseline (after 10% of cycles and at least hold-down + prune interval + 30 s of cycling, once the held addresses are steady); resident anonymous memory (RssAnon: heap, stacks, runtime; a backstop for growth outside the heap) within 25%; nothing left: kernel set = sentinel only, leases back to baseline, registrations = sentinel's")
+		"agent live memory (Go heap after two forced GCs, the runtime's HeapAlloc) and goroutines (other than idle HTTP keep-alive connections) at the end within 10% of the baseline (after 10% of cycles and at least hold-down + prune interval + 30 s of cycling), each measured once no address is held; resident anonymous memory (RssAnon: heap, stacks, runtime; a backstop for gross growth outside the heap) within 50%; nothing left: kernel set = sentinel only, leases back to baseline, registrations = sentinel's")
 	// The agent as shipped (no -race: the race detector's shadow memory
 	// grows with every allocation and never shrinks, which is not what an
 	// operator runs).
@@ -832,17 +832,17 @@ func TestFaults10Soak(t *testing.T) {
 		t.Fatal("the agent restarted during the soak")
 	}
 	// The memory bound is on the live heap: what a leak grows. Resident
-	// memory on a ~10 MiB process moves by about 1 MiB with the pages the
-	// runtime keeps or returns (two 2,000-cycle runs with a flat live
-	// heap: RssAnon +4.2% and +11.5%), so RssAnon (heap, stacks, runtime)
-	// is a backstop for growth outside the heap, at 25%. VmRSS also
-	// counts the lease store's mapped file, which grows with every
-	// address kept for hold-down, by design; it is in the figures.
+	// memory of a ~10 MiB process moves by 1-2 MiB with the pages the
+	// runtime keeps or returns (five runs with a flat live heap: RssAnon
+	// -3% to +17%), so RssAnon (heap, stacks, runtime) is only a backstop
+	// for gross growth outside the heap, at 50%. VmRSS also counts the
+	// lease store's mapped file, which grows with every address kept for
+	// hold-down, by design; it is in the figures.
 	if h1, h3 := heapLive[warm], heapLive[n]; h1 == 0 || float64(h3) > 1.1*float64(h1) {
 		t.Errorf("agent live heap grew from %d bytes after %d cycles to %d after %d (more than 10%%; %d at %d); the heap profiles say where", h1, warm, h3, n, heapLive[mid], mid)
 	}
-	if a1, a3 := anonKiB[warm], anonKiB[n]; float64(a3) > 1.25*float64(a1) {
-		t.Errorf("agent RssAnon grew from %d KiB after %d cycles to %d KiB after %d (more than 25%%; %d KiB at %d; VmRSS %d -> %d KiB)", a1, warm, a3, n, anonKiB[mid], mid, rss1, rss3)
+	if a1, a3 := anonKiB[warm], anonKiB[n]; float64(a3) > 1.5*float64(a1) {
+		t.Errorf("agent RssAnon grew from %d KiB after %d cycles to %d KiB after %d (more than 50%%; %d KiB at %d; VmRSS %d -> %d KiB)", a1, warm, a3, n, anonKiB[mid], mid, rss1, rss3)
 	}
 	// Idle keep-alive connections of the agent's HTTP clients (Docker,
 	// Consul) come and go with load, two goroutines each, bounded by the
