@@ -606,11 +606,11 @@ func portMACRule() ruleSpec {
 }
 
 // bridgePortRules are the rules of chain prerouting of table bridge v6reg:
-// the MAC check (portMACRule), then an IPv6 frame entering a bridge port whose source address is in the
-// prefix and bound to a port (port_bound) must come in through that port
-// (port_src: address . ifindex); otherwise it is counted (SpoofDrops) and
-// dropped, before the bridge learns its MAC, switches it or hands it to
-// br_netfilter and routing. Sources outside the prefix (:: for DAD,
+// the MAC check (portMACRule), then: an IPv6 frame entering a bridge port
+// whose source address is in the prefix and bound to a port (port_bound)
+// must come in through that port (port_src: address . ifindex);
+// otherwise it is counted (SpoofDrops) and dropped, before the bridge
+// learns its MAC, switches it or hands it to br_netfilter and routing. Sources outside the prefix (:: for DAD,
 // link-local for ND, router solicitations, MLD) are not looked at.
 //
 // meta iif in the bridge family is the port the frame came in on (in the
