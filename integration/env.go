@@ -142,7 +142,7 @@ func NewEnv(t netns.T, dir string, o Options) *Env {
 	t.Cleanup(c.Stop)
 	o.Logf("consul dev agent up in namespace %s", e.Node.Name)
 
-	d, err := dockerd.StartDaemon(ctx, filepath.Join(dir, "docker"), dockerd.Options{Start: e.Node.Start, Logf: o.Logf})
+	d, err := dockerd.StartDaemon(ctx, filepath.Join(dir, "docker"), dockerd.Options{Start: e.Node.Start, Logf: o.Logf, Iptables: dockerd.Custom()})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()

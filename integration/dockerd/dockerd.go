@@ -39,8 +39,13 @@ var BusyboxCmd = []string{"/bin/sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wai
 
 // Options tune the daemon.
 type Options struct {
-	// Iptables lets dockerd program iptables. Off by default: parallel
-	// test daemons would fight over the host's DOCKER chains.
+	// Binary is the dockerd to run; empty: Binary().
+	Binary string
+	// Iptables lets dockerd program iptables (and, on 27+, ip6tables).
+	// Off by default: parallel test daemons in the host's namespace would
+	// fight over its DOCKER chains. The end-to-end topology turns it on
+	// for engines other than 20.10, in the node namespace, as operators
+	// run them.
 	Iptables bool
 	// ExtraArgs are appended to the dockerd command line.
 	ExtraArgs []string
@@ -64,18 +69,44 @@ type Daemon struct {
 	logFile *os.File
 }
 
-// Binary is the dockerd the harness runs.
-const Binary = "/usr/sbin/dockerd"
+// DefaultBinary is Debian's dockerd (docker.io, Engine 20.10).
+const DefaultBinary = "/usr/sbin/dockerd"
 
-// ErrNoDockerd says dockerd is not installed.
-var ErrNoDockerd = errors.New("dockerd not found at " + Binary + ": install it with `apt-get install docker.io` (CI installs it)")
+// EnvBinary names the environment variable that selects another dockerd
+// for the whole suite, e.g. the Engine 28 that
+// integration/scripts/build-docker.sh builds (`make test` runs the
+// integration suite once more with it). Its docker-proxy must sit next
+// to it.
+const EnvBinary = "V6REG_DOCKERD"
+
+// Binary is the dockerd the harness runs: $V6REG_DOCKERD, else Debian's.
+func Binary() string {
+	if b := os.Getenv(EnvBinary); b != "" {
+		return b
+	}
+	return DefaultBinary
+}
+
+// Custom says the suite runs an engine other than Debian's (V6REG_DOCKERD).
+func Custom() bool { return Binary() != DefaultBinary }
+
+// ErrNoDockerd says the selected dockerd is not there.
+func ErrNoDockerd() error {
+	if Custom() {
+		return fmt.Errorf("dockerd not found at %s ($%s): build it with integration/scripts/build-docker.sh", Binary(), EnvBinary)
+	}
+	return errors.New("dockerd not found at " + DefaultBinary + ": install it with `apt-get install docker.io` (CI installs it)")
+}
 
 // StartDaemon starts dockerd with all its state under dir and waits until it
 // answers. Call Cleanup when done, also on error (it is safe on a partial
 // start).
 func StartDaemon(ctx context.Context, dir string, o Options) (*Daemon, error) {
-	if _, err := os.Stat(Binary); err != nil {
-		return nil, ErrNoDockerd
+	if o.Binary == "" {
+		o.Binary = Binary()
+	}
+	if _, err := os.Stat(o.Binary); err != nil {
+		return nil, ErrNoDockerd()
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
@@ -98,6 +129,17 @@ func (d *Daemon) args() []string {
 	}
 	if !d.opts.Iptables {
 		a = append(a, "--iptables=false")
+		if d.opts.Binary != DefaultBinary {
+			// 27+ has ip6tables on by default, independent of
+			// iptables: off too, so a daemon in the host's namespace
+			// leaves the host's ip6tables alone.
+			a = append(a, "--ip6tables=false")
+		}
+	}
+	if d.opts.Binary != DefaultBinary {
+		// The docker-proxy built with it (ports published to the
+		// host loopback still need it, even with --userland-proxy=false).
+		a = append(a, "--userland-proxy-path", filepath.Join(filepath.Dir(d.opts.Binary), "docker-proxy"))
 	}
 	return append(a, d.opts.ExtraArgs...)
 }
@@ -111,7 +153,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("dockerd log: %w", err)
 	}
 	d.logFile = lf
-	cmd := exec.Command(Binary, d.args()...)
+	cmd := exec.Command(d.opts.Binary, d.args()...) //nolint:gosec // G204: the dockerd the test setup selected
 	cmd.Stdout, cmd.Stderr = lf, lf
 	// Its own process group, so a test's ctrl-C does not kill it before
 	// cleanup, and so cleanup can signal what it spawned.
@@ -408,8 +450,8 @@ func StartWith(t testing.TB, o Options) *Daemon {
 		}
 		t.Skip("needs root to run dockerd")
 	}
-	if _, err := os.Stat(Binary); err != nil {
-		t.Fatal(ErrNoDockerd)
+	if _, err := os.Stat(Binary()); err != nil && o.Binary == "" {
+		t.Fatal(ErrNoDockerd())
 	}
 	// A short path: the docker and containerd sockets must fit in 108 bytes.
 	dir, err := os.MkdirTemp("", "v6d-")
