@@ -10,7 +10,7 @@ CACHE        ?= /var/cache/v6reg
 TEST_TIMEOUT ?= 18m
 GOLANGCI     := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build test test-faults test-unit deps consul lint fuzz bench demo demo-clean rpm clean
+.PHONY: all build test test-docker28 test-faults test-unit deps consul lint fuzz bench demo demo-clean rpm clean
 
 all: build
 
@@ -24,10 +24,21 @@ deps:
 consul:
 	integration/scripts/build-consul.sh
 
-## test: everything: unit, root/netns, and integration against real dockerd and Consul.
+## test: everything: unit, root/netns, and integration against real dockerd
+## (Debian's 20.10) and Consul; then the integration tests that depend on the
+## engine once more on Docker Engine 28 (built by deps, cached), in its
+## default configuration (ip6tables on). The fault suite stays on 20.10.
+ENGINE_TESTS ?= ^(TestEndToEnd|TestAgentRestartLeavesNoOrphan|TestIPAMWithDockerd|TestIPAMDockerdLiveRestore|TestIPAMEngineIdentity|TestTraefikRoutesToContainer)$$
 test: deps
 	V6REG_CONSUL_BIN=$$(integration/scripts/build-consul.sh) \
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) --no-print-directory test-docker28
+
+## test-docker28: the engine-dependent integration tests on Docker Engine 28.
+test-docker28:
+	V6REG_CONSUL_BIN=$$(integration/scripts/build-consul.sh) \
+	V6REG_DOCKERD=$$(integration/scripts/build-docker.sh)/dockerd \
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -run '$(ENGINE_TESTS)' ./integration/
 
 ## test-faults: the fault suite (issue 8) at the issue's sizes, slow cases
 ## included (~25 min on 2 cores); rewrites integration/FAULTS.md. Smaller

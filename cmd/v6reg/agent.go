@@ -201,7 +201,8 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 	if err := waitDocker(ctx, dc, log); err != nil {
 		return err
 	}
-	if _, err := svc.EnsureNetwork(ctx, dc); err != nil {
+	netID, err := svc.EnsureNetwork(ctx, dc)
+	if err != nil {
 		return err
 	}
 	res, err := svc.ReconcileWithDocker(ctx, dc)
@@ -236,6 +237,18 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 			}
 		}()
 		opts.Firewall = firewall.New(conn, 0, log.With("component", "firewall"))
+		// Docker 27+ drops routed IPv6 to the network in its own chains
+		// unless told to defer to v6reg (packaging/README.md).
+		// Its own conn: the firewall's batches must not take its messages.
+		dconn, err := nftables.New()
+		if err != nil {
+			return fmt.Errorf("nftables connection: %w", err)
+		}
+		dfw, err := newDockerFirewall(ctx, dc, dconn, cfg.NodePrefix, cfg.Docker.BridgeName, netID, log)
+		if err != nil {
+			return err
+		}
+		go dfw.keep(ctx, cfg.ResyncInterval)
 		// Each container's bridge port, so that the firewall binds its
 		// address to the port and not only to a MAC the container can
 		// change. A handle in the agent's (the node's) namespace: the

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need on a fresh Debian machine
 # (root): dockerd, nft (read-only in tests), busybox-static for the test
-# image, dig, and a Consul built from the Go module proxy (cached).
+# image, dig, and Consul, Traefik and Docker Engine 28 built from the Go
+# module proxy (cached).
 set -euo pipefail
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
@@ -27,3 +28,7 @@ modprobe br_netfilter 2>/dev/null || true
 # Traefik, for the check that its Consul Catalog provider routes to the
 # container (about 6 minutes on 2 idle cores the first time, then cached).
 "$(dirname "$0")/build-traefik.sh" >/dev/null
+# Docker Engine 28 (dockerd, docker-proxy), for `make test`'s second run
+# of the engine-dependent tests (about 6-10 minutes the first time, then
+# cached); it runs with the containerd and runc of Debian's docker.io.
+"$(dirname "$0")/build-docker.sh" >/dev/null
