@@ -12,6 +12,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/versions"
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 
@@ -223,4 +224,48 @@ func TestDockerLevers(t *testing.T) {
 			t.Logf("container %s -> internet: nothing arrived", o)
 		}
 	})
+}
+
+// TestIPAMEngineIdentity restarts a container on the real engine and asks
+// for its old address from a second container. Docker 29 (API 1.52+)
+// names the endpoint in RequestAddress, so the container gets its own
+// address back; 28 and older send no options (measured on 28.5.2:
+// `"Options":null`), so it gets a new one and the old one stays in
+// hold-down. Either way the second container is refused the address.
+func TestIPAMEngineIdentity(t *testing.T) {
+	e, ctx := newE2E(t)
+	w, err := e.Run(ctx, "ident-web", nil, "exec sleep 3600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	timeout := 1
+	if err := e.Docker.Client.ContainerRestart(ctx, w.ID, container.StopOptions{Timeout: &timeout}); err != nil {
+		t.Fatal(err)
+	}
+	ins, err := e.Docker.Client.ContainerInspect(ctx, w.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := ins.NetworkSettings.Networks[NetworkName].GlobalIPv6Address
+	names := versions.GreaterThanOrEqualTo(e.Docker.Client.ClientVersion(), "1.52")
+	t.Logf("engine API %s: before restart %s, after %s", e.Docker.Client.ClientVersion(), w.Addr, after)
+	if names && after != w.Addr.String() {
+		t.Fatalf("the engine names its endpoints, but the restarted container got %s, not its own %s", after, w.Addr)
+	}
+	if !names && after == w.Addr.String() {
+		t.Fatalf("the engine sends no endpoint name, yet the restarted container kept %s: hold-down not applied?", after)
+	}
+	cfg := &container.Config{Image: e.Image, Cmd: []string{"/bin/sh", "-c", "exec sleep 3600"}}
+	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
+		NetworkName: {IPAMConfig: &network.EndpointIPAMConfig{IPv6Address: w.Addr.String()}},
+	}}
+	created, err := e.Docker.Client.ContainerCreate(ctx, cfg, &container.HostConfig{NetworkMode: container.NetworkMode(NetworkName)}, nc, nil, "ident-thief")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = e.Docker.Client.ContainerStart(ctx, created.ID, container.StartOptions{})
+	if err == nil {
+		t.Fatalf("a second container was given %s, which belongs to ident-web", w.Addr)
+	}
+	t.Logf("second container asking for %s: %v", w.Addr, err)
 }

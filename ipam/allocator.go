@@ -130,6 +130,18 @@ func (a *Allocator) pool(id string) (*pool, error) {
 // already leased, i.e. Docker re-claiming its own), otherwise an
 // unpredictable free one.
 func (a *Allocator) Request(poolID string, want netip.Addr, owner string) (Lease, error) {
+	return a.RequestFor(poolID, want, owner, "")
+}
+
+// RequestFor is Request from a named endpoint (Docker 29+ sends the
+// endpoint's name, which is the container's name, with every request; 28
+// and older send none, and endpoint is empty). An address that endpoint
+// released is still its own during hold-down: asked for no address, the
+// endpoint gets it back (a container restarting keeps its address, so
+// DNS, Traefik and peers' caches stay right), and asked for it by
+// address, it is granted. Any other endpoint is refused it until the
+// hold-down ends.
+func (a *Allocator) RequestFor(poolID string, want netip.Addr, owner, endpoint string) (Lease, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	p, err := a.pool(poolID)
@@ -138,7 +150,13 @@ func (a *Allocator) Request(poolID string, want netip.Addr, owner string) (Lease
 	}
 	now := a.now()
 	addr := want
-	if want.IsValid() {
+	if h, ok := p.heldFor(endpoint); endpoint != "" && ok && (!want.IsValid() || want == h.Addr) {
+		addr = h.Addr
+		a.log.Info("ipam address returned to its endpoint from hold-down", "addr", addr, "pool", p.id, "endpoint", endpoint, "released", h.Released)
+	} else if want.IsValid() {
+		if l, ok := p.leases[want]; ok && endpoint != "" && l.Endpoint != "" && l.Endpoint != endpoint {
+			return Lease{}, fmt.Errorf("address %s of pool %s is leased to endpoint %q, not %q: request another address or none", want, p.id, l.Endpoint, endpoint)
+		}
 		reclaim, err := p.checkSpecific(want, now)
 		if err != nil {
 			return Lease{}, err
@@ -151,7 +169,7 @@ func (a *Allocator) Request(poolID string, want netip.Addr, owner string) (Lease
 	} else if addr, err = p.pick(now, a.rand); err != nil {
 		return Lease{}, err
 	}
-	l := Lease{Addr: addr, Pool: p.id, Granted: now, Owner: owner}
+	l := Lease{Addr: addr, Pool: p.id, Granted: now, Owner: owner, Endpoint: endpoint}
 	c := Change{PutLeases: []Lease{l}}
 	if _, ok := p.holds[addr]; ok { // an expired hold-down
 		c.DeleteHolds = []netip.Addr{addr}
@@ -198,7 +216,7 @@ func (a *Allocator) Release(poolID string, addr netip.Addr) error {
 	if _, ok := p.reserved[addr]; ok {
 		return nil
 	}
-	h := Hold{Addr: addr, Pool: p.id, Released: a.now()}
+	h := Hold{Addr: addr, Pool: p.id, Released: a.now(), Endpoint: p.leases[addr].Endpoint}
 	if err := a.store.Commit(Change{DeleteLeases: []netip.Addr{addr}, PutHolds: []Hold{h}}); err != nil {
 		return fmt.Errorf("release %s: %w", addr, err)
 	}

@@ -23,6 +23,9 @@ const (
 	GatewayRequestType = "com.docker.network.gateway"
 	// OptMACAddress is where Docker puts the endpoint MAC when it sends one.
 	OptMACAddress = "com.docker.network.endpoint.macaddress"
+	// OptEndpointName is where Docker 29+ puts the endpoint's name (the
+	// container's name); 28 sends no options at all.
+	OptEndpointName = "com.docker.network.endpoint.name"
 
 	localAddressSpace  = "v6reg-local"
 	globalAddressSpace = "v6reg-global"
@@ -225,7 +228,7 @@ func (d *Driver) requestAddress(req requestAddressRequest) (requestAddressRespon
 		d.log.Info("ipam gateway requested", "pool", req.PoolID, "addr", gw)
 		return requestAddressResponse{Address: netip.PrefixFrom(gw, bits).String(), Data: map[string]string{}}, nil
 	}
-	l, err := d.alloc.Request(req.PoolID, want, req.Options[OptMACAddress])
+	l, err := d.alloc.RequestFor(req.PoolID, want, req.Options[OptMACAddress], req.Options[OptEndpointName])
 	if err != nil {
 		return requestAddressResponse{}, err
 	}

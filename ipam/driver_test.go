@@ -377,3 +377,60 @@ func TestDriverSocketClosesIdleConnections(t *testing.T) {
 		t.Errorf("idle connection closed after %s, want about %s", took, idleTimeout)
 	}
 }
+
+// TestEndpointIdentity replays what Docker 29 sends (the endpoint name in
+// every RequestAddress; 28 sends Options null): a container restarting
+// within hold-down gets its own address back, also across an agent
+// restart and when it asks for it by address; another container is
+// refused that address and gets another.
+func TestEndpointIdentity(t *testing.T) {
+	cfg := testConfig(t)
+	clock := newClock()
+	s1 := startService(t, cfg, ServiceOptions{Now: clock.Now})
+	pool := cfg.Prefix.String()
+	c := newPluginClient(cfg.SocketPath())
+	req := func(c *pluginClient, addr, name string) (int, string) {
+		t.Helper()
+		body := `{"PoolID":"` + pool + `","Address":"` + addr + `","Options":{"com.docker.network.endpoint.name":"` + name + `"}}`
+		st, r := c.call(t, "IpamDriver.RequestAddress", body)
+		if st != 200 {
+			return st, fmt.Sprint(r["Err"])
+		}
+		return st, strings.TrimSuffix(fmt.Sprint(r["Address"]), "/80")
+	}
+	release := func(c *pluginClient, addr string) {
+		t.Helper()
+		if st, r := c.call(t, "IpamDriver.ReleaseAddress", `{"PoolID":"`+pool+`","Address":"`+addr+`"}`); st != 200 {
+			t.Fatalf("release %s: %v", addr, r)
+		}
+	}
+	_, web := req(c, "", "web-1")
+	_, db := req(c, "", "db-1")
+	release(c, web)
+	clock.Advance(time.Minute)
+	if st, got := req(c, "", "web-1"); st != 200 || got != web {
+		t.Fatalf("web-1 restarting within hold-down: %d %s, want its own %s", st, got, web)
+	}
+	release(c, web)
+	if st, got := req(c, web, "other"); st != 500 || !strings.Contains(got, "hold-down") {
+		t.Fatalf("another container asking for web-1's held address: %d %s, want refused", st, got)
+	}
+	if st, got := req(c, "", "other"); st != 200 || got == web || got == db {
+		t.Fatalf("another container: %d %s, want a fresh address", st, got)
+	}
+	if st, got := req(c, db, "other"); st != 500 || !strings.Contains(got, `leased to endpoint "db-1"`) {
+		t.Fatalf("another container asking for db-1's leased address: %d %s, want refused", st, got)
+	}
+	if st, got := req(c, db, "db-1"); st != 200 || got != db {
+		t.Fatalf("db-1 re-claiming its own leased address: %d %s", st, got)
+	}
+	// The identity is in the store: an agent restart keeps it.
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	startService(t, cfg, ServiceOptions{Now: clock.Now})
+	c = newPluginClient(cfg.SocketPath())
+	if st, got := req(c, web, "web-1"); st != 200 || got != web {
+		t.Fatalf("web-1 asking for its own address by address after an agent restart: %d %s", st, got)
+	}
+}

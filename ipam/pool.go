@@ -16,6 +16,10 @@ type Lease struct {
 	// Owner is a hint about who holds the address (a MAC address when
 	// Docker sends one, or a container ID adopted by reconcile).
 	Owner string `json:"owner,omitempty"`
+	// Endpoint is the name of the Docker endpoint (the container's name)
+	// when the engine sends it (Docker 29+): the identity that lets a
+	// restarting container have its own address back from hold-down.
+	Endpoint string `json:"endpoint,omitempty"`
 }
 
 // Hold is a released address in hold-down: it is not handed out again
@@ -24,6 +28,9 @@ type Hold struct {
 	Addr     netip.Addr `json:"addr"`
 	Pool     string     `json:"pool"`
 	Released time.Time  `json:"released"`
+	// Endpoint is the released lease's Endpoint: only that endpoint may
+	// have the address back during hold-down.
+	Endpoint string `json:"endpoint,omitempty"`
 }
 
 // randomTries bounds random probing before the deterministic scan. In a
@@ -109,6 +116,19 @@ func (p *pool) heldAt(a netip.Addr, now time.Time) (Hold, bool) {
 		return Hold{}, false
 	}
 	return h, true
+}
+
+// heldFor returns the most recent hold released by endpoint, in hold-down
+// or past it but not yet pruned or leased again.
+func (p *pool) heldFor(endpoint string) (Hold, bool) {
+	var best Hold
+	found := false
+	for _, h := range p.holds {
+		if h.Endpoint == endpoint && (!found || h.Released.After(best.Released)) {
+			best, found = h, true
+		}
+	}
+	return best, found
 }
 
 func (p *pool) isFree(a netip.Addr, now time.Time) bool {
