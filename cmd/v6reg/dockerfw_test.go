@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/docker/docker/api/types/versions"
+)
+
+// fakeEngine answers like a Docker engine of API version api that refuses
+// clients below minAPI (29: 1.52 and 1.44), with firewall backend backend
+// in /info. It returns the host for the client.
+func fakeEngine(t *testing.T, api, minAPI, backend string) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "docker.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("API-Version", api)
+		if r.URL.Path == "/_ping" {
+			_, _ = io.WriteString(w, "OK")
+			return
+		}
+		parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/v"), "/", 2)
+		if len(parts) != 2 || versions.LessThan(parts[0], minAPI) {
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = fmt.Fprintf(w, `{"message":"client version %s is too old. Minimum supported API version is %s"}`, parts[0], minAPI)
+			return
+		}
+		if parts[1] == "info" {
+			_, _ = fmt.Fprintf(w, `{"ServerVersion":"fake","FirewallBackend":{"Driver":%q}}`, backend)
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "unix://" + sock
+}
+
+// TestDockerAPINegotiation: the agent's client talks to 20.10 (1.41), 28
+// (1.51) and 29 (1.52, refusing below 1.44) alike, and refuses Docker's
+// nftables backend naming the daemon.json key.
+func TestDockerAPINegotiation(t *testing.T) {
+	for _, c := range []struct{ api, min, want string }{
+		{"1.41", "1.12", "1.41"},
+		{"1.51", "1.24", "1.51"},
+		{"1.52", "1.44", "1.51"},
+	} {
+		t.Run(c.api, func(t *testing.T) {
+			dc, err := dockerClient(fakeEngine(t, c.api, c.min, "nftables"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = newDockerFirewall(context.Background(), dc, nil, netip.MustParsePrefix("2001:db8:1:2:3::/80"), "v6reg0", "", slog.New(slog.DiscardHandler))
+			if err == nil || !strings.Contains(err.Error(), `"firewall-backend": "iptables"`) {
+				t.Fatalf("want the nftables backend refused with its daemon.json key, got %v", err)
+			}
+			if got := dc.ClientVersion(); got != c.want {
+				t.Fatalf("negotiated API %s, want %s", got, c.want)
+			}
+		})
+	}
+}
