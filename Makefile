@@ -74,7 +74,8 @@ bench: deps
 	$(GO) run ./integration/cmd/benchreport -out BENCHMARKS.md -raw bench.out -total $(or $(BENCH_TOTAL),19m)
 
 ## demo: the agent with real dockerd and Consul in a namespace topology.
-demo: deps build
+demo: build
+	V6REG_DEPS_DOCKER28=0 integration/scripts/deps.sh
 	V6REG_CONSUL_BIN=$$(integration/scripts/build-consul.sh) $(GO) run ./integration/cmd/demo
 
 demo-clean:

@@ -398,20 +398,27 @@ func watchdog(ctx context.Context, a *agent.Agent, log *slog.Logger) {
 	if err != nil || interval == 0 {
 		return
 	}
-	t := time.NewTicker(interval / 3)
+	everyTick(ctx, interval/3, func() {
+		// Stuck is worse than restarting: only ping while the last
+		// reconcile is recent (resync runs at least every interval).
+		if at := a.Snapshot().At; !at.IsZero() && time.Since(at) > 10*time.Minute {
+			log.Error("no reconcile for 10 minutes; letting the systemd watchdog restart the agent")
+			return
+		}
+		_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+	})
+}
+
+// everyTick calls fn every interval until ctx ends.
+func everyTick(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			// Stuck is worse than restarting: only ping while the last
-			// reconcile is recent (resync runs at least every interval).
-			if at := a.Snapshot().At; !at.IsZero() && time.Since(at) > 10*time.Minute {
-				log.Error("no reconcile for 10 minutes; letting the systemd watchdog restart the agent")
-				continue
-			}
-			_, _ = daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+			fn()
 		}
 	}
 }

@@ -72,16 +72,9 @@ func (d *dockerFirewall) ensure() error {
 
 // keep re-checks the rule every interval until ctx ends.
 func (d *dockerFirewall) keep(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := d.ensure(); err != nil {
-				d.log.Error("docker firewall check failed", "err", err)
-			}
+	everyTick(ctx, every, func() {
+		if err := d.ensure(); err != nil {
+			d.log.Error("docker firewall check failed", "err", err)
 		}
-	}
+	})
 }
