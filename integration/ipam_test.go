@@ -16,6 +16,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/api/types/versions"
 	"github.com/docker/docker/client"
 	"golang.org/x/sync/errgroup"
 
@@ -352,8 +353,13 @@ func TestIPAMWithDockerd(t *testing.T) {
 	for _, df := range me.Diffs {
 		fields = append(fields, df.Field)
 	}
-	if got := strings.Join(fields, ","); got != "ipam driver,ipv6 subnet,ipv4 subnet" {
-		t.Errorf("mismatch fields %s", got)
+	want := "ipam driver,ipv6 subnet,ipv4 subnet"
+	if versions.GreaterThanOrEqualTo(cli.ClientVersion(), "1.48") {
+		// Engine 28+: v6reg also wants gateway mode routed.
+		want += ",option " + ipam.OptGatewayModeIPv6
+	}
+	if got := strings.Join(fields, ","); got != want {
+		t.Errorf("mismatch fields %s, want %s", got, want)
 	}
 	t.Logf("mismatch report:\n%v", err)
 }
