@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -35,9 +36,16 @@ func v6regDockerUserRules(t *testing.T, e *Env) (rules []*nftables.Rule, ok bool
 	if err != nil {
 		t.Fatal(err)
 	}
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(chains, func(c *nftables.Chain) bool { return c.Table.Name == "filter" && c.Name == dockerUser.Name }) {
+		return nil, false
+	}
 	all, err := conn.GetRules(ip6FilterTable, dockerUser)
 	if err != nil {
-		return nil, false
+		t.Fatal(err)
 	}
 	for _, r := range all {
 		if c, _ := userdata.GetString(r.UserData, userdata.TypeComment); strings.HasPrefix(c, "v6reg") {
