@@ -41,7 +41,7 @@ var ip6Filter = &nftables.Table{Family: nftables.TableFamilyIPv6, Name: "filter"
 
 // ErrDockerIP6TablesLegacy says Docker's ip6tables rules are in the legacy
 // (x_tables) backend, which nftables cannot reach.
-var ErrDockerIP6TablesLegacy = errors.New("Docker's ip6tables rules are in iptables-legacy, which v6reg cannot write without the ip6tables command: " +
+var ErrDockerIP6TablesLegacy = errors.New("docker's ip6tables rules are in iptables-legacy, which v6reg cannot write without the ip6tables command: " +
 	"switch the node to iptables-nft (`update-alternatives --set ip6tables /usr/sbin/ip6tables-nft`, then restart dockerd), " +
 	"or run dockerd with `\"ip6tables\": false` in /etc/docker/daemon.json (--ip6tables=false) so that table inet v6reg alone filters IPv6")
 
@@ -124,7 +124,7 @@ func EnsureDockerUserAccept(conn *nftables.Conn, prefix netip.Prefix, bridge str
 // dockerUserRule is what `ip6tables-nft -I DOCKER-USER -o <bridge> -d
 // <prefix> -m comment --comment ... -j ACCEPT` writes.
 func dockerUserRule(chain *nftables.Chain, prefix netip.Prefix, bridge string) *nftables.Rule {
-	n := prefix.Bits() / 8
+	n := uint32(prefix.Bits()) / 8 //nolint:gosec // G115: Bits is 0..128 for a valid IPv6 prefix (checked by the caller)
 	addr := prefix.Masked().Addr().As16()
 	return &nftables.Rule{
 		Table: ip6Filter,
@@ -132,7 +132,7 @@ func dockerUserRule(chain *nftables.Chain, prefix netip.Prefix, bridge string) *
 		Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: append([]byte(bridge), 0)},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: uint32(n)},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: n},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr[:n]},
 			&expr.Counter{},
 			&expr.Verdict{Kind: expr.VerdictAccept},
