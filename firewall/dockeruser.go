@@ -11,7 +11,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"golang.org/x/sys/unix"
 )
 
 // Docker 27+ filters routed IPv6 to its bridge networks in ip6tables: for
@@ -66,8 +65,8 @@ const (
 // an unchanged chain is only read. A legacy ip6tables filter table (Docker
 // with iptables-legacy) returns ErrDockerIP6TablesLegacy.
 func EnsureDockerUserAccept(conn *nftables.Conn, prefix netip.Prefix, bridge string) (DockerUserResult, error) {
-	if !prefix.Addr().Is6() || prefix.Bits()%8 != 0 || bridge == "" || len(bridge) >= unix.IFNAMSIZ {
-		return DockerUserAbsent, fmt.Errorf("docker-user accept: need an IPv6 prefix on a byte boundary and a bridge name, have %s and %q", prefix, bridge)
+	if err := checkDockerArgs(prefix, bridge); err != nil {
+		return DockerUserAbsent, err
 	}
 	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv6)
 	if err != nil {

@@ -58,3 +58,40 @@ func TestDockerUserAccept(t *testing.T) {
 		t.Fatalf("after a prefix change:\n%s", got)
 	}
 }
+
+// TestDockerMark reads the mark from a rule as Docker 29's nftables
+// backend writes it (bridge-accept-fwmark 0x10000000/0x10000000) and sets
+// it on packets to the prefix in table ip6 v6reg-docker, once.
+func TestDockerMark(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t, "dkmark")
+	conn, err := nftables.New(nftables.WithNetNSFd(ns.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, backend, _, err := DockerAcceptMark(conn, "v6reg0"); err != nil || backend {
+		t.Fatalf("without Docker's table: backend %v, %v", backend, err)
+	}
+	nftList(t, ns, "add", "table", "ip6", "docker-bridges")
+	nftList(t, ns, "add", "chain", "ip6", "docker-bridges", "filter-forward-in__v6reg0")
+	if _, _, backend, found, err := DockerAcceptMark(conn, "v6reg0"); err != nil || !backend || found {
+		t.Fatalf("without bridge-accept-fwmark: backend %v found %v, %v", backend, found, err)
+	}
+	nftList(t, ns, "add", "rule", "ip6", "docker-bridges", "filter-forward-in__v6reg0", "meta", "mark", "and", "268435456", "==", "268435456", "counter", "accept", "comment", `"ALLOW FW MARK"`)
+	mark, mask, backend, found, err := DockerAcceptMark(conn, "v6reg0")
+	if err != nil || !backend || !found || mark != 0x10000000 || mask != 0x10000000 {
+		t.Fatalf("mark %#x/%#x backend %v found %v, %v", mark, mask, backend, found, err)
+	}
+	if changed, err := EnsureDockerMark(conn, testPrefix, "v6reg0", mark, mask); err != nil || !changed {
+		t.Fatalf("first: %v %v", changed, err)
+	}
+	got := nftList(t, ns, "list", "table", "ip6", "v6reg-docker")
+	for _, want := range []string{"hook forward priority filter - 1; policy accept;", `oifname "v6reg0" ip6 daddr 2001:db8:1:2:3::/80 meta mark set meta mark | 0x10000000`} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("table ip6 v6reg-docker:\n%s\nwant %q", got, want)
+		}
+	}
+	if changed, err := EnsureDockerMark(conn, testPrefix, "v6reg0", mark, mask); err != nil || changed {
+		t.Fatalf("second: %v %v, want unchanged", changed, err)
+	}
+}

@@ -155,6 +155,14 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.logFile = lf
 	cmd := exec.Command(d.opts.Binary, d.args()...) //nolint:gosec // G204: the dockerd the test setup selected
 	cmd.Stdout, cmd.Stderr = lf, lf
+	if dir := filepath.Dir(d.opts.Binary); d.opts.Binary != DefaultBinary {
+		if _, err := os.Stat(filepath.Join(dir, "runc")); err == nil {
+			// Docker 29 needs a newer runc than Debian's; build-docker.sh
+			// puts it next to dockerd. First in PATH, containerd and its
+			// shims (dockerd's children) run it.
+			cmd.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+		}
+	}
 	// Its own process group, so a test's ctrl-C does not kill it before
 	// cleanup, and so cleanup can signal what it spawned.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
