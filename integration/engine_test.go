@@ -72,6 +72,35 @@ func deleteV6regDockerUser(t *testing.T, e *Env) {
 	}
 }
 
+var markTable = &nftables.Table{Family: nftables.TableFamilyIPv6, Name: "v6reg-docker"}
+
+// v6regMarkTable says whether the agent made table ip6 v6reg-docker
+// (Docker's nftables backend).
+func v6regMarkTable(t *testing.T, e *Env) bool {
+	t.Helper()
+	conn, err := nftables.New(nftables.WithNetNSFd(e.Node.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyIPv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == markTable.Name })
+}
+
+func deleteV6regMarkTable(t *testing.T, e *Env) {
+	t.Helper()
+	conn, err := nftables.New(nftables.WithNetNSFd(e.Node.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.DelTable(markTable)
+	if err := conn.Flush(); err != nil {
+		t.Fatalf("deleting table ip6 v6reg-docker: %v", err)
+	}
+}
+
 // otherNetwork creates a Docker network that is not v6reg's (Docker's own
 // IPAM, the given IPv6 gateway mode), routes its subnet from the router
 // to the node, and starts a web server on port 8080 in it, published
@@ -118,11 +147,14 @@ func otherNetwork(ctx context.Context, t *testing.T, e *Env, name string, subnet
 func TestDockerDefersToV6reg(t *testing.T) {
 	e, ctx := newE2E(t)
 	rules, filtering := v6regDockerUserRules(t, e)
-	if !filtering {
+	marking := v6regMarkTable(t, e)
+	switch {
+	case marking:
+		t.Logf("Docker's nftables backend: v6reg sets its bridge-accept-fwmark in table ip6 v6reg-docker")
+	case !filtering:
 		t.Logf("engine without ip6tables DOCKER-USER (20.10 or ip6tables off): v6reg alone filters IPv6")
 		return
-	}
-	if len(rules) != 1 {
+	case len(rules) != 1:
 		t.Fatalf("want one v6reg rule in DOCKER-USER, have %d", len(rules))
 	}
 	web, err := e.Run(ctx, "web", map[string]string{"v6reg.ingress": "tcp/8080 from @office"},
@@ -134,9 +166,13 @@ func TestDockerDefersToV6reg(t *testing.T) {
 	if err := WaitFor(ctx, allowWait, func() error { return HTTPGet(e.Office, web.Addr, 8080, time.Second) }); err != nil {
 		t.Fatalf("office to web, allowed by its policy: %v", err)
 	}
-	deleteV6regDockerUser(t, e)
+	if marking {
+		deleteV6regMarkTable(t, e)
+	} else {
+		deleteV6regDockerUser(t, e)
+	}
 	if err := HTTPGet(e.Office, web.Addr, 8080, denyWait); err == nil || !isTimeout(err) {
-		t.Fatalf("without v6reg's DOCKER-USER rule Docker should drop office to web; got %v", err)
+		t.Fatalf("without v6reg's DOCKER-USER rule (or mark) Docker should drop office to web; got %v", err)
 	}
 	// resync_interval is 10 s in the topology's config.
 	if err := WaitFor(ctx, 25*time.Second, func() error { return HTTPGet(e.Office, web.Addr, 8080, time.Second) }); err != nil {
@@ -255,8 +291,12 @@ func TestIPAMEngineIdentity(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := ins.NetworkSettings.Networks[NetworkName].GlobalIPv6Address
-	names := versions.GreaterThanOrEqualTo(e.Docker.Client.ClientVersion(), "1.52")
-	t.Logf("engine API %s: before restart %s, after %s", e.Docker.Client.ClientVersion(), w.Addr, after)
+	sv, err := e.Docker.Client.ServerVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := versions.GreaterThanOrEqualTo(sv.APIVersion, "1.52")
+	t.Logf("engine %s, API %s: before restart %s, after %s", sv.Version, sv.APIVersion, w.Addr, after)
 	if names && after != w.Addr.String() {
 		t.Fatalf("the engine names its endpoints, but the restarted container got %s, not its own %s", after, w.Addr)
 	}

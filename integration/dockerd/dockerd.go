@@ -141,8 +141,15 @@ func (d *Daemon) args() []string {
 		// host loopback still need it, even with --userland-proxy=false).
 		a = append(a, "--userland-proxy-path", filepath.Join(filepath.Dir(d.opts.Binary), "docker-proxy"))
 	}
-	return append(a, d.opts.ExtraArgs...)
+	a = append(a, d.opts.ExtraArgs...)
+	// e.g. "--firewall-backend=nftables --bridge-accept-fwmark=0x10000000/0x10000000"
+	// to run the suite on Docker 29's nftables backend.
+	return append(a, strings.Fields(os.Getenv(EnvArgs))...)
 }
+
+// EnvArgs names the environment variable whose words are appended to
+// every test dockerd's command line.
+const EnvArgs = "V6REG_DOCKERD_ARGS"
 
 func (d *Daemon) start(ctx context.Context) error {
 	if err := os.MkdirAll(d.Dir, 0o700); err != nil {
