@@ -354,6 +354,10 @@ func TestIPAMWithDockerd(t *testing.T) {
 		fields = append(fields, df.Field)
 	}
 	want := "ipam driver,ipv6 subnet,ipv4 subnet"
+	if ins, err := cli.NetworkInspect(ctx, otherName, network.InspectOptions{}); err == nil && len(ins.IPAM.Config) == 2 && ins.IPAM.Config[0].Gateway != "" {
+		// Engine 29 reports the gateways its own IPAM picked.
+		want = "ipam driver,ipv6 subnet,ipv6 gateway,ipv4 subnet,ipv4 gateway"
+	}
 	if versions.GreaterThanOrEqualTo(cli.ClientVersion(), "1.48") {
 		// Engine 28+: v6reg also wants gateway mode routed.
 		want += ",option " + ipam.OptGatewayModeIPv6

@@ -37,6 +37,10 @@ case $version in
   ldflags="-s -w -X github.com/moby/moby/v2/dockerversion.Version=$version -X github.com/moby/moby/v2/dockerversion.GitCommit=v6reg-proxy-build"
   (cd "$work/src" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/dockerd.tmp" ./cmd/dockerd >&2)
   (cd "$work/src" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/docker-proxy.tmp" ./cmd/docker-proxy >&2)
+  if [ ! -e /usr/include/seccomp.h ]; then
+    [ "$(id -u)" = 0 ] || { echo "build-docker: runc needs libseccomp-dev: apt-get install libseccomp-dev" >&2; exit 1; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libseccomp-dev >&2
+  fi
   rdir=$(cd "$work" && go mod download -json "github.com/opencontainers/runc@$runc" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   [ -n "$rdir" ] || { echo "build-docker: github.com/opencontainers/runc@$runc not on the module proxy" >&2; exit 1; }
   cp -r "$rdir" "$work/runc"
