@@ -27,15 +27,22 @@ var (
 	dockerUser     = &nftables.Chain{Name: "DOCKER-USER", Table: ip6FilterTable}
 )
 
-// v6regDockerUserRules returns the rules the agent put in DOCKER-USER;
-// ok is false when the node has no such chain (Docker does not filter
-// IPv6: 20.10, or ip6tables off).
-func v6regDockerUserRules(t *testing.T, e *Env) (rules []*nftables.Rule, ok bool) {
+// nodeNft is a netlink conn to nftables in the node namespace.
+func nodeNft(t *testing.T, e *Env) *nftables.Conn {
 	t.Helper()
 	conn, err := nftables.New(nftables.WithNetNSFd(e.Node.Fd()))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return conn
+}
+
+// v6regDockerUserRules returns the rules the agent put in DOCKER-USER;
+// ok is false when the node has no such chain (Docker does not filter
+// IPv6: 20.10, or ip6tables off).
+func v6regDockerUserRules(t *testing.T, e *Env) (rules []*nftables.Rule, ok bool) {
+	t.Helper()
+	conn := nodeNft(t, e)
 	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyIPv6)
 	if err != nil {
 		t.Fatal(err)
@@ -58,10 +65,7 @@ func v6regDockerUserRules(t *testing.T, e *Env) (rules []*nftables.Rule, ok bool
 func deleteV6regDockerUser(t *testing.T, e *Env) {
 	t.Helper()
 	rules, _ := v6regDockerUserRules(t, e)
-	conn, err := nftables.New(nftables.WithNetNSFd(e.Node.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := nodeNft(t, e)
 	for _, r := range rules {
 		if err := conn.DelRule(r); err != nil {
 			t.Fatal(err)
@@ -78,10 +82,7 @@ var markTable = &nftables.Table{Family: nftables.TableFamilyIPv6, Name: "v6reg-d
 // (Docker's nftables backend).
 func v6regMarkTable(t *testing.T, e *Env) bool {
 	t.Helper()
-	conn, err := nftables.New(nftables.WithNetNSFd(e.Node.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := nodeNft(t, e)
 	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyIPv6)
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +92,7 @@ func v6regMarkTable(t *testing.T, e *Env) bool {
 
 func deleteV6regMarkTable(t *testing.T, e *Env) {
 	t.Helper()
-	conn, err := nftables.New(nftables.WithNetNSFd(e.Node.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := nodeNft(t, e)
 	conn.DelTable(markTable)
 	if err := conn.Flush(); err != nil {
 		t.Fatalf("deleting table ip6 v6reg-docker: %v", err)
