@@ -17,7 +17,7 @@ import (
 // echo, close) from ClientIn to C1:8080 through the node.
 func benchConns(b *testing.B, program func(b *testing.B, tp *netns.Topology)) {
 	tp := netns.NewTopology(b)
-	if err := tp.Node.Run(EnableBridgeNetfilter); err != nil {
+	if err := tp.Node.Run(func() error { _, err := EnableBridgeNetfilter(); return err }); err != nil {
 		b.Fatal(err)
 	}
 	tp.C1.ServeTCP(b, tp.C1Addr, 8080)

@@ -316,23 +316,45 @@ func (g *genReader) read() (uint32, error) {
 	return 0, errors.New("nftables generation: no NFTA_GEN_ID in reply")
 }
 
-// EnableBridgeNetfilter turns on net.bridge.bridge-nf-call-ip6tables in the
-// calling thread's network namespace, so that traffic bridged between two
-// containers crosses the inet forward hook and obeys the same policy as
-// routed traffic. It is a /proc/sys write, not a command. Note that it also
-// makes other ip6tables/nftables forward rules (Docker's) see bridged
-// IPv6 traffic.
-func EnableBridgeNetfilter() error {
-	const p = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return fmt.Errorf("bridge netfilter sysctl (is br_netfilter loaded?): %w", err)
+// Bridge netfilter sysctls: with them, bridged frames between two ports
+// of a bridge (container to container) cross the inet hooks, IPv6 and
+// IPv4, and obey the same policy as routed traffic.
+var bridgeNetfilterSysctls = []string{
+	"/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+	"/proc/sys/net/bridge/bridge-nf-call-iptables",
+}
+
+// ErrNoBridgeNetfilter says the br_netfilter module is not loaded (or the
+// kernel lacks it): containers on one bridge reach each other past every
+// rule of the inet table.
+var ErrNoBridgeNetfilter = errors.New("br_netfilter is not loaded, so traffic between containers on the bridge bypasses the firewall: load it (modprobe br_netfilter, and list it in /etc/modules-load.d/ for boot; the v6reg RPM installs packaging/v6reg-modules.conf there)")
+
+// EnableBridgeNetfilter makes bridged traffic cross the inet hooks in the
+// calling thread's network namespace: it turns on
+// net.bridge.bridge-nf-call-ip6tables and -iptables where they are off
+// (someone turned them off, or Docker 27+, which loads br_netfilter only
+// for icc=false networks and sets nothing else). It is a /proc/sys write,
+// not a command. fixed lists the sysctls it had to turn back on; the
+// error wraps ErrNoBridgeNetfilter when the module is missing. Call it at
+// start and on every repair: a change behind the agent's back opens every
+// container to its co-tenants until it runs again. Note that it also makes
+// other ip6tables/iptables forward rules (Docker's) see bridged traffic.
+func EnableBridgeNetfilter() (fixed []string, err error) {
+	for _, p := range bridgeNetfilterSysctls {
+		b, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			return fixed, fmt.Errorf("%s missing: %w", p, ErrNoBridgeNetfilter)
+		}
+		if err != nil {
+			return fixed, fmt.Errorf("bridge netfilter sysctl: %w", err)
+		}
+		if len(b) > 0 && b[0] == '1' {
+			continue
+		}
+		if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+			return fixed, fmt.Errorf("enable bridge netfilter (%s): %w", p, err)
+		}
+		fixed = append(fixed, p)
 	}
-	if len(b) > 0 && b[0] == '1' {
-		return nil
-	}
-	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("enable bridge netfilter: %w", err)
-	}
-	return nil
+	return fixed, nil
 }

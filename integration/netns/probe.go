@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 )
 
@@ -23,7 +24,7 @@ func (ns *NS) ServeTCP(t testing.TB, addr netip.Addr, port int) {
 	t.Helper()
 	var ln net.Listener
 	err := ns.Run(func() (err error) {
-		ln, err = net.Listen("tcp6", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
+		ln, err = net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
 		return err
 	})
 	if err != nil {
@@ -50,7 +51,7 @@ func (ns *NS) ServeUDP(t testing.TB, addr netip.Addr, port int) {
 	t.Helper()
 	var pc net.PacketConn
 	err := ns.Run(func() (err error) {
-		pc, err = net.ListenPacket("udp6", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
+		pc, err = net.ListenPacket("udp", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
 		return err
 	})
 	if err != nil {
@@ -88,7 +89,7 @@ func (ns *NS) ConnectTCP(src, dst netip.Addr, port int, timeout time.Duration) (
 			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 		}
 		var err error
-		c, err = d.Dial("tcp6", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
+		c, err = d.Dial("tcp", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
 		return err
 	})
 	if err != nil {
@@ -108,7 +109,7 @@ func (ns *NS) ConnectTCP(src, dst netip.Addr, port int, timeout time.Duration) (
 func (ns *NS) EchoUDP(dst netip.Addr, port int, timeout time.Duration) error {
 	var c net.Conn
 	err := ns.Run(func() (err error) {
-		c, err = net.Dial("udp6", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
+		c, err = net.Dial("udp", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
 		return err
 	})
 	if err != nil {
@@ -133,9 +134,15 @@ func (ns *NS) EchoUDP(dst netip.Addr, port int, timeout time.Duration) error {
 // Ping sends one ICMPv6 echo request from ns to dst (raw socket) and waits
 // for the matching echo reply.
 func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
+	network, listen, proto := "ip6:ipv6-icmp", "::", 58
+	var echo, reply icmp.Type = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	if dst.Is4() {
+		network, listen, proto = "ip4:icmp", "0.0.0.0", 1
+		echo, reply = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	}
 	var pc *icmp.PacketConn
 	err := ns.Run(func() (err error) {
-		pc, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
+		pc, err = icmp.ListenPacket(network, listen)
 		return err
 	})
 	if err != nil {
@@ -144,7 +151,7 @@ func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
 	defer func() { _ = pc.Close() }() // the reply already came or failed
 	id := os.Getpid() & 0xffff
 	seq := int(time.Now().UnixNano() & 0x7fff)
-	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("v6reg")}}
+	msg := icmp.Message{Type: echo, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("v6reg")}}
 	b, err := msg.Marshal(nil)
 	if err != nil {
 		return err
@@ -160,8 +167,8 @@ func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("icmp echo reply from %s: %w", dst, err)
 		}
-		m, err := icmp.ParseMessage(58, buf[:n])
-		if err != nil || m.Type != ipv6.ICMPTypeEchoReply {
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || m.Type != reply {
 			continue
 		}
 		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && from.String() == dst.String() {
