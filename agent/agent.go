@@ -42,9 +42,13 @@ type IPAM interface {
 // Options are the agent's settings and its sources and outputs. Nomad,
 // Consul, Firewall and IPAM may be nil: that part is then off.
 type Options struct {
-	Node           string
-	Prefix         netip.Prefix
-	Gateway        netip.Addr
+	Node    string
+	Prefix  netip.Prefix
+	Gateway netip.Addr
+	// Bridge is the Docker network's bridge interface. The firewall
+	// filters everything it carries (IPv4, link-local, multicast), not
+	// only the prefix; empty leaves those paths open (tests only).
+	Bridge         string
 	NodePorts      []firewall.Rule // node services containers may reach
 	Network        string
 	IDPrefix       string
@@ -59,9 +63,13 @@ type Options struct {
 	Firewall Firewall
 	// Ports finds containers' bridge ports, so the firewall binds each
 	// address to its container's port (nil: to its MAC only).
-	Ports   BridgePorts
-	IPAM    IPAM
-	Metrics *Metrics
+	Ports BridgePorts
+	// BridgeNetfilter, if set, is checked every second: while it fails,
+	// status, /healthz and v6reg_bridge_netfilter_ok say the node is
+	// unhealthy.
+	BridgeNetfilter BridgeNetfilter
+	IPAM            IPAM
+	Metrics         *Metrics
 }
 
 // Bounds on the calls one reconcile makes, so that a source or output that
@@ -101,6 +109,8 @@ type Agent struct {
 	// applied is what the firewall last took, per container ID (a digest
 	// of its rules), to log one line per container that changed.
 	applied map[string]string
+
+	bridgeNFErr atomic.Pointer[string] // see keepBridgeNetfilter
 }
 
 // New builds an agent; Run starts it.
@@ -174,6 +184,13 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if a.o.BridgeNetfilter != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.keepBridgeNetfilter(ctx, a.o.BridgeNetfilter)
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -270,7 +287,7 @@ func (a *Agent) input(containers []Container) buildInput {
 	op := a.operator
 	a.opMu.RUnlock()
 	in := buildInput{
-		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, NodePorts: a.o.NodePorts,
+		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, Bridge: a.o.Bridge, NodePorts: a.o.NodePorts,
 		Operator: op, Containers: containers, Nomad: a.nomad != nil,
 		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
 		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
@@ -321,7 +338,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		}
 	}
 	var errs []error
-	snap := &Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now()}
+	snap := &Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now(), BridgeNetfilterErr: a.bridgeNFProblem()}
 	if a.o.Firewall != nil {
 		ch, err := a.o.Firewall.Apply(ctx, d.Firewall)
 		if err != nil {

@@ -29,7 +29,11 @@ type Snapshot struct {
 	Prefix      string    `json:"prefix"`
 	At          time.Time `json:"at"`
 	FirewallErr string    `json:"firewall_error,omitempty"`
-	ConsulErr   string    `json:"consul_error,omitempty"`
+	// BridgeNetfilterErr says why traffic between containers on the
+	// bridge bypasses the firewall (br_netfilter missing or off and not
+	// restorable); the agent is unhealthy while it is set.
+	BridgeNetfilterErr string `json:"bridge_netfilter_error,omitempty"`
+	ConsulErr          string `json:"consul_error,omitempty"`
 	// HealthErr says why the services' health is unknown: Consul did not
 	// answer the status API's question about its checks.
 	HealthErr string `json:"health_error,omitempty"`
@@ -166,6 +170,7 @@ func ruleState[P fmt.Stringer](src string, prefixes []P, services, jobs []string
 // withDrops returns a copy of the snapshot with the kernel's drop counters.
 func (a *Agent) withDrops(ctx context.Context) (*Snapshot, error) {
 	s := *a.Snapshot()
+	s.BridgeNetfilterErr = a.bridgeNFProblem() // checked every second, not per reconcile
 	if a.o.Firewall == nil {
 		return &s, nil
 	}
@@ -359,7 +364,7 @@ func (a *Agent) MetricsHandler() http.Handler {
 			http.Error(w, "no reconcile yet", http.StatusServiceUnavailable)
 			return
 		}
-		if problems := strings.TrimSpace(s.FirewallErr + " " + s.ConsulErr); problems != "" {
+		if problems := strings.TrimSpace(s.FirewallErr + " " + s.ConsulErr + " " + a.bridgeNFProblem()); problems != "" {
 			http.Error(w, problems, http.StatusServiceUnavailable)
 			return
 		}

@@ -327,7 +327,7 @@ var bridgeNetfilterSysctls = []string{
 // ErrNoBridgeNetfilter says the br_netfilter module is not loaded (or the
 // kernel lacks it): containers on one bridge reach each other past every
 // rule of the inet table.
-var ErrNoBridgeNetfilter = errors.New("br_netfilter is not loaded, so traffic between containers on the bridge bypasses the firewall: load it (modprobe br_netfilter, and list it in /etc/modules-load.d/ for boot; the v6reg RPM installs packaging/v6reg-modules.conf there)")
+var ErrNoBridgeNetfilter = errors.New("br_netfilter is not loaded, so traffic between containers on the bridge bypasses the firewall: load it (modprobe br_netfilter) and at boot (the v6reg RPM lists it in /usr/lib/modules-load.d/v6reg.conf)")
 
 // EnableBridgeNetfilter makes bridged traffic cross the inet hooks in the
 // calling thread's network namespace: it turns on

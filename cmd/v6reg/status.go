@@ -113,6 +113,9 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 	if s.FirewallErr != "" {
 		fmt.Fprintf(w, "FIREWALL ERROR: %s\n", s.FirewallErr)
 	}
+	if s.BridgeNetfilterErr != "" {
+		fmt.Fprintf(w, "UNHEALTHY: %s\n", s.BridgeNetfilterErr)
+	}
 	if s.ConsulErr != "" {
 		fmt.Fprintf(w, "CONSUL ERROR: %s\n", s.ConsulErr)
 	}
