@@ -21,6 +21,7 @@ import (
 // namespace.
 type Firewall struct {
 	conn *nftables.Conn
+	nsfd int // the namespace's fd (0: the current one), for conntrack
 	log  *slog.Logger
 	gen  interface{ read() (uint32, error) } // a *genReader but in tests
 
@@ -62,7 +63,7 @@ func (c Changes) Restored() bool {
 // nsfd (0 for the current namespace) so the generation check reads the same
 // namespace.
 func New(conn *nftables.Conn, nsfd int, log *slog.Logger) *Firewall {
-	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}}
+	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}, nsfd: nsfd}
 }
 
 // Restores counts the Applies that found the table missing or a chain's
@@ -140,6 +141,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 			}
 		}
 		p = diff(live, m.want)
+		p.revoke = affectedBy(prev, m)
 		f.m = m
 	}
 	ch := p.changes()
@@ -162,6 +164,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		}
 		return ch, nil
 	}
+	applied := f.m // the model of this State: revocation judges flows by it
 	batches, err := f.send(p)
 	ch.Batches = batches
 	if err != nil {
@@ -179,6 +182,11 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 			"table_created", ch.TableCreated, "bridge_table_created", ch.BridgeTableCreated, "chains_rewritten", ch.ChainsRewritten)
 	}
 	f.everApplied = true
+	if n, err := f.revoke(applied, p.revoke); err != nil {
+		f.log.Error("firewall: revoking established flows the new state denies", "err", err)
+	} else if n > 0 {
+		f.log.Info("firewall: established flows the new state denies were cut", "conntrack_entries", n)
+	}
 	f.log.Info("firewall applied", "table", "inet "+TableName,
 		"elems_added", ch.ElemsAdded, "elems_removed", ch.ElemsRemoved,
 		"chains_added", ch.ChainsAdded, "chains_removed", ch.ChainsRemoved,

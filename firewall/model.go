@@ -185,6 +185,13 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	}
 
 	// From here on s is valid: compute the element and peer list changes.
+	p.revoke = map[netip.Addr]bool{}
+	for _, old := range gone {
+		p.revoke[old.c.Addr] = true
+		if old.c.Addr4.IsValid() {
+			p.revoke[old.c.Addr4] = true
+		}
+	}
 	listDelta := map[listID]int{}
 	listSpecs := map[listID]peerList{}
 	for _, old := range gone {
@@ -283,6 +290,22 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		}
 	}
 	m.order = order
+	var shrunk []string
+	for _, pc := range pcs {
+		if pc.old != nil && (pc.new == nil || lost(pc.old.prefixes, pc.new.prefixes)) {
+			shrunk = append(shrunk, pc.name)
+		}
+	}
+	if len(shrunk) > 0 {
+		for _, c := range m.conts {
+			if slices.ContainsFunc(c.peers, func(p string) bool { return slices.Contains(shrunk, p) }) {
+				p.revoke[c.c.Addr] = true
+				if c.c.Addr4.IsValid() {
+					p.revoke[c.c.Addr4] = true
+				}
+			}
+		}
+	}
 	for _, pc := range pcs {
 		if pc.new == nil {
 			delete(m.peers, pc.name)
