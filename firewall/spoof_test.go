@@ -324,7 +324,7 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 	moves := tp.Node.WatchFDB(t, c2mac)
 	const forgeries = 3
 	for range forgeries {
-		must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr4))
+		must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C1Addr4))
 	}
 	// The frames reach the bridge asynchronously (the veth's backlog):
 	// wait until they are counted, or long enough for them to have been
@@ -346,7 +346,7 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 	s.Containers[0].MAC = nil
 	e.apply(t, s)
 	moves = tp.Node.WatchFDB(t, c2mac)
-	must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr4))
+	must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C1Addr4))
 	got, err := moves()
 	for deadline := time.Now().Add(2 * time.Second); err == nil && !slices.Contains(got, vc1) && time.Now().Before(deadline); got, err = moves() {
 		time.Sleep(20 * time.Millisecond)
