@@ -9,9 +9,7 @@ import (
 	"time"
 
 	"github.com/v6reg/v6reg/integration/netns"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv6"
-	"golang.org/x/sys/unix"
 )
 
 // TestEveryPathDenied proves default deny on the paths a container has
@@ -146,21 +144,14 @@ func TestEveryPathDenied(t *testing.T) {
 // link-local address and returns it.
 func linkLocalOf(t *testing.T, ns *netns.NS, link string) netip.Addr {
 	t.Helper()
-	l := mustLink(t, ns, link)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		as, err := ns.Handle().AddrList(l, netlink.FAMILY_V6)
-		must(t, err)
-		for _, a := range as {
-			ip, ok := netip.AddrFromSlice(a.IP)
-			if ok && ip.IsLinkLocalUnicast() && a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) == 0 {
-				return ip
-			}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		a, err := ns.LinkLocal(link)
+		if err == nil {
+			return a
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s %s: no usable link-local address after 5s: %v", ns.Name, link, as)
+			t.Fatalf("after 5s: %v", err)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
