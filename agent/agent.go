@@ -88,8 +88,7 @@ type Agent struct {
 	operator policies.Operator
 
 	snap atomic.Pointer[Snapshot]
-	// lastFW is the firewall state last applied successfully; the watch
-	// re-applies it when someone deletes or flushes the table.
+	// lastFW is the firewall state last applied successfully (readiness).
 	lastFW atomic.Pointer[firewall.State]
 	// lastDesired is the last reconcile's desired state, for explain.
 	lastDesired atomic.Pointer[Desired]
@@ -233,21 +232,28 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	}
 }
 
+// RepairingFirewall is a Firewall that also keeps its table equal to the
+// last state it was given between Applies (*firewall.Firewall does). The
+// state to restore is the firewall's own, taken under the lock Apply
+// holds, so a repair never applies an older state than the last Apply.
+type RepairingFirewall interface {
+	Firewall
+	Watch(ctx context.Context) error
+}
+
 // startWatch keeps the table equal to the last applied state between
 // reconciles, so a deleted or flushed table is back within seconds. It
 // starts only after the first successful apply: before that there is no
 // state worth restoring.
 func (a *Agent) startWatch(ctx context.Context, wg *sync.WaitGroup) {
-	w, ok := a.o.Firewall.(interface {
-		Watch(ctx context.Context, state func() firewall.State) error
-	})
+	w, ok := a.o.Firewall.(RepairingFirewall)
 	if !ok || a.lastFW.Load() == nil {
 		return
 	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_ = w.Watch(ctx, func() firewall.State { return *a.lastFW.Load() })
+		_ = w.Watch(ctx)
 	}()
 }
 
