@@ -279,7 +279,7 @@ func TestReconcileStoppingAllocDeregistersFirst(t *testing.T) {
 	r := newRig(t, fn)
 	r.docker.set(summary(cid("b1"), "api-"+allocA, addrN(30), map[string]string{labelNomadAlloc: allocA}))
 	src := r.agent.nomad
-	src.store(fn.allocs)
+	src.store(fn.allocs, 1)
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +288,7 @@ func TestReconcileStoppingAllocDeregistersFirst(t *testing.T) {
 	}
 	stopping := *alloc
 	stopping.DesiredStatus = nomad.AllocDesiredStatusStop
-	src.store([]*nomad.Allocation{&stopping})
+	src.store([]*nomad.Allocation{&stopping}, 2)
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}

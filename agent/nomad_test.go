@@ -294,7 +294,7 @@ func TestRecordedContainersMatchAllocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := newNomadSource(&fakeNomad{}, fixtureNode, quietLog())
-	src.store(allocs)
+	src.store(allocs, 1)
 	d := &fakeDocker{list: []container.Summary{inspectSummary(t, "docker-inspect.cerebro.json"), inspectSummary(t, "docker-inspect.worker.json")}}
 	cs, err := listContainers(t.Context(), d, testNetwork)
 	if err != nil {
