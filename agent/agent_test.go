@@ -41,6 +41,18 @@ func newRig(t *testing.T, nomadAPI NomadAPI) *rig {
 	return r
 }
 
+// run runs the agent until the returned stop is called, and returns once
+// its first reconcile is done (ready).
+func (r *rig) run(t *testing.T) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	ready := make(chan struct{})
+	go func() { done <- r.agent.Run(ctx, func() { close(ready) }) }()
+	wait(t, ready, "the first reconcile")
+	return func() { cancel(); wait(t, done, "Run to return") }
+}
+
 func webSummary(tag string) (string, map[string]string) {
 	return cid(tag), map[string]string{
 		"v6reg.ingress":  "tcp/80 from @traefik",

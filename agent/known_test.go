@@ -96,12 +96,7 @@ func TestRestartWhileNomadAndConsulDown(t *testing.T) {
 		r.agent.o.StateFile = state
 		r.agent.o.Operator = policies.DefaultOperator()
 		r.agent.operator = policies.DefaultOperator()
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan error)
-		ready := make(chan struct{})
-		go func() { done <- r.agent.Run(ctx, func() { close(ready) }) }()
-		wait(t, ready, "the first reconcile")
-		return func() { cancel(); wait(t, done, "Run to return") }
+		return r.run(t)
 	}
 	stop := start(r)
 	eventually(t, "the policies persisted", func() bool {
@@ -174,12 +169,7 @@ func TestRestartNeverSeenAllocationStaysClosed(t *testing.T) {
 	r := newRig(t, &downNomad{})
 	r.agent.o.StateFile = state
 	r.docker.set(inspectSummary(t, "docker-inspect.worker.json"))
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error)
-	ready := make(chan struct{})
-	go func() { done <- r.agent.Run(ctx, func() { close(ready) }) }()
-	defer func() { cancel(); wait(t, done, "Run to return") }()
-	wait(t, ready, "the first reconcile")
+	defer r.run(t)()
 	s := r.agent.Snapshot()
 	if len(s.Containers) != 1 || !s.Containers[0].Closed {
 		t.Fatalf("containers %+v: the unknown allocation's container must stay closed", s.Containers)
@@ -207,7 +197,7 @@ func TestCorruptKnownStateReported(t *testing.T) {
 // downNomad never answers: every call fails as a refused connection.
 type downNomad struct{}
 
-func (downNomad) NodeAllocations(ctx context.Context, _ string, _ uint64, _ time.Duration) ([]*nomad.Allocation, uint64, error) {
+func (downNomad) NodeAllocations(_ context.Context, _ string, _ uint64, _ time.Duration) ([]*nomad.Allocation, uint64, error) {
 	return nil, 0, errors.New("connection refused")
 }
 func (downNomad) LocalNodeID(context.Context) (string, error) {
