@@ -41,7 +41,7 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "v6reg_event_to_applied_seconds", Help: "From the first event that asked for a reconcile to its changes applied.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
-		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v6reg_errors_total", Help: "Errors by kind: docker, nomad, consul, netlink, policy."}, []string{"kind"}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v6reg_errors_total", Help: "Errors by kind: docker, nomad, consul, netlink, policy, state."}, []string{"kind"}),
 		Drops: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_dropped_packets", Help: "Packets dropped by default deny, per container and direction (kernel counter)."},
 			[]string{"container", "direction"}),
 		SpoofDrops: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_spoofed_packets",
@@ -52,7 +52,7 @@ func NewMetrics() *Metrics {
 		BridgeNetfilterRestored: prometheus.NewCounter(prometheus.CounterOpts{Name: "v6reg_bridge_netfilter_restored_total",
 			Help: "Times a bridge-nf-call sysctl was found off and turned back on."}),
 	}
-	for _, kind := range []string{"docker", "nomad", "consul", "netlink", "policy"} {
+	for _, kind := range []string{"docker", "nomad", "consul", "netlink", "policy", "state"} {
 		m.Errors.WithLabelValues(kind)
 	}
 	m.Registry.MustRegister(m.Containers, m.Closed, m.PolicyErrors, m.Leases, m.HeldDown, m.Registrations, m.FirewallRules,

@@ -38,6 +38,9 @@ type Snapshot struct {
 	// answer the status API's question about its checks.
 	HealthErr string `json:"health_error,omitempty"`
 	Nomad     string `json:"nomad"`
+	// StateErr says the persisted last known policies (KnownFile) could
+	// not be read (corrupt) or written.
+	StateErr string `json:"state_error,omitempty"`
 	// Spoofed are the node's anti-spoofing drops (kernel counters, since
 	// the tables were created); nil where the firewall does not count them.
 	Spoofed    *SpoofState      `json:"spoofed,omitempty"`
@@ -114,7 +117,14 @@ func (s *Snapshot) fill(d Desired, n *nomadSource) {
 		s.Nomad = "disabled"
 	default:
 		synced, lastOK, err := n.state()
+		seeded, at := n.seeded()
 		switch {
+		case seeded:
+			why := "waiting for first answer"
+			if err != nil {
+				why = "unreachable: " + err.Error()
+			}
+			s.Nomad = fmt.Sprintf("%s; using the allocations persisted from its answer of %s", why, at.UTC().Format(time.RFC3339))
 		case err != nil && synced:
 			s.Nomad = fmt.Sprintf("unreachable (last answer %s ago): %v", time.Since(lastOK).Round(time.Second), err)
 		case err != nil:

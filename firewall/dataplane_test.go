@@ -376,7 +376,7 @@ func TestSelfHeal(t *testing.T) {
 	e.apply(t, s)
 	ctx, cancel := context.WithCancel(context.Background())
 	watchDone := make(chan error, 1)
-	go func() { watchDone <- e.fw.Watch(ctx, func() State { return s }) }()
+	go func() { watchDone <- e.fw.Watch(ctx) }()
 	t.Cleanup(func() { cancel(); <-watchDone })
 
 	other, err := nftables.New(nftables.WithNetNSFd(tp.Node.Fd()))

@@ -34,6 +34,10 @@ type Firewall struct {
 	comp    *compiler
 
 	everApplied bool
+	// target is the newest valid State given to Apply: what Watch
+	// repairs to. Read and written only under mu, so a repair can never
+	// apply a State older than the last Apply (issue 16).
+	target *State
 
 	restores atomic.Uint64
 }
@@ -95,10 +99,28 @@ var (
 // a container may be partly programmed, which can only deny more than the
 // target state, never allow more than the union of old and new.
 //
-// Applying the same State again sends nothing.
+// Applying the same State again sends nothing. A valid s becomes the
+// state Watch repairs to (even if sending it failed, so the repair retries
+// the newest state); the caller must not modify it afterwards.
 func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.apply(ctx, s)
+}
+
+// repair applies the last valid State given to Apply again, under the same
+// lock, so it is never older than what Apply last took.
+func (f *Firewall) repair(ctx context.Context) (Changes, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.target == nil {
+		return Changes{}, nil
+	}
+	return f.apply(ctx, *f.target)
+}
+
+// apply is Apply with f.mu held.
+func (f *Firewall) apply(ctx context.Context, s State) (Changes, error) {
 	if err := ctx.Err(); err != nil {
 		return Changes{}, err
 	}
@@ -113,6 +135,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		var ok bool
 		if p, ok = f.m.update(s, f.comp, nil); ok {
 			incremental = true
+			f.target = &s // update validated every change
 		} else if err := s.Validate(); err != nil {
 			return Changes{}, err // the model is untouched
 		}
@@ -121,6 +144,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		if err := s.Validate(); err != nil {
 			return Changes{}, err
 		}
+		f.target = &s
 		var reuse map[string]*compiled
 		var live *liveState
 		if f.m != nil {

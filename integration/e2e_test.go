@@ -60,7 +60,8 @@ func newE2E(t *testing.T) (*Env, context.Context) {
 // newTestEnv builds the topology for a test (the agent not started yet)
 // in a fresh directory named prefix*, with a context of limit; the
 // directory goes at the end, the agent's log is shown if the test failed.
-func newTestEnv(t *testing.T, prefix string, limit time.Duration, bin string) (*Env, context.Context) {
+// dockerArgs are added to dockerd's command line.
+func newTestEnv(t *testing.T, prefix string, limit time.Duration, bin string, dockerArgs ...string) (*Env, context.Context) {
 	t.Helper()
 	netns.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
@@ -76,7 +77,7 @@ func newTestEnv(t *testing.T, prefix string, limit time.Duration, bin string) (*
 		}
 		_ = os.RemoveAll(dir)
 	})
-	return NewEnv(t, dir, Options{AgentBin: bin, Logf: t.Logf}), ctx
+	return NewEnv(t, dir, Options{AgentBin: bin, Logf: t.Logf, DockerArgs: dockerArgs}), ctx
 }
 
 func tail(s string, n int) string {

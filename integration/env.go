@@ -98,6 +98,8 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// ExtraConfig is appended to the agent's HCL config.
 	ExtraConfig string
+	// DockerArgs are added to dockerd's command line (e.g. --live-restore).
+	DockerArgs []string
 }
 
 // NewEnv builds the topology and starts Consul and dockerd in the node
@@ -161,7 +163,7 @@ func NewEnv(t netns.T, dir string, o Options) *Env {
 	t.Cleanup(c.Stop)
 	o.Logf("consul dev agent up in namespace %s", e.Node.Name)
 
-	d, err := dockerd.StartDaemon(ctx, filepath.Join(dir, "docker"), dockerd.Options{Start: e.Node.Start, Logf: o.Logf})
+	d, err := dockerd.StartDaemon(ctx, filepath.Join(dir, "docker"), dockerd.Options{Start: e.Node.Start, Logf: o.Logf, ExtraArgs: o.DockerArgs})
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()

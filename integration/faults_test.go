@@ -175,11 +175,12 @@ func newFaultEnv(t *testing.T, edit func(cfg string) string) *faultEnv {
 }
 
 // newFaultEnvPrep is newFaultEnv whose prep runs (with the env, before
-// the agent starts) and returns the agent's config.
-func newFaultEnvPrep(t *testing.T, prep func(e *Env, cfg string) string) *faultEnv {
+// the agent starts) and returns the agent's config; dockerArgs are added
+// to dockerd's command line.
+func newFaultEnvPrep(t *testing.T, prep func(e *Env, cfg string) string, dockerArgs ...string) *faultEnv {
 	t.Helper()
 	// The soak at the 2,000 cycles takes ~14 min on 2 idle cores.
-	e, ctx := newTestEnv(t, "v6f-", 30*time.Minute, agentBin)
+	e, ctx := newTestEnv(t, "v6f-", 30*time.Minute, agentBin, dockerArgs...)
 	if prep != nil {
 		b, err := os.ReadFile(e.Config)
 		if err != nil {

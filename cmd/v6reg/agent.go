@@ -222,7 +222,8 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 		return err
 	}
 	opts := agent.Options{
-		Node: cfg.NodeName, Prefix: cfg.NodePrefix, Gateway: icfg.Gateway, Bridge: bridge, Network: cfg.Docker.Network, NodePorts: cfg.Firewall.NodePorts,
+		StateFile: filepath.Join(cfg.StateDir, agent.KnownFile),
+		Node:      cfg.NodeName, Prefix: cfg.NodePrefix, Gateway: icfg.Gateway, Bridge: bridge, Network: cfg.Docker.Network, NodePorts: cfg.Firewall.NodePorts,
 		IDPrefix: cfg.Consul.IDPrefix, ResyncInterval: cfg.ResyncInterval, Operator: operator, Log: log,
 		Docker: dc, IPAM: ipamAdapter{svc: svc, docker: dc, log: log},
 	}
