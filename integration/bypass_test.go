@@ -259,22 +259,7 @@ namespace "open" {
 	if err := e.StartAgent(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := WaitFor(ctx, 20*time.Second, func() error {
-		s, err := e.Status()
-		if err != nil {
-			return err
-		}
-		open := 0
-		for _, c := range s.Containers {
-			if !c.Closed {
-				open++
-			}
-		}
-		if open < 4 {
-			return fmt.Errorf("%d of 4 containers programmed", open)
-		}
-		return nil
-	}); err != nil {
+	if err := e.WaitOpen(ctx, 4, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	run("firewall on", func(c *matrixCell, err error) { c.got = err })
