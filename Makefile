@@ -55,9 +55,10 @@ test-docker29:
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -run '$(ENGINE29_NFT_TESTS)' ./integration/
 
 ## test-faults: the fault suite (issue 8) at the issue's sizes, slow cases
-## included (~25 min on 2 cores); rewrites integration/FAULTS.md. Smaller
+## included (~28 min on 2 cores); rewrites integration/FAULTS.md. Smaller
 ## runs while working on a case: V6REG_FAULT_BURST (200), V6REG_FAULT_SOAK
-## (2000), V6REG_FAULT_CONSUL_SECONDS (60), V6REG_FAULT_HOSTILE_ROUNDS (15).
+## (2000), V6REG_FAULT_CONSUL_SECONDS (60), V6REG_FAULT_HOSTILE_ROUNDS (15),
+## V6REG_FAULT_NOMAD_LATE_SECONDS (45: how late Nomad comes up in case 13).
 test-faults: deps
 	V6REG_FAULTS=1 V6REG_CONSUL_BIN=$$(integration/scripts/build-consul.sh) \
 	$(GO) test -race -count=1 -timeout 60m -run '^TestFault' -v ./integration/

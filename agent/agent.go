@@ -4,6 +4,26 @@
 //
 // Events only request a reconcile; they never carry state. A lost event
 // delays a change until the next resync, it never leaves a stale rule.
+//
+// What is in force survives a restart while Nomad or Consul does not
+// answer. The kernel table and v6reg's Consul registrations stay as they
+// are when the agent stops; beside them the agent persists (KnownFile in
+// the state dir, written crash-safely with a checksum) the allocations
+// Nomad last listed for this node, with their namespace, job, group and
+// meta and Nomad's index, and the last answer for every service:/job: peer
+// set. On start, until Nomad answers, the persisted allocations stand in
+// for its answer, so every running container keeps its policy and its
+// registrations and the first reconcile changes nothing; until Consul
+// answers for a peer set, its persisted addresses stand in, never an empty
+// set. A container whose allocation was never seen (not in the persisted
+// copy, not listed by Nomad since) stays closed, as without a copy. When
+// Nomad and Consul answer, their answers replace the copy and the agent
+// converges. A corrupt copy is reported (log, status state_error,
+// v6reg_errors_total{kind="state"}), kept aside and not used.
+//
+// One writer to the firewall: the reconcile loop applies, and the
+// firewall's own repair (Watch) restores the last state Apply took, under
+// the lock Apply holds, never an older one.
 package agent
 
 import (
@@ -42,9 +62,13 @@ type IPAM interface {
 // Options are the agent's settings and its sources and outputs. Nomad,
 // Consul, Firewall and IPAM may be nil: that part is then off.
 type Options struct {
-	Node           string
-	Prefix         netip.Prefix
-	Gateway        netip.Addr
+	Node    string
+	Prefix  netip.Prefix
+	Gateway netip.Addr
+	// Bridge is the Docker network's bridge interface. The firewall
+	// filters everything it carries (IPv4, link-local, multicast), not
+	// only the prefix; empty leaves those paths open (tests only).
+	Bridge         string
 	NodePorts      []firewall.Rule // node services containers may reach
 	Network        string
 	IDPrefix       string
@@ -59,9 +83,16 @@ type Options struct {
 	Firewall Firewall
 	// Ports finds containers' bridge ports, so the firewall binds each
 	// address to its container's port (nil: to its MAC only).
-	Ports   BridgePorts
-	IPAM    IPAM
-	Metrics *Metrics
+	Ports BridgePorts
+	// BridgeNetfilter, if set, is checked every second: while it fails,
+	// status, /healthz and v6reg_bridge_netfilter_ok say the node is
+	// unhealthy.
+	BridgeNetfilter BridgeNetfilter
+	IPAM            IPAM
+	Metrics         *Metrics
+	// StateFile persists the last known policies (Nomad's allocations and
+	// Consul's peer sets) across restarts; empty: not persisted.
+	StateFile string
 }
 
 // Bounds on the calls one reconcile makes, so that a source or output that
@@ -88,8 +119,7 @@ type Agent struct {
 	operator policies.Operator
 
 	snap atomic.Pointer[Snapshot]
-	// lastFW is the firewall state last applied successfully; the watch
-	// re-applies it when someone deletes or flushes the table.
+	// lastFW is the firewall state last applied successfully (readiness).
 	lastFW atomic.Pointer[firewall.State]
 	// lastDesired is the last reconcile's desired state, for explain.
 	lastDesired atomic.Pointer[Desired]
@@ -101,6 +131,13 @@ type Agent struct {
 	// applied is what the firewall last took, per container ID (a digest
 	// of its rules), to log one line per container that changed.
 	applied map[string]string
+
+	bridgeNFErr atomic.Pointer[string] // see keepBridgeNetfilter
+	// savedNomad and savedPeers are the change counts of the sources when
+	// their state was last persisted; stateErr is the last problem with
+	// the persisted state (reported in the status until a save succeeds).
+	savedNomad, savedPeers uint64
+	stateErr               string
 }
 
 // New builds an agent; Run starts it.
@@ -170,10 +207,18 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	if a.o.Docker == nil {
 		return errors.New("agent: no Docker client")
 	}
+	seeded := a.loadKnown()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if a.o.BridgeNetfilter != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.keepBridgeNetfilter(ctx, a.o.BridgeNetfilter)
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -186,7 +231,9 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 			defer wg.Done()
 			a.nomad.run(ctx, a.Trigger, func() { a.o.Metrics.Errors.WithLabelValues("nomad").Inc() })
 		}()
-		a.waitNomad(ctx, 15*time.Second)
+		if !seeded {
+			a.waitNomad(ctx, 15*time.Second)
+		}
 	}
 	resync := time.NewTicker(a.o.ResyncInterval)
 	defer resync.Stop()
@@ -233,27 +280,91 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	}
 }
 
+// RepairingFirewall is a Firewall that also keeps its table equal to the
+// last state it was given between Applies (*firewall.Firewall does). The
+// state to restore is the firewall's own, taken under the lock Apply
+// holds, so a repair never applies an older state than the last Apply.
+type RepairingFirewall interface {
+	Firewall
+	Watch(ctx context.Context) error
+}
+
 // startWatch keeps the table equal to the last applied state between
 // reconciles, so a deleted or flushed table is back within seconds. It
 // starts only after the first successful apply: before that there is no
 // state worth restoring.
 func (a *Agent) startWatch(ctx context.Context, wg *sync.WaitGroup) {
-	w, ok := a.o.Firewall.(interface {
-		Watch(ctx context.Context, state func() firewall.State) error
-	})
+	w, ok := a.o.Firewall.(RepairingFirewall)
 	if !ok || a.lastFW.Load() == nil {
 		return
 	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_ = w.Watch(ctx, func() firewall.State { return *a.lastFW.Load() })
+		_ = w.Watch(ctx)
 	}()
+}
+
+// loadKnown seeds the Nomad source and the peer watches with what the last
+// run persisted, and reports whether the Nomad source was seeded (then the
+// first reconcile need not wait for Nomad: it keeps what is in force).
+func (a *Agent) loadKnown() bool {
+	if a.o.StateFile == "" {
+		return false
+	}
+	k, err := loadKnown(a.o.StateFile)
+	if err != nil {
+		a.o.Metrics.Errors.WithLabelValues("state").Inc()
+		a.stateErr = err.Error()
+		a.log.Error("persisted policies unusable", "err", err)
+		return false
+	}
+	if k == nil {
+		return false
+	}
+	seeded := false
+	if a.nomad != nil && k.Nomad {
+		a.nomad.seed(k.Allocs, k.NomadIndex, k.NomadAt)
+		seeded = true
+	}
+	if a.peers != nil {
+		a.peers.seedKnown(k.Peers)
+	}
+	a.log.Info("using the persisted policies until Nomad and Consul answer", "file", a.o.StateFile,
+		"allocs", len(k.Allocs), "nomad_index", k.NomadIndex, "nomad_answered_at", k.NomadAt, "peer_sets", len(k.Peers), "saved_at", k.SavedAt)
+	return seeded
+}
+
+// saveKnown persists the sources' last known state if it changed since the
+// last save. Called from the reconcile loop only: one writer to the file.
+func (a *Agent) saveKnown() {
+	if a.o.StateFile == "" || (a.nomad == nil && a.peers == nil) {
+		return
+	}
+	var k knownState
+	var ngen, pgen uint64
+	if a.nomad != nil {
+		k.Allocs, k.NomadIndex, k.NomadAt, k.Nomad, ngen = a.nomad.known()
+	}
+	if a.peers != nil {
+		k.Peers, pgen = a.peers.known()
+	}
+	if ngen == a.savedNomad && pgen == a.savedPeers {
+		return
+	}
+	k.SavedAt = time.Now()
+	if err := saveKnown(a.o.StateFile, k); err != nil {
+		a.o.Metrics.Errors.WithLabelValues("state").Inc()
+		a.stateErr = err.Error()
+		a.log.Error("persisting the last known policies failed; a restart while Nomad does not answer would close their containers", "err", err)
+		return
+	}
+	a.savedNomad, a.savedPeers, a.stateErr = ngen, pgen, ""
 }
 
 // waitNomad gives Nomad a bounded time to answer before the first
 // reconcile, so that an agent restart does not close containers whose
-// allocation is merely not read yet.
+// allocation is merely not read yet. Only without a persisted copy.
 func (a *Agent) waitNomad(ctx context.Context, limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -270,7 +381,7 @@ func (a *Agent) input(containers []Container) buildInput {
 	op := a.operator
 	a.opMu.RUnlock()
 	in := buildInput{
-		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, NodePorts: a.o.NodePorts,
+		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, Bridge: a.o.Bridge, NodePorts: a.o.NodePorts,
 		Operator: op, Containers: containers, Nomad: a.nomad != nil,
 		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
 		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
@@ -321,7 +432,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		}
 	}
 	var errs []error
-	snap := &Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now()}
+	snap := &Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now(), BridgeNetfilterErr: a.bridgeNFProblem()}
 	if a.o.Firewall != nil {
 		ch, err := a.o.Firewall.Apply(ctx, d.Firewall)
 		if err != nil {
@@ -370,6 +481,8 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	if len(errs) == 0 && !pendFrom.IsZero() {
 		a.o.Metrics.EventToApplied.Observe(time.Since(pendFrom).Seconds())
 	}
+	a.saveKnown()
+	snap.StateErr = a.stateErr
 	snap.fill(d, a.nomad)
 	a.lastDesired.Store(&d)
 	a.snap.Store(snap)

@@ -252,6 +252,36 @@ type peerWatches struct {
 	mu      sync.Mutex
 	running map[string]*peerWatch
 	addrs   map[string][]netip.Prefix // by peer key; absent until first answer
+	// seed is the last known set of each peer persisted by the agent's
+	// last run, used until Consul answers for it: a restart while Consul
+	// does not answer keeps the sets in force, never empty ones.
+	seed map[string][]netip.Prefix
+	gen  uint64 // counts changes of addrs, to persist only changes
+}
+
+// seedKnown starts the watches with the sets persisted by the last run.
+func (w *peerWatches) seedKnown(peers map[PeerKey][]netip.Prefix) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.seed = make(map[string][]netip.Prefix, len(peers))
+	for k, v := range peers {
+		w.seed[string(k)] = v
+	}
+}
+
+// known returns the last known set of every peer in use (Consul's answer,
+// else the persisted one), to persist, and the change count.
+func (w *peerWatches) known() (map[PeerKey][]netip.Prefix, uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[PeerKey][]netip.Prefix, len(w.addrs)+len(w.seed))
+	for k, v := range w.seed {
+		out[PeerKey(k)] = v
+	}
+	for k, v := range w.addrs {
+		out[PeerKey(k)] = v
+	}
+	return out, w.gen
 }
 
 func newPeerWatches(api ConsulAPI, log *slog.Logger, trigger func(string), onError func()) *peerWatches {
@@ -272,6 +302,13 @@ func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) []PeerKey
 			pw.cancel()
 			delete(w.running, k)
 			delete(w.addrs, k)
+			w.gen++
+		}
+	}
+	for k := range w.seed {
+		if !keys[PeerKey(k)] {
+			delete(w.seed, k) // no longer used: not worth keeping
+			w.gen++
 		}
 	}
 	var started []PeerKey
@@ -288,11 +325,16 @@ func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) []PeerKey
 	return started
 }
 
-// get returns the addresses of a peer and whether Consul has answered.
+// get returns the addresses of a peer and whether they are known: Consul
+// has answered, or the last run persisted them and Consul has not answered
+// since.
 func (w *peerWatches) get(k PeerKey) ([]netip.Prefix, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	a, ok := w.addrs[string(k)]
+	if a, ok := w.addrs[string(k)]; ok {
+		return a, ok
+	}
+	a, ok := w.seed[string(k)]
 	return a, ok
 }
 
@@ -366,8 +408,17 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 			return
 		}
 		w.addrs[key] = list
+		seed, seeded := w.seed[key]
+		delete(w.seed, key)
+		changed := !seen || !prefixesEqual(old, list)
+		if changed {
+			w.gen++
+		}
 		w.mu.Unlock()
-		if !seen || !prefixesEqual(old, list) {
+		if seeded && !seen && prefixesEqual(seed, list) {
+			changed = false // the set in force already
+		}
+		if changed {
 			w.trigger("consul: peer " + key + " changed")
 		}
 	}

@@ -50,6 +50,7 @@ type buildInput struct {
 	IDPrefix   string
 	Prefix     netip.Prefix
 	Gateway    netip.Addr
+	Bridge     string // the network's bridge: the firewall filters all it carries
 	NodePorts  []firewall.Rule
 	Operator   policies.Operator
 	Containers []Container
@@ -68,6 +69,7 @@ func build(in buildInput) Desired {
 		Firewall: firewall.State{
 			Prefix:    in.Prefix,
 			Gateway:   in.Gateway,
+			Bridge:    in.Bridge,
 			NodePorts: in.NodePorts,
 			PeerSets:  map[string][]netip.Prefix{},
 		},
@@ -86,6 +88,10 @@ func build(in buildInput) Desired {
 		}
 		seen[c.Addr] = c.ShortID()
 		fc := firewall.Container{ID: c.ID, Addr: c.Addr, MAC: c.MAC, Port: c.Port}
+		if c.Addr4.Is4() && !c.Addr4.IsUnspecified() && seen[c.Addr4] == "" {
+			fc.Addr4 = c.Addr4
+			seen[c.Addr4] = c.ShortID()
+		}
 		if !w.Closed {
 			fc.Ingress = firewallRules(w.Policy.Ingress, w.Namespace, &d, in)
 			fc.Egress = firewallRules(w.Policy.Egress, w.Namespace, &d, in)
@@ -215,22 +221,25 @@ func firewallRules(rules []policies.ResolvedRule, namespace string, d *Desired, 
 	for _, r := range rules {
 		proto, ports := fwProto(r)
 		var peers []string
-		var v6 []netip.Prefix
+		// Both families: IPv6 prefixes open the /80 address, IPv4
+		// prefixes (operator sets, @internet) the container's IPv4 egress
+		// through the node's NAT; the firewall has no IPv4 ingress.
+		var prefixes []netip.Prefix
 		anyPeer := false
 		for _, p := range r.Prefixes {
-			if !p.Addr().Is6() || p.Addr().Is4In6() {
-				continue // IPv4 egress is Docker's NAT's business; this table is IPv6
+			if p.Addr().Is4In6() {
+				continue
 			}
-			if p.Bits() == 0 {
+			if p.Bits() == 0 && p.Addr().Is6() {
 				anyPeer = true
 			}
-			v6 = append(v6, p)
+			prefixes = append(prefixes, p)
 		}
 		if anyPeer {
 			peers = append(peers, firewall.PeerAny)
-		} else if len(v6) > 0 {
-			name := prefixSetName(v6)
-			d.Firewall.PeerSets[name] = v6
+		} else if len(prefixes) > 0 {
+			name := prefixSetName(prefixes)
+			d.Firewall.PeerSets[name] = prefixes
 			peers = append(peers, name)
 		}
 		for _, s := range r.Services {

@@ -111,10 +111,10 @@ func TestBuild(t *testing.T) {
 				if tcp.Proto != firewall.TCP || !slices.Equal(tcp.Ports, []firewall.PortRange{{First: 80, Last: 80}}) {
 					t.Errorf("tcp rule = %+v", tcp)
 				}
-				// @traefik holds an IPv4 prefix too: the IPv6 table gets
-				// only the IPv6 one.
-				if got := d.Firewall.PeerSets[tcp.Peer]; !slices.Equal(got, []netip.Prefix{traefikV6}) {
-					t.Errorf("peer set %s = %v, want only %v", tcp.Peer, got, traefikV6)
+				// @traefik holds an IPv4 prefix too: the firewall gets both
+				// (it uses IPv4 prefixes for IPv4 egress only).
+				if got := d.Firewall.PeerSets[tcp.Peer]; len(got) != 2 || !slices.Contains(got, traefikV6) {
+					t.Errorf("peer set %s = %v, want %v and the IPv4 prefix", tcp.Peer, got, traefikV6)
 				}
 				if icmp := fc.Ingress[1]; icmp.Proto != firewall.ICMP || icmp.Ports != nil {
 					t.Errorf("icmp rule = %+v", icmp)
@@ -449,7 +449,7 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
-			name: "IPv4-only peer set gives no rule",
+			name: "IPv4-only peer set opens IPv4 egress",
 			in: func() buildInput {
 				in := testInput(labelContainer("ae01", "v4", 23, map[string]string{"v6reg.egress": "tcp/80 to @legacy"}))
 				in.Operator.Peers["legacy"] = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
@@ -457,8 +457,8 @@ func TestBuild(t *testing.T) {
 			},
 			check: func(t *testing.T, d Desired) {
 				fc, _ := fwOf(d, cid("ae01"))
-				if len(fc.Egress) != 0 || len(d.Firewall.PeerSets) != 0 {
-					t.Errorf("egress = %+v sets = %v, want nothing in the IPv6 table", fc.Egress, d.Firewall.PeerSets)
+				if len(fc.Egress) != 1 || !slices.Equal(d.Firewall.PeerSets[fc.Egress[0].Peer], []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}) {
+					t.Errorf("egress = %+v sets = %v, want tcp/80 to the IPv4 set", fc.Egress, d.Firewall.PeerSets)
 				}
 			},
 		},

@@ -220,6 +220,7 @@ type fakeConsul struct {
 	// health serves HealthService: instances by "service" or "service|tag".
 	health      map[string][]*consul.ServiceEntry
 	healthIndex map[string]uint64
+	healthErr   error // fails HealthService: Consul does not answer
 	healthCalls []string
 	wake        chan struct{}
 	// checkState sets the live status and output of a service's check
@@ -289,7 +290,11 @@ func (f *fakeConsul) HealthService(ctx context.Context, service, tag string, wai
 	}
 	f.mu.Lock()
 	f.healthCalls = append(f.healthCalls, key)
+	herr := f.healthErr
 	f.mu.Unlock()
+	if herr != nil {
+		return nil, 0, herr
+	}
 	for {
 		f.mu.Lock()
 		entries, ok := f.health[key]

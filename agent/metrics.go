@@ -21,6 +21,9 @@ type Metrics struct {
 	Errors           *prometheus.CounterVec
 	Drops            *prometheus.GaugeVec
 	SpoofDrops       *prometheus.GaugeVec
+	// BridgeNetfilterOK and BridgeNetfilterRestored: see keepBridgeNetfilter.
+	BridgeNetfilterOK       prometheus.Gauge
+	BridgeNetfilterRestored prometheus.Counter
 }
 
 // NewMetrics registers every metric on a new registry.
@@ -38,18 +41,22 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "v6reg_event_to_applied_seconds", Help: "From the first event that asked for a reconcile to its changes applied.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
-		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v6reg_errors_total", Help: "Errors by kind: docker, nomad, consul, netlink, policy."}, []string{"kind"}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v6reg_errors_total", Help: "Errors by kind: docker, nomad, consul, netlink, policy, state."}, []string{"kind"}),
 		Drops: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_dropped_packets", Help: "Packets dropped by default deny, per container and direction (kernel counter)."},
 			[]string{"container", "direction"}),
 		SpoofDrops: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_spoofed_packets",
 			Help: "Packets and frames dropped by anti-spoofing (kernel counters): check=bridge_port, a container's bridge port with another MAC or another container's address; check=source, a prefix source owned by no container, from the wrong link or from another MAC."},
 			[]string{"check"}),
+		BridgeNetfilterOK: prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_bridge_netfilter_ok",
+			Help: "1 while bridged traffic between containers crosses the firewall (br_netfilter loaded, bridge-nf-call-ip6tables and -iptables on); 0: containers on the bridge reach each other past every rule."}),
+		BridgeNetfilterRestored: prometheus.NewCounter(prometheus.CounterOpts{Name: "v6reg_bridge_netfilter_restored_total",
+			Help: "Times a bridge-nf-call sysctl was found off and turned back on."}),
 	}
-	for _, kind := range []string{"docker", "nomad", "consul", "netlink", "policy"} {
+	for _, kind := range []string{"docker", "nomad", "consul", "netlink", "policy", "state"} {
 		m.Errors.WithLabelValues(kind)
 	}
 	m.Registry.MustRegister(m.Containers, m.Closed, m.PolicyErrors, m.Leases, m.HeldDown, m.Registrations, m.FirewallRules,
-		m.ReconcileSeconds, m.EventToApplied, m.Errors, m.Drops, m.SpoofDrops,
+		m.ReconcileSeconds, m.EventToApplied, m.Errors, m.Drops, m.SpoofDrops, m.BridgeNetfilterOK, m.BridgeNetfilterRestored,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -109,6 +111,13 @@ type nomadSource struct {
 	synced bool // at least one answer since start
 	lastOK time.Time
 	err    error
+	// index is Nomad's index of the allocations held; gen counts their
+	// changes, so the agent persists them only when they changed.
+	index uint64
+	gen   uint64
+	// seededAt is when Nomad gave the persisted answer the source started
+	// with (zero: none); it is used until Nomad answers.
+	seededAt time.Time
 }
 
 func newNomadSource(api NomadAPI, nodeID string, log *slog.Logger) *nomadSource {
@@ -123,6 +132,48 @@ func (s *nomadSource) lookup(id string) (Alloc, bool) {
 	defer s.mu.Unlock()
 	a, ok := s.allocs[id]
 	return a, ok
+}
+
+// seed starts the source with the allocations persisted by the agent's last
+// run: they are looked up until Nomad answers, and then replaced by its
+// answer. The kernel table and the registrations already hold what they
+// describe, so a restart while Nomad is down changes nothing.
+func (s *nomadSource) seed(allocs []Alloc, index uint64, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.synced {
+		return
+	}
+	s.allocs = make(map[string]Alloc, len(allocs))
+	for _, a := range allocs {
+		s.allocs[a.ID] = a
+	}
+	s.index, s.seededAt = index, at
+}
+
+// seeded reports whether the allocations in use are the persisted ones:
+// Nomad has not answered since start.
+func (s *nomadSource) seeded() (bool, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.synced && !s.seededAt.IsZero(), s.seededAt
+}
+
+// known returns what the agent persists of the source, and its change
+// count.
+func (s *nomadSource) known() (allocs []Alloc, index uint64, at time.Time, answered bool, gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	allocs = make([]Alloc, 0, len(s.allocs))
+	for _, a := range s.allocs {
+		allocs = append(allocs, a)
+	}
+	slices.SortFunc(allocs, func(x, y Alloc) int { return strings.Compare(x.ID, y.ID) })
+	at = s.lastOK
+	if !s.synced {
+		at = s.seededAt
+	}
+	return allocs, s.index, at, s.synced || !s.seededAt.IsZero(), s.gen
 }
 
 // state reports whether Nomad answered at least once and the last error.
@@ -164,7 +215,7 @@ func (s *nomadSource) run(ctx context.Context, trigger func(string), onError fun
 		if next < index {
 			next = 0
 		}
-		changed := s.store(allocs)
+		changed := s.store(allocs, next)
 		index = next
 		if changed {
 			trigger("nomad: allocations changed")
@@ -190,7 +241,7 @@ func (s *nomadSource) fail(ctx context.Context, b *backoff, err error, onError f
 	}
 }
 
-func (s *nomadSource) store(list []*nomad.Allocation) bool {
+func (s *nomadSource) store(list []*nomad.Allocation, index uint64) bool {
 	next := make(map[string]Alloc, len(list))
 	for _, a := range list {
 		// Terminal allocations have no running containers to serve.
@@ -204,7 +255,18 @@ func (s *nomadSource) store(list []*nomad.Allocation) bool {
 	if s.err != nil {
 		s.log.Info("nomad reachable again")
 	}
+	if !s.synced && !s.seededAt.IsZero() {
+		s.log.Info("nomad answered; replacing the persisted allocations with its answer",
+			"persisted_allocs", len(s.allocs), "persisted_index", s.index, "allocs", len(next), "index", index)
+	}
 	changed := !s.synced || !allocsEqual(s.allocs, next)
+	if changed {
+		// Persisted with the index of this answer; a later answer that
+		// changes nothing (an allocation's health, another index) is
+		// not worth an fsync.
+		s.gen++
+		s.index = index
+	}
 	s.allocs, s.synced, s.lastOK, s.err = next, true, time.Now(), nil
 	return changed
 }

@@ -294,7 +294,7 @@ func TestRecordedContainersMatchAllocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := newNomadSource(&fakeNomad{}, fixtureNode, quietLog())
-	src.store(allocs)
+	src.store(allocs, 1)
 	d := &fakeDocker{list: []container.Summary{inspectSummary(t, "docker-inspect.cerebro.json"), inspectSummary(t, "docker-inspect.worker.json")}}
 	cs, err := listContainers(t.Context(), d, testNetwork)
 	if err != nil {
@@ -365,13 +365,7 @@ func TestRunWithRecordedNomad(t *testing.T) {
 	r.agent.operator = policies.DefaultOperator()
 	r.consul.health["postgres"] = nil
 	r.docker.set(inspectSummary(t, "docker-inspect.cerebro.json"), inspectSummary(t, "docker-inspect.worker.json"))
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error)
-	ready := make(chan struct{})
-	go func() { done <- r.agent.Run(ctx, func() { close(ready) }) }()
-	defer func() { cancel(); wait(t, done, "Run to return") }()
-
-	wait(t, ready, "the first reconcile")
+	defer r.run(t)()
 	cerebroID := "v6reg-n1-ff6736ad00b9-cerebro-9000"
 	if ids := r.consul.ids(); !slices.Contains(ids, cerebroID) || len(ids) != 3 {
 		t.Fatalf("consul holds %v, want cerebro and two v6reg-jobs", ids)

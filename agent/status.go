@@ -29,11 +29,18 @@ type Snapshot struct {
 	Prefix      string    `json:"prefix"`
 	At          time.Time `json:"at"`
 	FirewallErr string    `json:"firewall_error,omitempty"`
-	ConsulErr   string    `json:"consul_error,omitempty"`
+	// BridgeNetfilterErr says why traffic between containers on the
+	// bridge bypasses the firewall (br_netfilter missing or off and not
+	// restorable); the agent is unhealthy while it is set.
+	BridgeNetfilterErr string `json:"bridge_netfilter_error,omitempty"`
+	ConsulErr          string `json:"consul_error,omitempty"`
 	// HealthErr says why the services' health is unknown: Consul did not
 	// answer the status API's question about its checks.
 	HealthErr string `json:"health_error,omitempty"`
 	Nomad     string `json:"nomad"`
+	// StateErr says the persisted last known policies (KnownFile) could
+	// not be read (corrupt) or written.
+	StateErr string `json:"state_error,omitempty"`
 	// Spoofed are the node's anti-spoofing drops (kernel counters, since
 	// the tables were created); nil where the firewall does not count them.
 	Spoofed    *SpoofState      `json:"spoofed,omitempty"`
@@ -110,7 +117,14 @@ func (s *Snapshot) fill(d Desired, n *nomadSource) {
 		s.Nomad = "disabled"
 	default:
 		synced, lastOK, err := n.state()
+		seeded, at := n.seeded()
 		switch {
+		case seeded:
+			why := "waiting for first answer"
+			if err != nil {
+				why = "unreachable: " + err.Error()
+			}
+			s.Nomad = fmt.Sprintf("%s; using the allocations persisted from its answer of %s", why, at.UTC().Format(time.RFC3339))
 		case err != nil && synced:
 			s.Nomad = fmt.Sprintf("unreachable (last answer %s ago): %v", time.Since(lastOK).Round(time.Second), err)
 		case err != nil:
@@ -166,6 +180,7 @@ func ruleState[P fmt.Stringer](src string, prefixes []P, services, jobs []string
 // withDrops returns a copy of the snapshot with the kernel's drop counters.
 func (a *Agent) withDrops(ctx context.Context) (*Snapshot, error) {
 	s := *a.Snapshot()
+	s.BridgeNetfilterErr = a.bridgeNFProblem() // checked every second, not per reconcile
 	if a.o.Firewall == nil {
 		return &s, nil
 	}
@@ -359,7 +374,7 @@ func (a *Agent) MetricsHandler() http.Handler {
 			http.Error(w, "no reconcile yet", http.StatusServiceUnavailable)
 			return
 		}
-		if problems := strings.TrimSpace(s.FirewallErr + " " + s.ConsulErr); problems != "" {
+		if problems := strings.TrimSpace(s.FirewallErr + " " + s.ConsulErr + " " + a.bridgeNFProblem()); problems != "" {
 			http.Error(w, problems, http.StatusServiceUnavailable)
 			return
 		}

@@ -32,7 +32,7 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string]DirCounters{}
-	for _, name := range []string{"in_drop", "eg_drop"} {
+	for _, name := range []string{"in_drop", "eg_drop", "eg4_drop"} {
 		elems, err := f.conn.GetSetElements(&nftables.Set{Table: table, Name: name})
 		if err != nil {
 			return nil, fmt.Errorf("read drop counters from set %s: %w", name, err)
@@ -43,10 +43,12 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 			}
 			c := Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
 			d := out[e.Comment]
-			if name == "in_drop" {
+			switch name {
+			case "in_drop":
 				d.IngressDropped = c
-			} else {
-				d.EgressDropped = c
+			default: // eg_drop and eg4_drop: IPv4 egress counts as egress too
+				d.EgressDropped.Packets += c.Packets
+				d.EgressDropped.Bytes += c.Bytes
 			}
 			out[e.Comment] = d
 		}
@@ -63,7 +65,7 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 // of any protocol entering a container's port from another MAC than its
 // container's (same chain).
 func (f *Firewall) SpoofDrops(ctx context.Context) (Counter, error) {
-	return f.chainDrops(ctx, "egress", "node", inBridge("prerouting"))
+	return f.chainDrops(ctx, "spoof", "spoof4", "node", inBridge("prerouting"))
 }
 
 // PortSpoofDrops is the part of SpoofDrops that the bridge port checks
@@ -82,7 +84,7 @@ func (f *Firewall) SpoofDropsByCheck(ctx context.Context) (bridgePort, source Co
 	if bridgePort, err = f.chainDrops(ctx, inBridge("prerouting")); err != nil {
 		return Counter{}, Counter{}, err
 	}
-	if source, err = f.chainDrops(ctx, "egress", "node"); err != nil {
+	if source, err = f.chainDrops(ctx, "spoof", "spoof4", "node"); err != nil {
 		return Counter{}, Counter{}, err
 	}
 	return bridgePort, source, nil
@@ -101,7 +103,7 @@ func (f *Firewall) chainDrops(ctx context.Context, qchains ...string) (Counter, 
 	for _, qchain := range qchains {
 		t, chain := tableOf(qchain)
 		rules, err := f.conn.GetRules(t, &nftables.Chain{Table: t, Name: chain})
-		if qchain != "egress" && errors.Is(err, unix.ENOENT) {
+		if qchain != "spoof" && errors.Is(err, unix.ENOENT) {
 			continue // a table of an older layout, before its first Apply
 		}
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -24,6 +25,9 @@ type plan struct {
 	addElems      map[string][]elem
 	delChains     []string
 	delSets       []string
+	// revoke are the addresses whose established flows the change may
+	// no longer allow (see revoke.go); not part of the batch.
+	revoke map[netip.Addr]bool
 }
 
 func (p plan) empty() bool {

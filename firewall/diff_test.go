@@ -24,8 +24,8 @@ func TestDiff(t *testing.T) {
 		{"remove container", func(s *State) { s.Containers = s.Containers[:1] }, 0, 7, 1, 0},
 		{"port change", func(s *State) { s.Containers[0].Ingress[0].Ports = ports(8081) }, 1, 1, 0, 0},
 		{"bridge port learnt", func(s *State) { s.Containers[1].Port = 43 }, 2, 0, 0, 0},   // bridge port_bound, port_src
-		{"bridge port changed", func(s *State) { s.Containers[0].Port = 44 }, 3, 3, 0, 0},  // port_src, port_mac_bound, port_mac
-		{"bridge port forgotten", func(s *State) { s.Containers[0].Port = 0 }, 0, 4, 0, 0}, // back to the inet MAC check
+		{"bridge port changed", func(s *State) { s.Containers[0].Port = 44 }, 4, 4, 0, 0},  // port_src, port_src4, port_mac_bound, port_mac
+		{"bridge port forgotten", func(s *State) { s.Containers[0].Port = 0 }, 0, 5, 0, 0}, // back to the inet MAC check (port_src4 too)
 		{"peer set grows", func(s *State) {
 			s.PeerSets["@traefik"] = append(s.PeerSets["@traefik"], pfx("2001:db8:b::/64"))
 		}, 1, 0, 0, 0}, // one range of list {@traefik} in set "lists"

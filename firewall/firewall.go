@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -21,8 +22,17 @@ import (
 // namespace.
 type Firewall struct {
 	conn *nftables.Conn
-	log  *slog.Logger
-	gen  interface{ read() (uint32, error) } // a *genReader but in tests
+	nsfd int // the namespace's fd (0: the current one), for conntrack
+
+	// Revocation (revoke.go): addresses waiting for their flows to be
+	// judged, and whether the goroutine that does it runs.
+	revokeMu      sync.Mutex
+	revokePending map[netip.Addr]bool
+	revoking      bool
+	noRevoke      bool // benchmarks of the table alone
+
+	log *slog.Logger
+	gen interface{ read() (uint32, error) } // a *genReader but in tests
 
 	mu sync.Mutex
 	// m is what the table held after our last commit (nil: unknown).
@@ -33,6 +43,10 @@ type Firewall struct {
 	comp    *compiler
 
 	everApplied bool
+	// target is the newest valid State given to Apply: what Watch
+	// repairs to. Read and written only under mu, so a repair can never
+	// apply a State older than the last Apply (issue 16).
+	target *State
 
 	restores atomic.Uint64
 }
@@ -62,7 +76,7 @@ func (c Changes) Restored() bool {
 // nsfd (0 for the current namespace) so the generation check reads the same
 // namespace.
 func New(conn *nftables.Conn, nsfd int, log *slog.Logger) *Firewall {
-	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}}
+	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}, nsfd: nsfd}
 }
 
 // Restores counts the Applies that found the table missing or a chain's
@@ -94,10 +108,28 @@ var (
 // a container may be partly programmed, which can only deny more than the
 // target state, never allow more than the union of old and new.
 //
-// Applying the same State again sends nothing.
+// Applying the same State again sends nothing. A valid s becomes the
+// state Watch repairs to (even if sending it failed, so the repair retries
+// the newest state); the caller must not modify it afterwards.
 func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.apply(ctx, s)
+}
+
+// repair applies the last valid State given to Apply again, under the same
+// lock, so it is never older than what Apply last took.
+func (f *Firewall) repair(ctx context.Context) (Changes, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.target == nil {
+		return Changes{}, nil
+	}
+	return f.apply(ctx, *f.target)
+}
+
+// apply is Apply with f.mu held.
+func (f *Firewall) apply(ctx context.Context, s State) (Changes, error) {
 	if err := ctx.Err(); err != nil {
 		return Changes{}, err
 	}
@@ -112,6 +144,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		var ok bool
 		if p, ok = f.m.update(s, f.comp, nil); ok {
 			incremental = true
+			f.target = &s // update validated every change
 		} else if err := s.Validate(); err != nil {
 			return Changes{}, err // the model is untouched
 		}
@@ -120,6 +153,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 		if err := s.Validate(); err != nil {
 			return Changes{}, err
 		}
+		f.target = &s
 		var reuse map[string]*compiled
 		var live *liveState
 		if f.m != nil {
@@ -140,6 +174,7 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 			}
 		}
 		p = diff(live, m.want)
+		p.revoke = affectedBy(prev, m)
 		f.m = m
 	}
 	ch := p.changes()
@@ -179,6 +214,9 @@ func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 			"table_created", ch.TableCreated, "bridge_table_created", ch.BridgeTableCreated, "chains_rewritten", ch.ChainsRewritten)
 	}
 	f.everApplied = true
+	if !f.noRevoke {
+		f.revokeLater(p.revoke)
+	}
 	f.log.Info("firewall applied", "table", "inet "+TableName,
 		"elems_added", ch.ElemsAdded, "elems_removed", ch.ElemsRemoved,
 		"chains_added", ch.ChainsAdded, "chains_removed", ch.ChainsRemoved,
@@ -316,23 +354,45 @@ func (g *genReader) read() (uint32, error) {
 	return 0, errors.New("nftables generation: no NFTA_GEN_ID in reply")
 }
 
-// EnableBridgeNetfilter turns on net.bridge.bridge-nf-call-ip6tables in the
-// calling thread's network namespace, so that traffic bridged between two
-// containers crosses the inet forward hook and obeys the same policy as
-// routed traffic. It is a /proc/sys write, not a command. Note that it also
-// makes other ip6tables/nftables forward rules (Docker's) see bridged
-// IPv6 traffic.
-func EnableBridgeNetfilter() error {
-	const p = "/proc/sys/net/bridge/bridge-nf-call-ip6tables"
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return fmt.Errorf("bridge netfilter sysctl (is br_netfilter loaded?): %w", err)
+// Bridge netfilter sysctls: with them, bridged frames between two ports
+// of a bridge (container to container) cross the inet hooks, IPv6 and
+// IPv4, and obey the same policy as routed traffic.
+var bridgeNetfilterSysctls = []string{
+	"/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+	"/proc/sys/net/bridge/bridge-nf-call-iptables",
+}
+
+// ErrNoBridgeNetfilter says the br_netfilter module is not loaded (or the
+// kernel lacks it): containers on one bridge reach each other past every
+// rule of the inet table.
+var ErrNoBridgeNetfilter = errors.New("br_netfilter is not loaded, so traffic between containers on the bridge bypasses the firewall: load it (modprobe br_netfilter) and at boot (the v6reg RPM lists it in /usr/lib/modules-load.d/v6reg.conf)")
+
+// EnableBridgeNetfilter makes bridged traffic cross the inet hooks in the
+// calling thread's network namespace: it turns on
+// net.bridge.bridge-nf-call-ip6tables and -iptables where they are off
+// (someone turned them off, or Docker 27+, which loads br_netfilter only
+// for icc=false networks and sets nothing else). It is a /proc/sys write,
+// not a command. fixed lists the sysctls it had to turn back on; the
+// error wraps ErrNoBridgeNetfilter when the module is missing. Call it at
+// start and on every repair: a change behind the agent's back opens every
+// container to its co-tenants until it runs again. Note that it also makes
+// other ip6tables/iptables forward rules (Docker's) see bridged traffic.
+func EnableBridgeNetfilter() (fixed []string, err error) {
+	for _, p := range bridgeNetfilterSysctls {
+		b, err := os.ReadFile(p)
+		if errors.Is(err, os.ErrNotExist) {
+			return fixed, fmt.Errorf("%s missing: %w", p, ErrNoBridgeNetfilter)
+		}
+		if err != nil {
+			return fixed, fmt.Errorf("bridge netfilter sysctl: %w", err)
+		}
+		if len(b) > 0 && b[0] == '1' {
+			continue
+		}
+		if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+			return fixed, fmt.Errorf("enable bridge netfilter (%s): %w", p, err)
+		}
+		fixed = append(fixed, p)
 	}
-	if len(b) > 0 && b[0] == '1' {
-		return nil
-	}
-	if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
-		return fmt.Errorf("enable bridge netfilter: %w", err)
-	}
-	return nil
+	return fixed, nil
 }

@@ -67,16 +67,17 @@ func ports(p ...uint16) []PortRange {
 // smallState is the state of the golden test.
 func smallState() State {
 	return State{
-		Prefix: testPrefix, Gateway: testGW,
+		Prefix: testPrefix, Gateway: testGW, Bridge: "br0",
 		NodePorts: []Rule{{Proto: UDP, Ports: ports(53)}, {Peer: PeerAny, Proto: TCP, Ports: []PortRange{{8500, 8502}}}, {Proto: ICMP}},
 		PeerSets: map[string][]netip.Prefix{
 			"@traefik":   {pfx("2001:db8:a::/64")},
 			"service:pg": {pfx("2001:db8:1:2:3::c2/128"), pfx("2001:db8:9::/48")},
+			"@internet":  {pfx("2000::/3"), pfx("1.0.0.0/8"), pfx("2.0.0.0/7")},
 		},
 		Containers: []Container{
-			{ID: "c1", Addr: addr("2001:db8:1:2:3::c1"), MAC: net.HardwareAddr{0x02, 0x42, 0xac, 0x11, 0, 0xc1}, Port: 42,
+			{ID: "c1", Addr: addr("2001:db8:1:2:3::c1"), Addr4: addr("192.0.2.11"), MAC: net.HardwareAddr{0x02, 0x42, 0xac, 0x11, 0, 0xc1}, Port: 42,
 				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: ports(8080)}, {Peer: "any", Proto: ICMP}},
-				Egress:  []Rule{{Peer: "service:pg", Proto: TCP, Ports: ports(5432)}}},
+				Egress:  []Rule{{Peer: "service:pg", Proto: TCP, Ports: ports(5432)}, {Peer: "@internet", Proto: TCP, Ports: ports(443)}}},
 			{ID: "c2", Addr: addr("2001:db8:1:2:3::c2"),
 				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: []PortRange{{5432, 5433}}}, {Peer: "any", Proto: UDP}},
 				Egress:  []Rule{{Peer: "any", Proto: Any}}},

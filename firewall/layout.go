@@ -98,6 +98,13 @@ var (
 	keyAddrMAC   = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeEtherAddr)
 	keyAddrIf    = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIFIndex)
 	keyIfMAC     = nftables.MustConcatSetType(nftables.TypeIFIndex, nftables.TypeEtherAddr)
+
+	keyAddr4      = nftables.TypeIPAddr
+	keyListAddr4  = nftables.MustConcatSetType(nftables.TypeMark, nftables.TypeIPAddr)
+	keyAddr4Proto = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto)
+	keyAddr4Port  = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	keyAddr4MAC   = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeEtherAddr)
+	keyAddr4If    = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIFIndex)
 )
 
 // Static sets and maps; names are part of the table's public shape
@@ -125,6 +132,18 @@ var staticSets = []setSpec{
 	// size is peer lists x prefixes, independent of the number of
 	// containers.
 	{name: "lists", keyType: keyListAddr, concat: true, interval: true, comment: "peer list id . peer prefix"},
+	// IPv4 egress (State.Bridge, Container.Addr4): the same peer lists,
+	// keyed by the container's IPv4 address; their IPv4 prefixes live in
+	// "lists4". There is no IPv4 ingress.
+	{name: "containers4", keyType: keyAddr4, comment: "IPv4 addresses owned by containers"},
+	{name: "eg4_drop", keyType: keyAddr4, counter: true, comment: "IPv4 egress drops per container"},
+	{name: "mac_bound4", keyType: keyAddr4, comment: "IPv4 addresses whose source MAC is checked"},
+	{name: "src_mac4", keyType: keyAddr4MAC, concat: true, comment: "IPv4 address . MAC of each container"},
+	{name: "eg4_port_list", keyType: keyAddr4Port, concat: true, idMap: true},
+	{name: "eg4_proto_list", keyType: keyAddr4Proto, concat: true, idMap: true},
+	{name: "eg4_icmp_list", keyType: keyAddr4, idMap: true},
+	{name: "eg4_any_list", keyType: keyAddr4, idMap: true},
+	{name: "lists4", keyType: keyListAddr4, concat: true, interval: true, comment: "peer list id . IPv4 peer prefix"},
 	// Table bridge v6reg: addresses bound to the bridge port (host-side
 	// veth ifindex) of their container (Container.Port).
 	{name: inBridge("port_bound"), keyType: keyAddr, comment: "addresses whose bridge port is checked"},
@@ -133,6 +152,10 @@ var staticSets = []setSpec{
 	// enter them (any frame: IPv6, ARP, IPv4, anything else).
 	{name: inBridge("port_mac_bound"), keyType: nftables.TypeIFIndex, hostOrder: true, comment: "bridge ports whose source MAC is checked"},
 	{name: inBridge("port_mac"), keyType: keyIfMAC, concat: true, comment: "bridge port ifindex . MAC of each container"},
+	// IPv4 address . bridge port of each container with Addr4 and Port:
+	// IPv4 and ARP from a bound port must carry the container's own
+	// IPv4 address.
+	{name: inBridge("port_src4"), keyType: keyAddr4If, concat: true, comment: "IPv4 address . bridge port ifindex of each container"},
 }
 
 // listID is a peer list's id: the value of the *_list maps and the first
@@ -233,8 +256,21 @@ func (cp *compiler) container(ct Container) *compiled {
 		add("mac_bound", elem{key: a, comment: ct.ID})
 		add("src_mac", elem{key: key(a, ct.MAC), comment: ct.ID})
 	}
+	var a4 []byte
+	if ct.Addr4.IsValid() {
+		a4 = ct.Addr4.AsSlice()
+		add("containers4", elem{key: a4, comment: ct.ID})
+		add("eg4_drop", elem{key: a4, comment: ct.ID})
+		if len(ct.MAC) == 6 {
+			add("mac_bound4", elem{key: a4, comment: ct.ID})
+			add("src_mac4", elem{key: key(a4, ct.MAC), comment: ct.ID})
+		}
+	}
 	if ct.Port > 0 {
 		ifindex := binary.NativeEndian.AppendUint32(nil, uint32(ct.Port)) //nolint:gosec // G115: Validate keeps Port in 1..MaxInt32
+		if a4 != nil {
+			add(inBridge("port_src4"), elem{key: key(a4, ifindex), comment: ct.ID})
+		}
 		add(inBridge("port_bound"), elem{key: a, comment: ct.ID})
 		add(inBridge("port_src"), elem{key: key(a, ifindex), comment: ct.ID})
 		if len(ct.MAC) == 6 {
@@ -244,10 +280,22 @@ func (cp *compiler) container(ct Container) *compiled {
 	}
 	peerSeen := map[string]bool{}
 	listSeen := map[listID]bool{}
-	for _, d := range []struct {
+	dirs := []struct {
 		dir   string
+		addr  []byte
 		rules []Rule
-	}{{"in", ct.Ingress}, {"eg", ct.Egress}} {
+	}{{"in", a, ct.Ingress}, {"eg", a, ct.Egress}}
+	if a4 != nil {
+		// IPv4 egress follows the same rules: the peer lists are shared,
+		// their IPv4 prefixes are in "lists4".
+		dirs = append(dirs, struct {
+			dir   string
+			addr  []byte
+			rules []Rule
+		}{"eg4", a4, ct.Egress})
+	}
+	for _, d := range dirs {
+		a := d.addr
 		// Rules that share a key are merged into one peer list.
 		type keyed struct {
 			set, key string
@@ -307,40 +355,55 @@ func (cp *compiler) container(ct Container) *compiled {
 	return out
 }
 
-// listElems computes the elements of set "lists" for one peer list: the
-// union of its peer sets' prefixes, merged into disjoint ranges.
-func listElems(pl peerList, peerSets func(string) []netip.Prefix) []elem {
-	var prefixes []netip.Prefix
+// listElems computes the elements of sets "lists" (IPv6) and "lists4"
+// (IPv4) for one peer list: the union of its peer sets' prefixes of each
+// family, merged into disjoint ranges. PeerAny is both families' whole
+// space.
+func listElems(pl peerList, peerSets func(string) []netip.Prefix) []setElem {
+	var v6, v4 []netip.Prefix
 	for _, p := range pl.peers {
 		if p == PeerAny {
-			prefixes = append(prefixes, netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+			v6 = append(v6, netip.PrefixFrom(netip.IPv6Unspecified(), 0))
+			v4 = append(v4, netip.PrefixFrom(netip.IPv4Unspecified(), 0))
 			continue
 		}
-		prefixes = append(prefixes, peerSets(p)...)
+		for _, pf := range peerSets(p) {
+			if pf.Addr().Is4() {
+				v4 = append(v4, pf)
+			} else {
+				v6 = append(v6, pf)
+			}
+		}
 	}
 	comment := strings.Join(pl.peers, " ")
 	if len(comment) > 120 { // element userdata is limited to 256 bytes
 		comment = comment[:117] + "..."
 	}
 	idb := pl.id.bytes()
-	var out []elem
-	for _, r := range mergeRanges(prefixes) {
-		last := new(big.Int).Sub(r.hi, big.NewInt(1))
-		out = append(out, elem{key: key(idb, addr16(r.lo)), keyEnd: key(idb, addr16(last)), comment: comment})
+	var out []setElem
+	for _, fam := range []struct {
+		set      string
+		prefixes []netip.Prefix
+		width    int
+	}{{"lists", v6, 16}, {"lists4", v4, 4}} {
+		for _, r := range mergeRanges(fam.prefixes) {
+			last := new(big.Int).Sub(r.hi, big.NewInt(1))
+			out = append(out, setElem{fam.set, elem{key: key(idb, addrBytes(r.lo, fam.width)), keyEnd: key(idb, addrBytes(last, fam.width)), comment: comment}})
+		}
 	}
 	return out
 }
 
 type addrRange struct{ lo, hi *big.Int } // hi exclusive
 
-// mergeRanges turns prefixes into sorted disjoint ranges, merging overlaps
-// (the kernel refuses overlapping intervals).
+// mergeRanges turns prefixes of one family into sorted disjoint ranges,
+// merging overlaps (the kernel refuses overlapping intervals).
 func mergeRanges(prefixes []netip.Prefix) []addrRange {
 	var rs []addrRange
 	for _, p := range prefixes {
 		p = p.Masked()
 		lo := new(big.Int).SetBytes(p.Addr().AsSlice())
-		size := new(big.Int).Lsh(big.NewInt(1), uint(128-p.Bits()))
+		size := new(big.Int).Lsh(big.NewInt(1), uint(p.Addr().BitLen()-p.Bits())) //nolint:gosec // G115: Bits <= BitLen
 		rs = append(rs, addrRange{lo, new(big.Int).Add(lo, size)})
 	}
 	slices.SortFunc(rs, func(a, b addrRange) int { return a.lo.Cmp(b.lo) })
@@ -371,8 +434,11 @@ func intervalElems(prefixes []netip.Prefix) []elem {
 	return out
 }
 
-func addr16(i *big.Int) []byte {
-	b := make([]byte, 16)
+func addr16(i *big.Int) []byte { return addrBytes(i, 16) }
+
+// addrBytes is i as an address of width bytes (16: IPv6, 4: IPv4).
+func addrBytes(i *big.Int, width int) []byte {
+	b := make([]byte, width)
 	return i.FillBytes(b)
 }
 
@@ -392,21 +458,36 @@ func payloadAddr(src bool) *expr.Payload {
 	return &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 16}
 }
 
+// payloadAddr4 loads an IPv4 packet's source or destination address.
+func payloadAddr4(src bool) *expr.Payload {
+	off := uint32(16)
+	if src {
+		off = 12
+	}
+	return &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4}
+}
+
 // matchPrefix matches the source or destination address against p.
 func matchPrefix(src bool, p netip.Prefix) []expr.Any {
+	return matchPrefixAt(payloadAddr(src), p, expr.CmpOpEq)
+}
+
+// matchPrefixAt compares the address that pl loads (into register 1) with
+// p: op CmpOpEq matches inside p, CmpOpNeq outside.
+func matchPrefixAt(pl *expr.Payload, p netip.Prefix, op expr.CmpOp) []expr.Any {
 	a := p.Masked().Addr().AsSlice()
-	pl := payloadAddr(src)
+	pl = &expr.Payload{DestRegister: reg1, Base: pl.Base, Offset: pl.Offset, Len: uint32(len(a))} //nolint:gosec // G115: 4 or 16
 	if p.Bits()%8 == 0 {
-		pl.Len = uint32(p.Bits() / 8) //nolint:gosec // G115: an IPv6 prefix has 0..128 bits
-		return []expr.Any{pl, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: a[:pl.Len]}}
+		pl.Len = uint32(p.Bits() / 8) //nolint:gosec // G115: a prefix has 0..128 bits
+		return []expr.Any{pl, &expr.Cmp{Op: op, Register: reg1, Data: a[:pl.Len]}}
 	}
-	mask := make([]byte, 16)
+	mask := make([]byte, len(a))
 	for i := 0; i < p.Bits(); i++ {
 		mask[i/8] |= 0x80 >> (i % 8)
 	}
 	return []expr.Any{pl,
-		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 16, Mask: mask, Xor: make([]byte, 16)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: a},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: pl.Len, Mask: mask, Xor: make([]byte, len(a))},
+		&expr.Cmp{Op: op, Register: reg1, Data: a},
 	}
 }
 
@@ -428,6 +509,14 @@ func icmpType(from, to byte) []expr.Any {
 	)
 }
 
+// icmp4Type matches an ICMP (IPv4) message type.
+func icmp4Type(t byte) []expr.Any {
+	return append(l4proto(unix.IPPROTO_ICMP),
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{t}},
+	)
+}
+
 func rule(parts ...any) ruleSpec {
 	var r ruleSpec
 	for _, p := range parts {
@@ -443,15 +532,16 @@ func rule(parts ...any) ruleSpec {
 	return r
 }
 
-// directionChain is "ingress" or "egress": one rule per map, in order of
+// directionChain is "ingress" or "egress" (dir "in", "eg"), or
+// "egress4" (dir "eg4", IPv4): one rule per map, in order of
 // specificity, then the per-container drop counter, then drop.
 //
 // A rule looks the container's address (. protocol . port) up in a map
 // that gives the id of a peer list, and then looks id . peer address up in
-// set "lists". The id is passed from the first lookup to the second in a
-// register; the only form of that which nft can print is a map result
-// stored in a packet field and read back, so the rule goes through the
-// packet mark and gives the mark back within the same rule:
+// set "lists" ("lists4" for IPv4). The id is passed from the first lookup
+// to the second in a register; the only form of that which nft can print
+// is a map result stored in a packet field and read back, so the rule goes
+// through the packet mark and gives the mark back within the same rule:
 //
 //	reg14 = mark              (save; nft does not print the load)
 //	reg8  = map lookup        meta mark set <key> map @<dir>_<kind>_list
@@ -465,9 +555,10 @@ func rule(parts ...any) ruleSpec {
 // ends the rule before the mark is touched. nft prints the restore as
 // `meta mark set meta mark`, which reads as a no-op: it is the saved mark.
 func directionChain(dir string) []ruleSpec {
-	src := dir == "eg"
+	src := dir != "in"
+	v4 := dir == "eg4"
 	allow := verdict(expr.VerdictAccept, "")
-	if src {
+	if dir == "eg" {
 		allow = verdict(expr.VerdictGoto, "egress_ok")
 	}
 	const (
@@ -475,28 +566,39 @@ func directionChain(dir string) []ruleSpec {
 		regPeer = 9  // NFT_REG32_01..04: the peer address
 		regSave = 14 // NFT_REG32_06: the packet mark on entry
 	)
+	own, peer, lists := payloadAddr(src), payloadAddr(!src), "lists"
+	var regProto, regPort uint32 = reg32b, reg32c
+	if v4 {
+		own, peer, lists = payloadAddr4(true), payloadAddr4(false), "lists4"
+		regProto, regPort = 9, 10 // after a 4-byte address
+	}
+	peer = &expr.Payload{DestRegister: regPeer, Base: peer.Base, Offset: peer.Offset, Len: peer.Len}
 	lookupList := func(set string, keyExprs ...expr.Any) ruleSpec {
-		return rule(payloadAddr(src), keyExprs,
+		return rule(own, keyExprs,
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: regSave},
 			&expr.Lookup{SourceRegister: reg1, SetName: set, IsDestRegSet: true, DestRegister: regID},
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: regID},
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: regID},
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: regSave},
-			&expr.Payload{DestRegister: regPeer, Base: expr.PayloadBaseNetworkHeader, Offset: payloadAddr(!src).Offset, Len: 16},
-			&expr.Lookup{SourceRegister: regID, SetName: "lists"},
+			peer,
+			&expr.Lookup{SourceRegister: regID, SetName: lists},
 			allow)
 	}
 	icmp := lookupList(dir + "_icmp_list")
-	icmp.exprs = append(icmpType(128, 128), icmp.exprs...)
+	if v4 {
+		icmp.exprs = append(icmp4Type(8), icmp.exprs...)
+	} else {
+		icmp.exprs = append(icmpType(128, 128), icmp.exprs...)
+	}
 	return []ruleSpec{
 		lookupList(dir+"_port_list",
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32b},
-			&expr.Payload{DestRegister: reg32c, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}),
-		lookupList(dir+"_proto_list", &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32b}),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regProto},
+			&expr.Payload{DestRegister: regPort, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}),
+		lookupList(dir+"_proto_list", &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regProto}),
 		icmp,
 		lookupList(dir + "_any_list"),
 		// No verdict: the lookup only bumps the element's drop counter.
-		rule(payloadAddr(src), &expr.Lookup{SourceRegister: reg1, SetName: dir + "_drop"}),
+		rule(own, &expr.Lookup{SourceRegister: reg1, SetName: dir + "_drop"}),
 		rule(verdict(expr.VerdictDrop, "")),
 	}
 }
@@ -504,7 +606,7 @@ func directionChain(dir string) []ruleSpec {
 // antiSpoofing are the rules that drop (and count, see SpoofDrops) a
 // packet whose source is in the prefix but is not a container's, or not
 // from that container. They run in "egress" (forwarded) and in "node"
-// (to the node itself).
+// (to the node itself), for IPv6 sources in the prefix.
 func antiSpoofing() []ruleSpec {
 	return []ruleSpec{
 		// Anti-spoofing 1: a source from the prefix must route back out of
@@ -529,32 +631,72 @@ func antiSpoofing() []ruleSpec {
 	}
 }
 
-// alwaysAllowed are the first rules of "filter" and "node": replies, the
-// ICMPv6 errors and the neighbour discovery that IPv6 needs on a link.
+// antiSpoofing4 is antiSpoofing for IPv4 packets from the bridge: the
+// source must be a container's IPv4 address, sent from its MAC.
+func antiSpoofing4() []ruleSpec {
+	return []ruleSpec{
+		rule(payloadAddr4(true), &expr.Lookup{SourceRegister: reg1, SetName: "containers4", Invert: true},
+			&expr.Counter{}, verdict(expr.VerdictDrop, "")),
+		rule(payloadAddr4(true), &expr.Lookup{SourceRegister: reg1, SetName: "mac_bound4"},
+			&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+			&expr.Lookup{SourceRegister: reg1, SetName: "src_mac4", Invert: true},
+			&expr.Counter{}, verdict(expr.VerdictDrop, "")),
+	}
+}
+
+// ctReplies accepts packets of flows conntrack knows: replies of allowed
+// flows, and ICMP errors (packet too big, unreachable, time exceeded,
+// parameter problem) that conntrack relates to one of them. An ICMPv6
+// error about no known flow is dropped like any other packet: it is not
+// a free channel into or out of a container, and one sent to an address
+// of the prefix that no container has never makes the node resolve it
+// (RFC 6583).
+func ctReplies() ruleSpec {
+	return rule(&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+			Xor:  []byte{0, 0, 0, 0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
+		verdict(expr.VerdictAccept, ""))
+}
+
+// hopLimit matches the IPv6 hop limit.
+func hopLimit(h byte) []expr.Any {
+	return []expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 7, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{h}}}
+}
+
+// linkProtocols accept what IPv6 needs on the link: neighbour discovery
+// (router and neighbour solicitations and advertisements, hop limit 255,
+// so never from off the link; router advertisements and redirects from a
+// container's port are dropped earlier, in table bridge v6reg) and MLD
+// (queries, reports and done, hop limit 1).
+func linkProtocols() []ruleSpec {
+	return []ruleSpec{
+		rule(icmpType(133, 136), hopLimit(255), verdict(expr.VerdictAccept, "")),
+		rule(icmpType(130, 132), hopLimit(1), verdict(expr.VerdictAccept, "")),
+		rule(icmpType(143, 143), hopLimit(1), verdict(expr.VerdictAccept, "")),
+	}
+}
+
+// alwaysAllowed are the first rules of "filter" and "node": replies and
+// related errors, and neighbour discovery from and to the prefix.
 func alwaysAllowed() []ruleSpec {
 	return []ruleSpec{
-		rule(&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
-			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
-				Mask: binary.NativeEndian.AppendUint32(nil, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
-				Xor:  []byte{0, 0, 0, 0}},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{0, 0, 0, 0}},
-			verdict(expr.VerdictAccept, "")),
-		// RFC 4890: destination-unreachable, packet-too-big,
-		// time-exceeded, parameter-problem always pass.
-		rule(icmpType(1, 4), verdict(expr.VerdictAccept, "")),
+		ctReplies(),
 		// Neighbour discovery on the bridge (between containers, seen in
 		// forward only with br_netfilter; between a container and the
-		// gateway, in input); hop limit 255 = on-link.
-		rule(icmpType(133, 137),
-			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 7, Len: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{255}},
-			verdict(expr.VerdictAccept, "")),
+		// gateway, in input); hop limit 255 = on-link. Redirects (137)
+		// pass only from the node, which sends them through output.
+		rule(icmpType(133, 136), hopLimit(255), verdict(expr.VerdictAccept, "")),
 	}
 }
 
 // nodePortRules turns State.NodePorts into accept rules of chain "node".
 // They are rules, not map elements: the list is operator configuration
 // that changes rarely, and a change rewrites only chain "node" (atomically).
+// The rules match the transport header, so they apply to IPv6 and IPv4
+// alike; ICMP is ICMPv6 or ICMP echo requests.
 func nodePortRules(rs []Rule) []ruleSpec {
 	accept := verdict(expr.VerdictAccept, "")
 	var out []ruleSpec
@@ -573,7 +715,7 @@ func nodePortRules(rs []Rule) []ruleSpec {
 				out = append(out, rule(l4proto(byte(r.Proto)), dport, match, accept))
 			}
 		case ICMP:
-			out = append(out, rule(icmpType(128, 128), accept))
+			out = append(out, rule(icmpType(128, 128), accept), rule(icmp4Type(8), accept))
 		case Any:
 			out = append(out, rule(accept))
 		}
@@ -605,30 +747,101 @@ func portMACRule() ruleSpec {
 		&expr.Counter{}, verdict(expr.VerdictDrop, ""))
 }
 
-// bridgePortRules are the rules of chain prerouting of table bridge v6reg:
-// the MAC check (portMACRule), then: an IPv6 frame entering a bridge port
-// whose source address is in the prefix and bound to a port (port_bound)
-// must come in through that port (port_src: address . ifindex);
-// otherwise it is counted (SpoofDrops) and dropped, before the bridge
-// learns its MAC, switches it or hands it to br_netfilter and routing. Sources outside the prefix (:: for DAD,
-// link-local for ND, router solicitations, MLD) are not looked at.
+// fromContainerPort matches frames entering the bridge port of a known
+// container (Port and MAC set: port_mac_bound), keeping the port's ifindex
+// in register 8 for a later "address . port" lookup. The rules that start
+// with it hold every container port to what a container may send.
+func fromContainerPort() []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyIIF, Register: 8},
+		&expr.Lookup{SourceRegister: 8, SetName: "port_mac_bound"}}
+}
+
+func ethProto(p uint16) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.BigEndian.AppendUint16(nil, p)}}
+}
+
+var (
+	linkLocal = netip.MustParsePrefix("fe80::/10")
+	multicast = netip.MustParsePrefix("ff00::/8")
+)
+
+// bridgePortRules are the rules of chain prerouting of table bridge v6reg,
+// which sees every frame entering a bridge port before the bridge learns
+// its MAC, switches it or hands it to br_netfilter and routing, whatever
+// its protocol:
+//
+//   - the MAC check (portMACRule);
+//   - a source address of the prefix bound to a port (port_bound) enters
+//     only through that port (port_src: address . ifindex);
+//   - from a container's port: VLAN-tagged frames are dropped (a tag
+//     would carry the frame past the IP rules); IPv6 only from the
+//     container's own address (port_src), a link-local address (ND, MLD)
+//     or :: (DAD); IPv4 and ARP only from its own IPv4 address
+//     (port_src4; ARP probes from 0.0.0.0); no router advertisements,
+//     redirects or router renumbering, no DHCPv6 server messages; a
+//     neighbour advertisement, or a DAD solicitation, for an address of
+//     the prefix only for the container's own.
+//
+// Each drop is counted (SpoofDrops, PortSpoofDrops).
 //
 // meta iif in the bridge family is the port the frame came in on (in the
-// inet hooks it is the bridge itself, under br_netfilter too). The rule
-// does not match the bridge itself: meta ibrname needs nft_meta_bridge
+// inet hooks it is the bridge itself, under br_netfilter too). The rules
+// do not match the bridge itself: meta ibrname needs nft_meta_bridge
 // (CONFIG_NFT_BRIDGE_META), which kernels may lack (then the whole batch
 // would fail with EOPNOTSUPP), and nftables has no key for the bridge's
-// ifindex. It needs none: an address of the prefix lives behind exactly
+// ifindex. They need none: an address of the prefix lives behind exactly
 // one port, so the same address entering any other port of any bridge of
 // the node is forged too.
 func bridgePortRules(prefix netip.Prefix) []ruleSpec {
-	return []ruleSpec{portMACRule(), rule(&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.BigEndian.AppendUint16(nil, unix.ETH_P_IPV6)},
-		matchPrefix(true, prefix),
-		payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "port_bound"},
-		&expr.Meta{Key: expr.MetaKeyIIF, Register: reg32b},
-		&expr.Lookup{SourceRegister: reg1, SetName: "port_src", Invert: true},
-		&expr.Counter{}, verdict(expr.VerdictDrop, ""))}
+	drop := []expr.Any{&expr.Counter{}, verdict(expr.VerdictDrop, "")}
+	addrPort := func(set string, addr *expr.Payload) []expr.Any {
+		// addr . iif (register 8 holds the port from fromContainerPort,
+		// so the address goes first into register 9... ) is looked up
+		// as the set's key: address first, then the ifindex.
+		return []expr.Any{addr, &expr.Meta{Key: expr.MetaKeyIIF, Register: addrNextReg(addr.Len)},
+			&expr.Lookup{SourceRegister: reg1, SetName: set, Invert: true}}
+	}
+	ndTarget := &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 16}
+	return []ruleSpec{
+		portMACRule(),
+		rule(ethProto(unix.ETH_P_IPV6), matchPrefix(true, prefix),
+			payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "port_bound"},
+			addrPort("port_src", payloadAddr(true)), drop),
+		rule(fromContainerPort(), &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.BigEndian.AppendUint16(nil, unix.ETH_P_8021Q)}, drop),
+		rule(fromContainerPort(), &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.BigEndian.AppendUint16(nil, unix.ETH_P_8021AD)}, drop),
+		rule(fromContainerPort(), ethProto(unix.ETH_P_IPV6),
+			matchPrefixAt(payloadAddr(true), linkLocal, expr.CmpOpNeq),
+			payloadAddr(true), &expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 16)},
+			addrPort("port_src", payloadAddr(true)), drop),
+		rule(fromContainerPort(), ethProto(unix.ETH_P_IP),
+			addrPort("port_src4", payloadAddr4(true)), drop),
+		rule(fromContainerPort(), ethProto(unix.ETH_P_ARP),
+			arpSenderIP(), &expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+			addrPort("port_src4", arpSenderIP()), drop),
+		rule(fromContainerPort(), ethProto(unix.ETH_P_IPV6), icmpType(134, 134), drop),
+		rule(fromContainerPort(), ethProto(unix.ETH_P_IPV6), icmpType(137, 138), drop),
+		rule(fromContainerPort(), ethProto(unix.ETH_P_IPV6), l4proto(unix.IPPROTO_UDP),
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: port(547)}, drop),
+		rule(fromContainerPort(), ethProto(unix.ETH_P_IPV6), icmpType(136, 136),
+			matchPrefixAt(ndTarget, prefix, expr.CmpOpEq), addrPort("port_src", ndTarget), drop),
+		rule(fromContainerPort(), ethProto(unix.ETH_P_IPV6), icmpType(135, 135),
+			payloadAddr(true), &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: make([]byte, 16)},
+			matchPrefixAt(ndTarget, prefix, expr.CmpOpEq), addrPort("port_src", ndTarget), drop),
+	}
+}
+
+// addrNextReg is the 32-bit register after an address of n bytes loaded
+// into register 1 (NFT_REG32_00 = 8): the next field of a concatenation.
+func addrNextReg(n uint32) uint32 { return 8 + n/4 }
+
+// arpSenderIP loads the sender protocol address of an Ethernet/IPv4 ARP
+// packet (offset 14 of the ARP header).
+func arpSenderIP() *expr.Payload {
+	return &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 14, Len: 4}
 }
 
 // bridgeFilterPriority is the bridge family's "filter" priority: before
@@ -636,42 +849,85 @@ func bridgePortRules(prefix netip.Prefix) []ruleSpec {
 // hooks.
 var bridgeFilterPriority = nftables.ChainPriorityRef(-200)
 
-func baseChains(prefix netip.Prefix, nodePorts []Rule) []chainSpec {
-	egress := append(antiSpoofing(), directionChain("eg")...)
+func nfproto(p byte) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{p}}}
+}
+
+// ifname matches the input (in) or output interface name.
+func ifname(in bool, name string, op expr.CmpOp) []expr.Any {
+	k := expr.MetaKeyOIFNAME
+	if in {
+		k = expr.MetaKeyIIFNAME
+	}
+	b := make([]byte, 16)
+	copy(b, name)
+	return []expr.Any{&expr.Meta{Key: k, Register: reg1}, &expr.Cmp{Op: op, Register: reg1, Data: b}}
+}
+
+func baseChains(prefix netip.Prefix, nodePorts []Rule, bridge string) []chainSpec {
+	egress := append([]ruleSpec{rule(verdict(expr.VerdictJump, "spoof"))}, directionChain("eg")...)
 	filter := append(alwaysAllowed(),
+		// Multicast from a container reaches no co-tenant and leaves no
+		// link (neighbour discovery passed above; MLD is link-local).
+		rule(matchPrefixAt(payloadAddr(false), multicast, expr.CmpOpEq), &expr.Counter{}, verdict(expr.VerdictDrop, "")),
 		rule(matchPrefix(true, prefix), verdict(expr.VerdictGoto, "egress")),
 		rule(verdict(expr.VerdictGoto, "ingress")))
 	// Chain "node": packets from a container to the node itself (any of
-	// its addresses, the gateway's first). Same start as "filter" and the
-	// same anti-spoofing as "egress", then the node services open to every
-	// container; the rest counts as the container's egress drop.
-	node := append(alwaysAllowed(), antiSpoofing()...)
+	// its addresses, the gateway's first), of either family and from any
+	// of the container's addresses. Same start as "filter", the same
+	// anti-spoofing as "egress" for each family, then the node services
+	// open to every container; the rest counts as the container's egress
+	// drop.
+	node := append(alwaysAllowed(), linkProtocols()[1:]...)
+	node = append(node,
+		rule(nfproto(unix.NFPROTO_IPV6), matchPrefix(true, prefix), verdict(expr.VerdictJump, "spoof")),
+		rule(nfproto(unix.NFPROTO_IPV4), verdict(expr.VerdictJump, "spoof4")))
+	if bridge != "" {
+		// From the bridge, an IPv6 source is the container's /80 address
+		// or its link-local address; anything else is forged.
+		node = append(node, rule(nfproto(unix.NFPROTO_IPV6),
+			matchPrefixAt(payloadAddr(true), prefix, expr.CmpOpNeq),
+			matchPrefixAt(payloadAddr(true), linkLocal, expr.CmpOpNeq),
+			&expr.Counter{}, verdict(expr.VerdictDrop, "")))
+	}
 	node = append(node, nodePortRules(nodePorts)...)
 	node = append(node,
-		rule(payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "eg_drop"}),
+		rule(nfproto(unix.NFPROTO_IPV6), payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "eg_drop"}),
+		rule(nfproto(unix.NFPROTO_IPV4), payloadAddr4(true), &expr.Lookup{SourceRegister: reg1, SetName: "eg4_drop"}),
 		rule(verdict(expr.VerdictDrop, "")))
-	notIPv6 := rule(&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{unix.NFPROTO_IPV6}},
-		verdict(expr.VerdictReturn, ""))
+	ipv6 := nfproto(unix.NFPROTO_IPV6)
+	forward := []ruleSpec{}
+	input := []ruleSpec{
+		rule(&expr.Meta{Key: expr.MetaKeyIIF, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.NativeEndian.AppendUint32(nil, loopbackIfindex)},
+			verdict(expr.VerdictReturn, "")),
+	}
+	if bridge != "" {
+		forward = append(forward,
+			rule(ifname(true, bridge, expr.CmpOpEq), ipv6, matchPrefix(true, prefix), verdict(expr.VerdictGoto, "filter")),
+			rule(ifname(true, bridge, expr.CmpOpEq), verdict(expr.VerdictGoto, "from_link")))
+		input = append(input, rule(ifname(true, bridge, expr.CmpOpEq), verdict(expr.VerdictGoto, "node")))
+	}
+	forward = append(forward,
+		rule(ipv6, matchPrefix(true, prefix), verdict(expr.VerdictGoto, "filter")),
+		rule(ipv6, matchPrefix(false, prefix), verdict(expr.VerdictGoto, "filter")))
+	if bridge != "" {
+		forward = append(forward, rule(ifname(false, bridge, expr.CmpOpEq), verdict(expr.VerdictGoto, "to_link")))
+	}
+	input = append(input, rule(ipv6, matchPrefix(true, prefix), verdict(expr.VerdictGoto, "node")))
 	chains := []chainSpec{
-		{name: "forward", base: true, hook: nftables.ChainHookForward, rules: []ruleSpec{
-			notIPv6,
-			rule(matchPrefix(true, prefix), verdict(expr.VerdictGoto, "filter")),
-			rule(matchPrefix(false, prefix), verdict(expr.VerdictGoto, "filter")),
-		}},
+		{name: "forward", base: true, hook: nftables.ChainHookForward, rules: forward},
 		// Traffic addressed to the node goes through input, not forward:
 		// without this chain a container reaches every service of the
 		// node (on the gateway address or any other). Only packets from the
-		// prefix are looked at; the node's own traffic to itself (over lo,
-		// possibly from the gateway address) returns untouched.
-		{name: "input", base: true, hook: nftables.ChainHookInput, rules: []ruleSpec{
-			notIPv6,
-			rule(&expr.Meta{Key: expr.MetaKeyIIF, Register: reg1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binary.NativeEndian.AppendUint32(nil, loopbackIfindex)},
-				verdict(expr.VerdictReturn, "")),
-			rule(matchPrefix(true, prefix), verdict(expr.VerdictGoto, "node")),
-		}},
+		// bridge or from the prefix are looked at; the node's own traffic
+		// to itself (over lo, possibly from the gateway address) returns
+		// untouched.
+		{name: "input", base: true, hook: nftables.ChainHookInput, rules: input},
 		{name: "filter", rules: filter},
+		{name: "spoof", rules: antiSpoofing()},
+		{name: "spoof4", rules: antiSpoofing4()},
 		{name: "egress", rules: egress},
 		{name: "egress_ok", rules: []ruleSpec{
 			// Container to container: the destination's ingress decides too.
@@ -682,6 +938,29 @@ func baseChains(prefix netip.Prefix, nodePorts []Rule) []chainSpec {
 		{name: "node", rules: node},
 		{name: inBridge("prerouting"), base: true, hook: nftables.ChainHookPrerouting, prio: bridgeFilterPriority,
 			rules: bridgePortRules(prefix)},
+	}
+	if bridge != "" {
+		// Everything else from the bridge: IPv4 goes to egress4; IPv6 from
+		// a link-local address (or ::) carries neighbour discovery and MLD
+		// and nothing else, so link-local unicast between containers, and
+		// multicast, reach no co-tenant.
+		fromLink := append([]ruleSpec{ctReplies(),
+			rule(nfproto(unix.NFPROTO_IPV4), verdict(expr.VerdictGoto, "egress4"))},
+			linkProtocols()...)
+		fromLink = append(fromLink, rule(&expr.Counter{}, verdict(expr.VerdictDrop, "")))
+		// IPv4 from a container: never to another container (the bridge),
+		// else as its egress rules say (the node's NAT takes it from here).
+		egress4 := append([]ruleSpec{
+			rule(ifname(false, bridge, expr.CmpOpEq), &expr.Counter{}, verdict(expr.VerdictDrop, "")),
+			rule(verdict(expr.VerdictJump, "spoof4")),
+		}, directionChain("eg4")...)
+		chains = append(chains,
+			chainSpec{name: "from_link", rules: fromLink},
+			chainSpec{name: "egress4", rules: egress4},
+			// To the bridge and not IPv6 to the prefix: IPv4 from outside
+			// (there is no IPv4 ingress) or anything routed there. Only
+			// replies and their errors.
+			chainSpec{name: "to_link", rules: []ruleSpec{ctReplies(), rule(&expr.Counter{}, verdict(expr.VerdictDrop, ""))}})
 	}
 	for i := range chains {
 		chains[i] = tagged(chains[i])

@@ -31,9 +31,10 @@ func TestListID(t *testing.T) {
 
 func TestListElems(t *testing.T) {
 	sets := map[string][]netip.Prefix{
-		"@x": {pfx("2001:db8::/32")},
-		"@y": {pfx("2001:db8:1::/48"), pfx("2001:db9::/32")}, // inside @x; adjacent to it
-		"@z": {},
+		"@x":  {pfx("2001:db8::/32")},
+		"@y":  {pfx("2001:db8:1::/48"), pfx("2001:db9::/32")}, // inside @x; adjacent to it
+		"@z":  {},
+		"@v4": {pfx("192.0.2.0/25"), pfx("192.0.2.128/25"), pfx("2001:db8:7::/48")}, // adjacent IPv4 halves merge
 	}
 	of := func(n string) []netip.Prefix { return sets[n] }
 	ones := bytes.Repeat([]byte{0xff}, 16)
@@ -42,7 +43,8 @@ func TestListElems(t *testing.T) {
 		peers  []string
 		ranges [][2]string // first, last address
 	}{
-		{"any", []string{PeerAny}, [][2]string{{"::", netip.AddrFrom16([16]byte(ones)).String()}}},
+		{"any", []string{PeerAny}, [][2]string{{"::", netip.AddrFrom16([16]byte(ones)).String()}, {"0.0.0.0", "255.255.255.255"}}},
+		{"both families", []string{"@v4"}, [][2]string{{"2001:db8:7::", "2001:db8:7:ffff:ffff:ffff:ffff:ffff"}, {"192.0.2.0", "192.0.2.255"}}},
 		{"merged", []string{"@x", "@y"}, [][2]string{{"2001:db8::", "2001:db9:ffff:ffff:ffff:ffff:ffff:ffff"}}},
 		{"empty peer set", []string{"@z"}, nil},
 	}
@@ -56,8 +58,12 @@ func TestListElems(t *testing.T) {
 			for i, r := range tt.ranges {
 				wantKey := key(pl.id.bytes(), addr(r[0]).AsSlice())
 				wantEnd := key(pl.id.bytes(), addr(r[1]).AsSlice())
-				if !bytes.Equal(es[i].key, wantKey) || !bytes.Equal(es[i].keyEnd, wantEnd) {
-					t.Errorf("element %d: key %x end %x, want %x %x", i, es[i].key, es[i].keyEnd, wantKey, wantEnd)
+				wantSet := "lists"
+				if addr(r[0]).Is4() {
+					wantSet = "lists4"
+				}
+				if e := es[i].e; es[i].set != wantSet || !bytes.Equal(e.key, wantKey) || !bytes.Equal(e.keyEnd, wantEnd) {
+					t.Errorf("element %d: %s key %x end %x, want %s %x %x", i, es[i].set, e.key, e.keyEnd, wantSet, wantKey, wantEnd)
 				}
 			}
 		})

@@ -14,6 +14,7 @@ import (
 type model struct {
 	prefix    netip.Prefix
 	gateway   netip.Addr
+	bridge    string
 	nodePorts []Rule // a copy; a change starts a new model (it rewrites chain "node")
 	epoch     uint64
 
@@ -32,16 +33,17 @@ type peerEntry struct {
 	prefixes []netip.Prefix // a copy, to detect changes
 }
 
-// listEntry is a peer list in use and its elements in set "lists".
+// listEntry is a peer list in use and its elements in sets "lists" and
+// "lists4".
 type listEntry struct {
 	pl    peerList
-	elems []elem
+	elems []setElem
 }
 
 // newModel is an empty model for the table-wide fields of s (prefix,
 // gateway, node ports); update adds the containers.
 func newModel(s State) *model {
-	m := &model{prefix: s.Prefix, gateway: s.Gateway, nodePorts: cloneRules(s.NodePorts),
+	m := &model{prefix: s.Prefix, gateway: s.Gateway, bridge: s.Bridge, nodePorts: cloneRules(s.NodePorts),
 		conts: map[string]*compiled{}, addrs: map[netip.Addr]*compiled{},
 		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
 		want: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
@@ -50,7 +52,7 @@ func newModel(s State) *model {
 		m.want.sets[ss.name] = ss
 		m.want.elems[ss.name] = map[string]elem{}
 	}
-	for _, ch := range baseChains(s.Prefix, s.NodePorts) {
+	for _, ch := range baseChains(s.Prefix, s.NodePorts, s.Bridge) {
 		m.want.chains[ch.name] = ch
 	}
 	return m
@@ -64,7 +66,7 @@ func newModel(s State) *model {
 // model).
 // reuse, if not nil, offers compiled containers of an older model.
 func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p plan, ok bool) {
-	if s.Prefix != m.prefix || s.Gateway != m.gateway ||
+	if s.Prefix != m.prefix || s.Gateway != m.gateway || s.Bridge != m.bridge ||
 		len(s.NodePorts) != len(m.nodePorts) || !sameRules(s.NodePorts, m.nodePorts) {
 		return plan{}, false
 	}
@@ -105,7 +107,7 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 			}
 			gone = append(gone, prev)
 		}
-		if len(s.validateContainer(i, *c)) > 0 || freshAddrs[c.Addr] {
+		if len(s.validateContainer(i, *c)) > 0 || freshAddrs[c.Addr] || c.Addr4.IsValid() && freshAddrs[c.Addr4] {
 			return plan{}, false
 		}
 		var nc *compiled
@@ -117,6 +119,9 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		nc.seen, nc.kept = ep, ep
 		freshIDs[c.ID] = true
 		freshAddrs[c.Addr] = true
+		if c.Addr4.IsValid() {
+			freshAddrs[c.Addr4] = true
+		}
 		fresh = append(fresh, nc)
 		order[i] = nc
 	}
@@ -130,8 +135,10 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	// An address may move to a new container only if its old owner left
 	// it in this same State.
 	for _, nc := range fresh {
-		if o := m.addrs[nc.c.Addr]; o != nil && o.c.ID != nc.c.ID && o.kept == ep {
-			return plan{}, false
+		for _, a := range []netip.Addr{nc.c.Addr, nc.c.Addr4} {
+			if o := m.addrs[a]; a.IsValid() && o != nil && o.c.ID != nc.c.ID && o.kept == ep {
+				return plan{}, false
+			}
 		}
 	}
 
@@ -178,6 +185,13 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	}
 
 	// From here on s is valid: compute the element and peer list changes.
+	p.revoke = map[netip.Addr]bool{}
+	for _, old := range gone {
+		p.revoke[old.c.Addr] = true
+		if old.c.Addr4.IsValid() {
+			p.revoke[old.c.Addr4] = true
+		}
+	}
 	listDelta := map[listID]int{}
 	listSpecs := map[listID]peerList{}
 	for _, old := range gone {
@@ -219,13 +233,13 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		switch {
 		case was == 0 && was+d > 0:
 			le := listEntry{pl: listSpecs[id], elems: listElems(listSpecs[id], prefixesOf)}
-			for _, e := range le.elems {
-				addElem("lists", e)
+			for _, se := range le.elems {
+				addElem(se.set, se.e)
 			}
 			listNew[id] = le
 		case was > 0 && was+d == 0:
-			for _, e := range m.lists[id].elems {
-				put(del, "lists", e)
+			for _, se := range m.lists[id].elems {
+				put(del, se.set, se.e)
 			}
 		}
 	}
@@ -234,12 +248,12 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 			if m.listRef[id]+listDelta[id] == 0 || !slices.ContainsFunc(le.pl.peers, func(p string) bool { return changed[p] }) {
 				continue
 			}
-			for _, e := range le.elems {
-				put(del, "lists", e)
+			for _, se := range le.elems {
+				put(del, se.set, se.e)
 			}
 			nl := listEntry{pl: le.pl, elems: listElems(le.pl, prefixesOf)}
-			for _, e := range nl.elems {
-				addElem("lists", e)
+			for _, se := range nl.elems {
+				addElem(se.set, se.e)
 			}
 			listNew[id] = nl
 		}
@@ -253,6 +267,9 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		if m.addrs[old.c.Addr] == old {
 			delete(m.addrs, old.c.Addr)
 		}
+		if old.c.Addr4.IsValid() && m.addrs[old.c.Addr4] == old {
+			delete(m.addrs, old.c.Addr4)
+		}
 		for _, pn := range old.peers {
 			m.peerRefs[pn]--
 		}
@@ -260,6 +277,9 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	for _, nc := range fresh {
 		m.conts[nc.c.ID] = nc
 		m.addrs[nc.c.Addr] = nc
+		if nc.c.Addr4.IsValid() {
+			m.addrs[nc.c.Addr4] = nc
+		}
 		for _, pn := range nc.peers {
 			m.peerRefs[pn]++
 		}
@@ -270,6 +290,22 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		}
 	}
 	m.order = order
+	var shrunk []string
+	for _, pc := range pcs {
+		if pc.old != nil && (pc.new == nil || lost(pc.old.prefixes, pc.new.prefixes)) {
+			shrunk = append(shrunk, pc.name)
+		}
+	}
+	if len(shrunk) > 0 {
+		for _, c := range m.conts {
+			if slices.ContainsFunc(c.peers, func(p string) bool { return slices.Contains(shrunk, p) }) {
+				p.revoke[c.c.Addr] = true
+				if c.c.Addr4.IsValid() {
+					p.revoke[c.c.Addr4] = true
+				}
+			}
+		}
+	}
 	for _, pc := range pcs {
 		if pc.new == nil {
 			delete(m.peers, pc.name)

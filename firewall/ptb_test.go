@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,8 +14,8 @@ import (
 var sprintf = fmt.Sprintf
 
 // sendPTB sends, from ns, an ICMPv6 packet-too-big to victim quoting an
-// echo request from victim to dst.
-func sendPTB(ns *netns.NS, victim, dst netip.Addr, mtu int) error {
+// echo request with the given id from victim to dst.
+func sendPTB(ns *netns.NS, victim, dst netip.Addr, echoID uint16, mtu int) error {
 	inner := make([]byte, 40+8)
 	inner[0] = 0x60
 	inner[4], inner[5] = 0, 8 // payload length
@@ -23,6 +24,7 @@ func sendPTB(ns *netns.NS, victim, dst netip.Addr, mtu int) error {
 	copy(inner[8:24], victim.AsSlice())
 	copy(inner[24:40], dst.AsSlice())
 	inner[40] = 128 // echo request; checksum is not verified in quotes
+	binary.BigEndian.PutUint16(inner[44:], echoID)
 	msg := icmp.Message{Type: ipv6.ICMPTypePacketTooBig, Body: &icmp.PacketTooBig{MTU: mtu, Data: inner}}
 	b, err := msg.Marshal(nil)
 	if err != nil {

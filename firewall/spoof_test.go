@@ -297,8 +297,8 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 	vc1, vc2 := mustLink(t, tp.Node, "vc1").Attrs().Index, mustLink(t, tp.Node, "vc2").Attrs().Index
 	s := State{Prefix: tp.Prefix, Gateway: tp.Gateway, PeerSets: map[string][]netip.Prefix{},
 		Containers: []Container{
-			{ID: "c1", Addr: tp.C1Addr, MAC: c1mac, Port: vc1},
-			{ID: "c2", Addr: tp.C2Addr, MAC: c2mac, Port: vc2},
+			{ID: "c1", Addr: tp.C1Addr, Addr4: tp.C1Addr4, MAC: c1mac, Port: vc1},
+			{ID: "c2", Addr: tp.C2Addr, Addr4: tp.C2Addr4, MAC: c2mac, Port: vc2},
 		}}
 	e.apply(t, s)
 	portSpoofed := func() uint64 {
@@ -308,11 +308,11 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 		return c.Packets
 	}
 	// C2 talks (its own MAC, from its own port): the bridge learns it.
-	must(t, sendARP(tp.C2, c2.Attrs().Index, c2mac, tp.C2Addr))
+	must(t, sendARP(tp.C2, c2.Attrs().Index, c2mac, tp.C2Addr4))
 	wantFDB(t, tp.Node, c2mac, vc2, "after C2's own frame")
 	// C1's own frames pass the check.
 	before := portSpoofed()
-	must(t, sendARP(tp.C1, c1.Attrs().Index, c1mac, tp.C1Addr))
+	must(t, sendARP(tp.C1, c1.Attrs().Index, c1mac, tp.C1Addr4))
 	wantFDB(t, tp.Node, c1mac, vc1, "after C1's own frame")
 	if got := portSpoofed() - before; got != 0 {
 		t.Errorf("C1's own frame was counted as spoofed (%d)", got)
@@ -324,7 +324,7 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 	moves := tp.Node.WatchFDB(t, c2mac)
 	const forgeries = 3
 	for range forgeries {
-		must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr))
+		must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C1Addr4))
 	}
 	// The frames reach the bridge asynchronously (the veth's backlog):
 	// wait until they are counted, or long enough for them to have been
@@ -346,7 +346,7 @@ func TestPortMACAntiSpoofing(t *testing.T) {
 	s.Containers[0].MAC = nil
 	e.apply(t, s)
 	moves = tp.Node.WatchFDB(t, c2mac)
-	must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C2Addr))
+	must(t, sendARP(tp.C1, c1.Attrs().Index, c2mac, tp.C1Addr4))
 	got, err := moves()
 	for deadline := time.Now().Add(2 * time.Second); err == nil && !slices.Contains(got, vc1) && time.Now().Before(deadline); got, err = moves() {
 		time.Sleep(20 * time.Millisecond)
@@ -382,7 +382,7 @@ func wantFDB(t *testing.T, ns *netns.NS, mac net.HardwareAddr, port int, when st
 // sendARP has C (ns, its link ifindex) send a gratuitous ARP whose
 // source MAC is src; the ARP payload announces addr's last 4 bytes (no
 // one's IPv4 address: only the frame's source matters to the bridge).
+// sendARP sends a gratuitous ARP for the IPv4 address addr from MAC src.
 func sendARP(ns *netns.NS, ifindex int, src net.HardwareAddr, addr netip.Addr) error {
-	a := addr.As16()
-	return ns.SendFrame(ifindex, ethframe.GratuitousARP(src, [4]byte(a[12:])))
+	return ns.SendFrame(ifindex, ethframe.GratuitousARP(src, addr.As4()))
 }

@@ -1,13 +1,17 @@
 // Package firewall programs v6reg's nftables tables (`inet v6reg`, and
-// `bridge v6reg` for anti-spoofing, see below): default
-// deny for the node's prefix, per-container ingress and egress policy held
-// in hash maps of peer list ids, shared peer lists, drop counters per
-// container. It knows
-// nothing about Docker, Nomad or Consul: callers hand it a State.
+// `bridge v6reg` for what a container's bridge port may send): default
+// deny on every path a container has (its /80, link-local and IPv4
+// addresses, multicast, the node's own addresses), per-container ingress
+// and egress policy held in hash maps of peer list ids, shared peer lists
+// of both families, drop counters per container. It knows nothing about
+// Docker, Nomad or Consul: callers hand it a State.
 //
-// Layout (see DESIGN.md, "The firewall", and README.md): a forward base
-// chain sends only packets to or from the prefix to chain "filter";
-// everything else is left to the node's other tables. Per-container policy
+// Layout (see DESIGN.md, "The firewall", and README.md, "Every path a
+// container has"): a forward base chain sends packets to or from the
+// prefix to chain "filter", everything else from or to the containers'
+// bridge (State.Bridge) to "from_link" and "to_link" (IPv4 egress by the
+// same rules, no IPv4 ingress, link-local for ND and MLD only); anything
+// else is left to the node's other tables. Per-container policy
 // lives in hash maps keyed on address . proto . port (in_port_list,
 // eg_port_list), address . proto (in_proto_list, eg_proto_list: all
 // ports), address (in_icmp_list, eg_icmp_list: echo requests; in_any_list,
@@ -47,8 +51,9 @@ import (
 // Proto is the protocol of a Rule.
 type Proto uint8
 
-// Protocols a Rule can name. ICMP means ICMPv6 echo requests only: the
-// errors IPv6 needs (RFC 4890) always pass.
+// Protocols a Rule can name. ICMP means echo requests only (ICMPv6, and
+// ICMP for IPv4 egress); the errors IPv6 needs (RFC 4890) pass when they
+// belong to a flow that conntrack knows.
 const (
 	Any  Proto = 0
 	TCP  Proto = 6
@@ -96,9 +101,19 @@ type State struct {
 	// the ICMPv6 errors and neighbour discovery always pass. Peer must be
 	// empty or PeerAny: a node service is open to all containers or to
 	// none. TCP/UDP without Ports means all ports; ICMP means echo
-	// requests; Any means everything. IPv6 only: IPv4 from containers to
-	// the node is not filtered by this table.
+	// requests (ICMPv6 and ICMP); Any means everything. They apply to
+	// every address family and source a container can use to reach the
+	// node: its /80 address, its link-local address and its IPv4 address.
 	NodePorts []Rule
+	// Bridge is the name of the containers' bridge on the node (Docker's
+	// com.docker.network.bridge.name). Every packet that enters from it
+	// or leaves to it and is not IPv6 from or to Prefix is filtered too:
+	// IPv4 (egress only, by Container.Addr4 and the egress rules; no IPv4
+	// ingress, no IPv4 between containers), link-local and multicast
+	// IPv6 (neighbour discovery and MLD only). Empty: only traffic from
+	// or to Prefix is filtered, and the paths above are left open; the
+	// agent always sets it.
+	Bridge string
 }
 
 // Container is one address on the prefix and its policy.
@@ -118,9 +133,17 @@ type Container struct {
 	// port is dropped (and counted as spoofed) before the bridge switches
 	// or routes it, so another container cannot send from Addr even with
 	// Addr's MAC.
-	Port    int
+	Port int
+	// Addr4 is the container's IPv4 address on the bridge (Docker's
+	// NAT'd IPv4 subnet), optional. IPv4 is egress only: packets from
+	// Addr4 leave the node where an egress rule's peer set holds an IPv4
+	// prefix that covers the destination (PeerAny: everywhere), nothing
+	// reaches Addr4 but replies, and a frame from the container's port
+	// with another IPv4 source is dropped. Without Addr4 (or without
+	// State.Bridge) the container has no IPv4 egress at all.
+	Addr4   netip.Addr
 	Ingress []Rule // who may connect to Addr
-	Egress  []Rule // where Addr may connect to
+	Egress  []Rule // where Addr (and Addr4) may connect to
 }
 
 // Rule opens Proto/Ports from (ingress) or to (egress) Peer.
@@ -138,6 +161,9 @@ func (s State) Validate() error {
 	var errs []string
 	if !s.Prefix.IsValid() || !s.Prefix.Addr().Is6() || s.Prefix.Addr().Is4In6() {
 		errs = append(errs, fmt.Sprintf("prefix %q is not an IPv6 prefix: set State.Prefix to the node's /80", s.Prefix))
+	}
+	if s.Bridge != "" && (len(s.Bridge) >= 16 || strings.ContainsAny(s.Bridge, "/ \x00")) {
+		errs = append(errs, fmt.Sprintf("bridge %q is not an interface name (at most 15 bytes, no '/', space or NUL)", s.Bridge))
 	}
 	if s.Gateway.IsValid() && !s.Prefix.Contains(s.Gateway) {
 		errs = append(errs, fmt.Sprintf("gateway %s is outside prefix %s", s.Gateway, s.Prefix))
@@ -164,6 +190,12 @@ func (s State) Validate() error {
 			errs = append(errs, fmt.Sprintf("%s: address %s is also container %q's", where, c.Addr, other))
 		}
 		seenAddr[c.Addr] = c.ID
+		if c.Addr4.IsValid() {
+			if other, ok := seenAddr[c.Addr4]; ok {
+				errs = append(errs, fmt.Sprintf("%s: IPv4 address %s is also container %q's", where, c.Addr4, other))
+			}
+			seenAddr[c.Addr4] = c.ID
+		}
 		errs = append(errs, s.validateContainer(i, c)...)
 	}
 	if len(errs) == 0 {
@@ -179,8 +211,8 @@ func validatePeerSet(name string, ps []netip.Prefix) []string {
 		errs = append(errs, fmt.Sprintf("peer set %q: the name is reserved; rename it", name))
 	}
 	for _, p := range ps {
-		if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() {
-			errs = append(errs, fmt.Sprintf("peer set %q: %q is not an IPv6 prefix", name, p))
+		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+			errs = append(errs, fmt.Sprintf("peer set %q: %q is not an IPv6 or IPv4 prefix", name, p))
 		}
 	}
 	return errs
@@ -199,6 +231,9 @@ func (s *State) validateContainer(i int, c Container) []string {
 	}
 	if c.Addr == s.Gateway {
 		errs = append(errs, fmt.Sprintf("%s: address %s is the gateway", where, c.Addr))
+	}
+	if c.Addr4.IsValid() && (!c.Addr4.Is4() || c.Addr4.IsUnspecified() || c.Addr4.IsMulticast() || c.Addr4 == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
+		errs = append(errs, fmt.Sprintf("%s: IPv4 address %s is not a unicast IPv4 address; pass the endpoint's IPAddress or leave it empty", where, c.Addr4))
 	}
 	if c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 != 0 || bytes.Equal(c.MAC, make([]byte, 6))) {
 		errs = append(errs, fmt.Sprintf("%s: MAC %q is not a unicast Ethernet address; pass the endpoint's MacAddress or leave it empty", where, c.MAC))
@@ -268,7 +303,7 @@ func cloneRules(rs []Rule) []Rule {
 // sameContainer reports whether a and b compile to the same elements. It
 // runs for every container on every Apply, so it is kept cheap.
 func sameContainer(a, b *Container) bool {
-	if a.ID != b.ID || a.Addr != b.Addr || a.Port != b.Port || !bytes.Equal(a.MAC, b.MAC) ||
+	if a.ID != b.ID || a.Addr != b.Addr || a.Addr4 != b.Addr4 || a.Port != b.Port || !bytes.Equal(a.MAC, b.MAC) ||
 		len(a.Ingress) != len(b.Ingress) || len(a.Egress) != len(b.Egress) {
 		return false
 	}

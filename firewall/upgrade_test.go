@@ -52,7 +52,7 @@ func TestUpgradeFromVerdictMapLayout(t *testing.T) {
 		t.Fatalf("apply over the old layout: %v", err)
 	}
 	got := nftList(t, ns, "list", "table", "inet", TableName)
-	for _, old := range []string{"in_port ", "in_0123abcd", "peer_old", "jump"} {
+	for _, old := range []string{"in_port ", "in_0123abcd", "peer_old", "vmap"} {
 		if strings.Contains(got, old) {
 			t.Errorf("after the upgrade the table still has %q:\n%s", old, got)
 		}

@@ -9,12 +9,18 @@ import (
 // netlink round trip (the ruleset generation) unless something changed.
 const WatchInterval = time.Second
 
-// Watch keeps the table equal to state() until ctx ends: every
-// WatchInterval it applies the current desired state, which is free when
-// nothing committed to nftables since, and repairs the table when someone
-// deleted or flushed it (counted in Restores, logged). Errors are logged
-// and retried on the next tick; Watch returns ctx's error.
-func (f *Firewall) Watch(ctx context.Context, state func() State) error {
+// Watch keeps the table equal to the last valid State given to Apply until
+// ctx ends: every WatchInterval it applies that state again, which is free
+// when nothing committed to nftables since, and repairs the table when
+// someone deleted or flushed it (counted in Restores, logged). Before the
+// first Apply it does nothing. Errors are logged and retried on the next
+// tick; Watch returns ctx's error.
+//
+// The state to restore is taken under the lock every Apply holds, not
+// handed in by the caller: a tick that waits behind an Apply restores what
+// that Apply took, never the state before it. Apply and the repair are one
+// writer.
+func (f *Firewall) Watch(ctx context.Context) error {
 	t := time.NewTicker(WatchInterval)
 	defer t.Stop()
 	for {
@@ -23,7 +29,7 @@ func (f *Firewall) Watch(ctx context.Context, state func() State) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		if _, err := f.Apply(ctx, state()); err != nil && ctx.Err() == nil {
+		if _, err := f.repair(ctx); err != nil && ctx.Err() == nil {
 			f.log.Error("firewall watch: apply failed", "err", err)
 		}
 	}

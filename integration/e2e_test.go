@@ -60,7 +60,7 @@ func newE2E(t *testing.T) (*Env, context.Context) {
 // newTestEnv builds the topology for a test (the agent not started yet)
 // in a fresh directory named prefix*, with a context of limit; the
 // directory goes at the end, the agent's log is shown if the test failed.
-// dockerArgs are appended to dockerd's command line.
+// dockerArgs are added to dockerd's command line.
 func newTestEnv(t *testing.T, prefix string, limit time.Duration, bin string, dockerArgs ...string) (*Env, context.Context) {
 	t.Helper()
 	netns.RequireRoot(t)

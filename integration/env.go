@@ -51,6 +51,16 @@ var (
 	transitRtr   = netip.MustParseAddr("2001:db8:ff:1::1")
 	officeRtr    = netip.MustParseAddr("2001:db8:100::1")
 	internetRtr  = netip.MustParseAddr("2a00:1450:1::1")
+
+	// IPv4 beside it (dual-stack egress): the node's uplink and the
+	// internet host; the router routes the network's IPv4 subnet
+	// (ipv4_egress_subnet, 172.30.0.0/16 by default) to the node, since
+	// the test dockerd does no NAT (--iptables=false).
+	Internet4  = netip.MustParseAddr("203.0.113.10")
+	NodeUp4    = netip.MustParseAddr("198.51.100.2")
+	routerUp4  = netip.MustParseAddr("198.51.100.1")
+	internetR4 = netip.MustParseAddr("203.0.113.1")
+	Network4   = netip.MustParsePrefix("172.30.0.0/16")
 )
 
 // Ports inside the node namespace.
@@ -88,7 +98,7 @@ type Options struct {
 	Logf func(format string, args ...any)
 	// ExtraConfig is appended to the agent's HCL config.
 	ExtraConfig string
-	// DockerArgs are appended to dockerd's command line.
+	// DockerArgs are added to dockerd's command line (e.g. --live-restore).
 	DockerArgs []string
 }
 
@@ -131,6 +141,15 @@ func NewEnv(t netns.T, dir string, o Options) *Env {
 	must(e.Node.Route(def, transitRtr, "uplink"))
 	must(e.Office.Route(def, officeRtr, "eth0"))
 	must(e.Internet.Route(def, internetRtr, "eth0"))
+	def4 := netip.MustParsePrefix("0.0.0.0/0")
+	must(e.Router.Sysctl("net.ipv4.ip_forward", "1"))
+	must(e.Router.Addr("to-node", netip.PrefixFrom(routerUp4, 24)))
+	must(e.Node.Addr("uplink", netip.PrefixFrom(NodeUp4, 24)))
+	must(e.Router.Addr("to-inet", netip.PrefixFrom(internetR4, 24)))
+	must(e.Internet.Addr("eth0", netip.PrefixFrom(Internet4, 24)))
+	must(e.Router.Route(Network4, NodeUp4, "to-node"))
+	must(e.Node.Route(def4, routerUp4, "uplink"))
+	must(e.Internet.Route(def4, internetR4, "eth0"))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -330,13 +349,21 @@ func (e *Env) APIGet(path string) ([]byte, error) {
 type Workload struct {
 	ID, Name string
 	Addr     netip.Addr
+	Addr4    netip.Addr // its IPv4 address on the network, if any
+	MAC      string
 }
 
 // Run starts a busybox container on the v6reg network with labels and a
 // shell command, and returns its address.
 func (e *Env) Run(ctx context.Context, name string, labels map[string]string, shell string) (Workload, error) {
+	return e.RunWithCaps(ctx, name, labels, shell)
+}
+
+// RunWithCaps is Run with capabilities added to Docker's default set
+// (an attacker's container: NET_ADMIN to take any address).
+func (e *Env) RunWithCaps(ctx context.Context, name string, labels map[string]string, shell string, caps ...string) (Workload, error) {
 	cfg := &container.Config{Image: e.Image, Labels: labels, Cmd: []string{"/bin/sh", "-c", shell}}
-	hc := &container.HostConfig{NetworkMode: container.NetworkMode(NetworkName)}
+	hc := &container.HostConfig{NetworkMode: container.NetworkMode(NetworkName), CapAdd: caps}
 	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{NetworkName: {}}}
 	created, err := e.Docker.Client.ContainerCreate(ctx, cfg, hc, nc, nil, name)
 	if err != nil {
@@ -357,7 +384,8 @@ func (e *Env) Run(ctx context.Context, name string, labels map[string]string, sh
 	if err != nil {
 		return Workload{}, fmt.Errorf("%s has no IPv6 address on %s (%q)", name, NetworkName, ep.GlobalIPv6Address)
 	}
-	return Workload{ID: created.ID, Name: name, Addr: addr}, nil
+	addr4, _ := netip.ParseAddr(ep.IPAddress) // none on an IPv6-only network
+	return Workload{ID: created.ID, Name: name, Addr: addr, Addr4: addr4, MAC: ep.MacAddress}, nil
 }
 
 // Remove force-removes a container.
@@ -563,4 +591,25 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// WaitOpen waits until at least n managed containers are open (their
+// firewall elements programmed), as the agent's status says.
+func (e *Env) WaitOpen(ctx context.Context, n int, limit time.Duration) error {
+	return WaitFor(ctx, limit, func() error {
+		s, err := e.Status()
+		if err != nil {
+			return err
+		}
+		open := 0
+		for _, c := range s.Containers {
+			if !c.Closed {
+				open++
+			}
+		}
+		if open < n {
+			return fmt.Errorf("%d of %d containers open", open, n)
+		}
+		return nil
+	})
 }

@@ -483,6 +483,9 @@ type fakeNomad struct {
 	nodeID string
 	tmpl   map[string]any
 
+	// services, if set, is the task's v6reg_services meta.
+	services string
+
 	mu     sync.Mutex
 	index  uint64
 	allocs []string // alloc IDs, all of task "web" in group "g"
@@ -520,6 +523,9 @@ func (n *fakeNomad) alloc(id string) map[string]any {
 	g["Meta"] = map[string]string{"v6reg_ingress": "tcp/8080 from @office"}
 	task := g["Tasks"].([]any)[0].(map[string]any)
 	task["Name"], task["Meta"] = "web", nil
+	if n.services != "" {
+		task["Meta"] = map[string]string{"v6reg_services": n.services}
+	}
 	g["Tasks"] = []any{task}
 	job["TaskGroups"] = []any{g}
 	return a
@@ -590,6 +596,27 @@ func (n *fakeNomad) start(ns interface{ Run(func() error) error }) error {
 	return nil
 }
 
+// prep starts the fake API in the env's node namespace and points the
+// agent's config at it (a newFaultEnvPrep prep).
+func (n *fakeNomad) prep(t *testing.T) func(e *Env, cfg string) string {
+	return func(e *Env, cfg string) string {
+		if err := n.start(e.Node); err != nil {
+			t.Fatalf("fake nomad: %v", err)
+		}
+		block := "nomad {\n  enabled = false\n}"
+		if !strings.Contains(cfg, block) {
+			t.Fatalf("the env's config has no %q block to replace", block)
+		}
+		return strings.Replace(cfg, block, fmt.Sprintf("nomad {\n  enabled = true\n  address = \"http://127.0.0.1:4646\"\n  node_id = %q\n}", n.nodeID), 1)
+	}
+}
+
+// nomadLabels are the labels Nomad's docker driver puts on a task's
+// container (the ones the agent reads).
+func nomadLabels(alloc string) map[string]string {
+	return map[string]string{"com.hashicorp.nomad.alloc_id": alloc}
+}
+
 // stop closes the listener and every connection: the API is unreachable.
 func (n *fakeNomad) stop() {
 	n.mu.Lock()
@@ -612,19 +639,7 @@ func TestFaults5NomadUnreachable(t *testing.T) {
 	nomadAPI := newFakeNomad(t)
 	nomadAPI.set(allocA)
 	t.Cleanup(nomadAPI.stop)
-	f := newFaultEnvPrep(t, func(e *Env, cfg string) string {
-		if err := nomadAPI.start(e.Node); err != nil {
-			t.Fatalf("fake nomad: %v", err)
-		}
-		block := "nomad {\n  enabled = false\n}"
-		if !strings.Contains(cfg, block) {
-			t.Fatalf("the env's config has no %q block to replace", block)
-		}
-		return strings.Replace(cfg, block, fmt.Sprintf("nomad {\n  enabled = true\n  address = \"http://127.0.0.1:4646\"\n  node_id = %q\n}", nomadAPI.nodeID), 1)
-	})
-	nomadLabels := func(alloc string) map[string]string {
-		return map[string]string{"com.hashicorp.nomad.alloc_id": alloc}
-	}
+	f := newFaultEnvPrep(t, nomadAPI.prep(t))
 	a := f.run("web-"+allocA, nomadLabels(allocA), httpdShell(8080, "a"), false)
 	f.waitOpen(a)
 	if err := WaitFor(f.ctx, allowWait, func() error { return HTTPGet(f.Office, a.Addr, 8080, time.Second) }); err != nil {

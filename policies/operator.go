@@ -16,11 +16,13 @@ import (
 type Operator struct {
 	// Peers are the "@name" sets, keyed without '@'. A set may be empty: it
 	// then matches nothing (a name the operator has not filled in yet).
-	// "internet", if absent, is GlobalUnicast minus Internal. Sets may hold
-	// IPv4 prefixes (for dual-stack egress); rules cannot.
+	// "internet", if absent, is GlobalUnicast and PublicIPv4 minus
+	// Internal. Sets may hold IPv4 prefixes (for dual-stack egress); rules
+	// cannot.
 	Peers map[string][]netip.Prefix
-	// Internal are the operator's own prefixes, excluded from @internet so
-	// that a job allowed the internet is not thereby allowed the datacenter.
+	// Internal are the operator's own prefixes, IPv6 and IPv4, excluded
+	// from @internet so that a job allowed the internet is not thereby
+	// allowed the datacenter (its public IPv4 ranges included).
 	Internal []netip.Prefix
 	// Namespaces bounds what the jobs of each Nomad namespace may ask for;
 	// the key "*" applies to namespaces not listed. A namespace with no
@@ -114,12 +116,13 @@ func (o Operator) BoundsFor(namespace string) (Bounds, bool) {
 }
 
 // InternetPrefixes is @internet: the operator's "internet" set if it
-// defines one, else GlobalUnicast minus Internal.
+// defines one, else GlobalUnicast and PublicIPv4 minus Internal: both
+// families, since containers have dual-stack egress.
 func (o Operator) InternetPrefixes() []netip.Prefix {
 	if ps, ok := o.Peers["internet"]; ok {
 		return NormalizePrefixes(ps)
 	}
-	return SubtractPrefixes([]netip.Prefix{GlobalUnicast}, o.Internal)
+	return SubtractPrefixes(append([]netip.Prefix{GlobalUnicast}, PublicIPv4...), o.Internal)
 }
 
 func (o Operator) hasSet(name string) bool {

@@ -9,6 +9,30 @@ import (
 // base of @internet.
 var GlobalUnicast = netip.MustParsePrefix("2000::/3")
 
+// PublicIPv4 is the IPv4 space routed on the internet: everything but the
+// special-purpose blocks of RFC 6890 and its successors (this network,
+// private, shared, loopback, link-local, IETF protocol assignments,
+// documentation, benchmarking, 6to4 relay, multicast, reserved and
+// broadcast). @internet's IPv4 half is this minus the operator's internal
+// IPv4 prefixes.
+var PublicIPv4 = SubtractPrefixes([]netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.0.0.0/24"),
+	netip.MustParsePrefix("192.0.2.0/24"),
+	netip.MustParsePrefix("192.88.99.0/24"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("198.18.0.0/15"),
+	netip.MustParsePrefix("198.51.100.0/24"),
+	netip.MustParsePrefix("203.0.113.0/24"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+})
+
 // NormalizePrefixes returns the smallest sorted list of prefixes that covers
 // exactly the addresses of ps: masked, without prefixes contained in others,
 // with adjacent halves merged into their parent. Equal address sets give

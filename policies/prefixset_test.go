@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -71,8 +72,30 @@ func TestSubtractPrefixes(t *testing.T) {
 // /32: the result must be 32-3 = 29 prefixes, one per bit from /4 to /32,
 // cover 2000::/3 exactly except that /32, and not overlap.
 func TestSubtractInternet(t *testing.T) {
-	op := Operator{Internal: prefixes("2001:db8::/32", "fd00::/8")}
-	got := op.InternetPrefixes()
+	op := Operator{Internal: prefixes("2001:db8::/32", "fd00::/8", "8.8.8.0/24")}
+	all := op.InternetPrefixes()
+	var got, v4 []netip.Prefix
+	for _, p := range all {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			got = append(got, p)
+		}
+	}
+	// The IPv4 half: public space minus the internal /24.
+	in := func(a string) bool {
+		return slices.ContainsFunc(v4, func(p netip.Prefix) bool { return p.Contains(netip.MustParseAddr(a)) })
+	}
+	for _, a := range []string{"1.1.1.1", "8.8.4.4", "100.128.0.1", "172.32.0.1", "223.255.255.254"} {
+		if !in(a) {
+			t.Errorf("@internet lacks public IPv4 %s", a)
+		}
+	}
+	for _, a := range []string{"8.8.8.8", "10.1.2.3", "100.64.0.1", "127.0.0.1", "169.254.1.1", "172.16.0.1", "192.168.1.1", "192.0.2.1", "198.18.0.1", "224.0.0.1", "255.255.255.255", "0.0.0.0"} {
+		if in(a) {
+			t.Errorf("@internet holds internal or special-purpose IPv4 %s", a)
+		}
+	}
 	if len(got) != 29 {
 		t.Fatalf("@internet has %d prefixes, want 29: %v", len(got), got)
 	}

@@ -465,8 +465,8 @@ func (c *Config) parse(filename string, src []byte) error {
 	if r.InternalPrefixes != nil {
 		for _, s := range *r.InternalPrefixes {
 			pfx, err := netip.ParsePrefix(s)
-			if err != nil || !pfx.Addr().Is6() {
-				fail(p.at("internal_prefixes"), "internal_prefixes", fmt.Sprintf("%q is not an IPv6 prefix", s), "list the operator's own IPv6 prefixes, e.g. 2001:db8::/32")
+			if err != nil || pfx.Addr().Is4In6() || pfx.Addr().Zone() != "" {
+				fail(p.at("internal_prefixes"), "internal_prefixes", fmt.Sprintf("%q is not an IPv6 or IPv4 prefix", s), "list the operator's own prefixes of both families, e.g. 2001:db8::/32 and 198.51.100.0/24 (public IPv4 ranges of the datacenter; private ranges are never in @internet)")
 				continue
 			}
 			c.Policy.Internal = append(c.Policy.Internal, pfx.Masked())

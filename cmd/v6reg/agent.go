@@ -205,6 +205,12 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 	if err != nil {
 		return err
 	}
+	// The bridge Docker made for the network: its configured name, else
+	// Docker's default for a user-defined bridge network.
+	bridge := icfg.BridgeName
+	if bridge == "" && len(netID) >= 12 {
+		bridge = "br-" + netID[:12]
+	}
 	res, err := svc.ReconcileWithDocker(ctx, dc)
 	if err != nil {
 		return fmt.Errorf("reconciling leases with docker at start: %w", err)
@@ -216,15 +222,15 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 		return err
 	}
 	opts := agent.Options{
-		Node: cfg.NodeName, Prefix: cfg.NodePrefix, Gateway: icfg.Gateway, Network: cfg.Docker.Network, NodePorts: cfg.Firewall.NodePorts,
+		StateFile: filepath.Join(cfg.StateDir, agent.KnownFile),
+		Node:      cfg.NodeName, Prefix: cfg.NodePrefix, Gateway: icfg.Gateway, Bridge: bridge, Network: cfg.Docker.Network, NodePorts: cfg.Firewall.NodePorts,
 		IDPrefix: cfg.Consul.IDPrefix, ResyncInterval: cfg.ResyncInterval, Operator: operator, Log: log,
 		Docker: dc, IPAM: ipamAdapter{svc: svc, docker: dc, log: log},
 	}
 	if cfg.Firewall.Enabled {
-		if err := firewall.EnableBridgeNetfilter(); err != nil {
-			log.Warn("container-to-container traffic on the bridge bypasses the firewall", "err", err,
-				"fix", "load br_netfilter (modprobe br_netfilter; dockerd usually does) and restart v6reg")
-		}
+		// Checked every second by the agent, which reports the node
+		// unhealthy while it fails.
+		opts.BridgeNetfilter = firewall.EnableBridgeNetfilter
 		// A lasting connection: one netlink socket for the agent's life
 		// instead of one per call (7 ms less per change).
 		conn, err := nftables.New(nftables.AsLasting())

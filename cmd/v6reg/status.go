@@ -113,8 +113,14 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 	if s.FirewallErr != "" {
 		fmt.Fprintf(w, "FIREWALL ERROR: %s\n", s.FirewallErr)
 	}
+	if s.BridgeNetfilterErr != "" {
+		fmt.Fprintf(w, "UNHEALTHY: %s\n", s.BridgeNetfilterErr)
+	}
 	if s.ConsulErr != "" {
 		fmt.Fprintf(w, "CONSUL ERROR: %s\n", s.ConsulErr)
+	}
+	if s.StateErr != "" {
+		fmt.Fprintf(w, "STATE ERROR: %s\n", s.StateErr)
 	}
 	if s.HealthErr != "" {
 		fmt.Fprintf(w, "Consul did not answer: %s; health unknown\n", s.HealthErr)

@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // ServeTCP listens on [addr]:port inside ns, greets every connection with
@@ -23,7 +26,7 @@ func (ns *NS) ServeTCP(t testing.TB, addr netip.Addr, port int) {
 	t.Helper()
 	var ln net.Listener
 	err := ns.Run(func() (err error) {
-		ln, err = net.Listen("tcp6", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
+		ln, err = net.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
 		return err
 	})
 	if err != nil {
@@ -50,7 +53,7 @@ func (ns *NS) ServeUDP(t testing.TB, addr netip.Addr, port int) {
 	t.Helper()
 	var pc net.PacketConn
 	err := ns.Run(func() (err error) {
-		pc, err = net.ListenPacket("udp6", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
+		pc, err = net.ListenPacket("udp", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
 		return err
 	})
 	if err != nil {
@@ -88,7 +91,7 @@ func (ns *NS) ConnectTCP(src, dst netip.Addr, port int, timeout time.Duration) (
 			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 		}
 		var err error
-		c, err = d.Dial("tcp6", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
+		c, err = d.Dial("tcp", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
 		return err
 	})
 	if err != nil {
@@ -104,23 +107,31 @@ func (ns *NS) ConnectTCP(src, dst netip.Addr, port int, timeout time.Duration) (
 	return c, nil
 }
 
-// EchoUDP sends one datagram from ns to [dst]:port and waits for the echo.
+// EchoUDP sends one datagram from ns to [dst]:port and waits for the
+// echo. The echo may come from any address: a server on [::] answers from
+// the address the kernel picks, not always the one it was sent to (the
+// node's gateway address, a multicast group).
 func (ns *NS) EchoUDP(dst netip.Addr, port int, timeout time.Duration) error {
-	var c net.Conn
+	network, local := "udp6", "[::]:0"
+	if dst.Is4() {
+		network, local = "udp4", "0.0.0.0:0"
+	}
+	var pc net.PacketConn
 	err := ns.Run(func() (err error) {
-		c, err = net.Dial("udp6", net.JoinHostPort(dst.String(), strconv.Itoa(port)))
+		pc, err = net.ListenPacket(network, local)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("udp dial [%s]:%d: %w", dst, port, err)
+		return fmt.Errorf("udp socket for [%s]:%d: %w", dst, port, err)
 	}
-	defer func() { _ = c.Close() }() // the echo already answered or failed
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte("ping")); err != nil {
-		return fmt.Errorf("udp send: %w", err)
+	defer func() { _ = pc.Close() }() // the echo already answered or failed
+	_ = pc.SetDeadline(time.Now().Add(timeout))
+	to := &net.UDPAddr{IP: dst.AsSlice(), Zone: dst.Zone(), Port: port}
+	if _, err := pc.WriteTo([]byte("ping"), to); err != nil {
+		return fmt.Errorf("udp send to [%s]:%d: %w", dst, port, err)
 	}
 	buf := make([]byte, 16)
-	n, err := c.Read(buf)
+	n, _, err := pc.ReadFrom(buf)
 	if err != nil {
 		return fmt.Errorf("udp echo from [%s]:%d: %w", dst, port, err)
 	}
@@ -133,9 +144,15 @@ func (ns *NS) EchoUDP(dst netip.Addr, port int, timeout time.Duration) error {
 // Ping sends one ICMPv6 echo request from ns to dst (raw socket) and waits
 // for the matching echo reply.
 func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
+	network, listen, proto := "ip6:ipv6-icmp", "::", 58
+	var echo, reply icmp.Type = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	if dst.Is4() {
+		network, listen, proto = "ip4:icmp", "0.0.0.0", 1
+		echo, reply = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	}
 	var pc *icmp.PacketConn
 	err := ns.Run(func() (err error) {
-		pc, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
+		pc, err = icmp.ListenPacket(network, listen)
 		return err
 	})
 	if err != nil {
@@ -144,12 +161,12 @@ func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
 	defer func() { _ = pc.Close() }() // the reply already came or failed
 	id := os.Getpid() & 0xffff
 	seq := int(time.Now().UnixNano() & 0x7fff)
-	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("v6reg")}}
+	msg := icmp.Message{Type: echo, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("v6reg")}}
 	b, err := msg.Marshal(nil)
 	if err != nil {
 		return err
 	}
-	if _, err := pc.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+	if _, err := pc.WriteTo(b, &net.IPAddr{IP: dst.AsSlice(), Zone: dst.Zone()}); err != nil {
 		return fmt.Errorf("icmp send to %s: %w", dst, err)
 	}
 	deadline := time.Now().Add(timeout)
@@ -160,11 +177,11 @@ func (ns *NS) Ping(dst netip.Addr, timeout time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("icmp echo reply from %s: %w", dst, err)
 		}
-		m, err := icmp.ParseMessage(58, buf[:n])
-		if err != nil || m.Type != ipv6.ICMPTypeEchoReply {
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || m.Type != reply {
 			continue
 		}
-		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && from.String() == dst.String() {
+		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq && sameAddr(from, dst) {
 			return nil
 		}
 	}
@@ -223,4 +240,63 @@ func busyTCP(table string) []string {
 		}
 	}
 	return busy
+}
+
+// ServeUDPFunc receives datagrams on [::]:port (both families) inside ns
+// until the test ends and calls got with each sender's address; it never
+// answers.
+func (ns *NS) ServeUDPFunc(t testing.TB, port int, got func(from netip.Addr)) {
+	t.Helper()
+	var pc net.PacketConn
+	err := ns.Run(func() (err error) {
+		pc, err = net.ListenPacket("udp", net.JoinHostPort("::", strconv.Itoa(port)))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen udp [::]:%d in %s: %v", port, ns.Name, err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if ua, ok := from.(*net.UDPAddr); ok {
+				a, _ := netip.AddrFromSlice(ua.IP)
+				got(a.Unmap())
+			}
+		}
+	}()
+}
+
+// LinkLocal is link's usable (not tentative) link-local address in ns.
+func (ns *NS) LinkLocal(link string) (netip.Addr, error) {
+	l, err := ns.nl.LinkByName(link)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("link %s in %s: %w", link, ns.Name, err)
+	}
+	as, err := ns.nl.AddrList(l, netlink.FAMILY_V6)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("addresses of %s in %s: %w", link, ns.Name, err)
+	}
+	for _, a := range as {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if ok && ip.IsLinkLocalUnicast() && a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) == 0 {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("%s in %s has no usable link-local address yet", link, ns.Name)
+}
+
+// sameAddr compares a reply's address with the one probed, zones aside
+// (a reply names its interface, a probe may give its index).
+func sameAddr(from net.Addr, dst netip.Addr) bool {
+	ia, ok := from.(*net.IPAddr)
+	if !ok {
+		return false
+	}
+	a, ok := netip.AddrFromSlice(ia.IP)
+	return ok && a.Unmap() == dst.WithZone("").Unmap()
 }

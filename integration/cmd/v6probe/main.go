@@ -12,14 +12,32 @@
 // MAC, 50 ms apart, through an AF_PACKET socket: what any container with
 // Docker's default NET_RAW can do to take another's MAC on the bridge.
 // Exits 0 when every frame was sent.
+//
+//	v6probe serve PORT
+//
+// listens on PORT over TCP and UDP, every address of both families
+// (link-local, IPv4, multicast groups the host is in): a TCP connection is
+// greeted with "ok\n" and echoed, a datagram is echoed to its sender.
+//
+//	v6probe dial tcp|udp ADDR PORT TIMEOUT [SRC]
+//
+// connects (TCP: reads the greeting; UDP: sends one datagram from an
+// unconnected socket and takes an echo from any address, so a multicast
+// destination works) and exits 0 when the round trip worked, 1 when not.
+// SRC binds the source address (an attacker with NET_ADMIN first adds it
+// to its interface). ADDR may carry a zone: fe80::1%eth0.
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/v6reg/v6reg/integration/ethframe"
@@ -35,8 +53,27 @@ func main() {
 		fmt.Println("sent")
 		return
 	}
+	if len(os.Args) == 3 && os.Args[1] == "serve" {
+		if err := serve(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "v6probe serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if (len(os.Args) == 6 || len(os.Args) == 7) && os.Args[1] == "dial" {
+		src := ""
+		if len(os.Args) == 7 {
+			src = os.Args[6]
+		}
+		if err := dial(os.Args[2], os.Args[3], os.Args[4], os.Args[5], src); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		fmt.Println("ok")
+		return
+	}
 	if len(os.Args) != 4 {
-		fmt.Fprintln(os.Stderr, "usage: v6probe ADDR PORT TIMEOUT (e.g. 2001:db8::1 443 2s)\n       v6probe forge-arp IFACE MAC COUNT")
+		fmt.Fprintln(os.Stderr, "usage: v6probe ADDR PORT TIMEOUT (e.g. 2001:db8::1 443 2s)\n       v6probe forge-arp IFACE MAC COUNT\n       v6probe serve PORT\n       v6probe dial tcp|udp ADDR PORT TIMEOUT [SRC]")
 		os.Exit(2)
 	}
 	timeout, err := time.ParseDuration(os.Args[3])
@@ -91,4 +128,107 @@ func forgeARP(ifname, macArg, countArg string) error {
 		}
 	}
 	return nil
+}
+
+func serve(portArg string) error {
+	ln, err := net.Listen("tcp", ":"+portArg)
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp", ":"+portArg)
+	if err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], from) // a lost echo is the client's timeout
+		}
+	}()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer func() { _ = c.Close() }()
+			_, _ = c.Write([]byte("ok\n"))
+			_, _ = io.Copy(c, c)
+		}()
+	}
+}
+
+func dial(proto, addr, portArg, timeoutArg, src string) error {
+	timeout, err := time.ParseDuration(timeoutArg)
+	if err != nil {
+		return fmt.Errorf("timeout: %w", err)
+	}
+	hostport := net.JoinHostPort(addr, portArg)
+	switch proto {
+	case "tcp":
+		d := net.Dialer{Timeout: timeout}
+		if src != "" {
+			d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+			d.Control = transparent
+		}
+		c, err := d.Dial("tcp", hostport)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = c.Close() }()
+		_ = c.SetReadDeadline(time.Now().Add(timeout))
+		b := make([]byte, 3)
+		_, err = io.ReadFull(c, b)
+		return err
+	case "udp":
+		to, err := net.ResolveUDPAddr("udp", hostport)
+		if err != nil {
+			return err
+		}
+		network, local := "udp6", "[::]:0"
+		if to.IP.To4() != nil {
+			network, local = "udp4", "0.0.0.0:0"
+		}
+		lc := net.ListenConfig{}
+		if src != "" {
+			local = net.JoinHostPort(src, "0")
+			lc.Control = transparent
+		}
+		c, err := lc.ListenPacket(context.Background(), network, local)
+		if err != nil {
+			return err
+		}
+		pc := c.(*net.UDPConn)
+		defer func() { _ = pc.Close() }()
+		if _, err := pc.WriteTo([]byte("v6probe"), to); err != nil {
+			return err
+		}
+		_ = pc.SetReadDeadline(time.Now().Add(timeout))
+		b := make([]byte, 64)
+		_, _, err = pc.ReadFrom(b)
+		return err
+	}
+	return fmt.Errorf("protocol %q: want tcp or udp", proto)
+}
+
+// transparent lets a socket bind an address its host does not hold and
+// send from it (IP_TRANSPARENT, IPV6_TRANSPARENT: needs NET_ADMIN), as an
+// attacker's container would to forge a source.
+func transparent(network, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		if strings.HasSuffix(network, "6") {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+		} else {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
