@@ -379,7 +379,7 @@ var ErrNoBridgeNetfilter = errors.New("br_netfilter is not loaded, so traffic be
 // other ip6tables/iptables forward rules (Docker's) see bridged traffic.
 func EnableBridgeNetfilter() (fixed []string, err error) {
 	for _, p := range bridgeNetfilterSysctls {
-		b, err := os.ReadFile(p)
+		b, err := os.ReadFile(p) //nolint:gosec // G304: p is one of the fixed sysctl paths above
 		if errors.Is(err, os.ErrNotExist) {
 			return fixed, fmt.Errorf("%s missing: %w", p, ErrNoBridgeNetfilter)
 		}

@@ -167,7 +167,7 @@ namespace "open" {
 		}
 	}
 	bridgeIdx := fmt.Sprint(linkIndex(t, e.Node, "v6e2e0"))
-	containerCan := func(d matrixDst) bool { return true }
+	containerCan := func(matrixDst) bool { return true }
 	// The node's anycast address is looked at from containers only: from
 	// the node or outside it is the node's own firewall's business.
 	outside6 := func(d matrixDst) bool { return !d.linkLocal && d.addr().Is6() && d.name != "subnet-router anycast" }
@@ -183,7 +183,9 @@ namespace "open" {
 		{"internet IPv4", inNS(e.Internet, ""), outside4},
 	}
 	// want is the verdict the policies give.
-	want := func(src, dst, proto string) bool {
+	// (The verdicts do not depend on the protocol: the victim admits
+	// tcp, udp and icmp alike.)
+	want := func(src, dst string) bool {
 		if dst == "subnet-router anycast" {
 			return false // dropped from containers; the node answers nobody on it (n/a)
 		}
@@ -217,7 +219,7 @@ namespace "open" {
 				if s.name == d.name {
 					continue // a host to itself
 				}
-				cells = append(cells, &matrixCell{src: s.name, dst: d.name, proto: proto, want: want(s.name, d.name, proto)})
+				cells = append(cells, &matrixCell{src: s.name, dst: d.name, proto: proto, want: want(s.name, d.name)})
 			}
 		}
 	}
@@ -250,7 +252,7 @@ namespace "open" {
 	// Phase 1: the firewall off. Forged datagrams too: the receivers
 	// count what arrives from the forged source.
 	run("firewall off", func(c *matrixCell, err error) { c.base, c.baseRan = err, true })
-	forgeries := forgeCells(ctx, t, e, attacker, victim)
+	forgeries := forgeCells(t, e, victim)
 	forgeries.run(ctx, t, e, attacker, "firewall off")
 
 	// Phase 2: the firewall on.
@@ -336,7 +338,7 @@ type forgeCell struct {
 	base, arrived int
 }
 
-func forgeCells(ctx context.Context, t *testing.T, e *Env, attacker, victim Workload) *forgeSet {
+func forgeCells(t *testing.T, e *Env, victim Workload) *forgeSet {
 	t.Helper()
 	fs := &forgeSet{}
 	add := func(what string, ns *netns.NS, src, dst netip.Addr, port int) {
