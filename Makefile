@@ -28,7 +28,7 @@ consul:
 ## (Debian's 20.10) and Consul; then the integration tests that depend on the
 ## engine once more on Docker Engine 28 (built by deps, cached), in its
 ## default configuration (ip6tables on). The fault suite stays on 20.10.
-ENGINE_TESTS ?= ^(TestEndToEnd|TestDockerDefersToV6reg|TestAgentRestartLeavesNoOrphan|TestIPAMWithDockerd|TestIPAMDockerdLiveRestore|TestIPAMEngineIdentity|TestTraefikRoutesToContainer)$$
+ENGINE_TESTS ?= ^(TestEndToEnd|TestBypassMatrix|TestDockerDefersToV6reg|TestAgentRestartLeavesNoOrphan|TestIPAMWithDockerd|TestIPAMDockerdLiveRestore|TestIPAMEngineIdentity|TestTraefikRoutesToContainer)$$
 test: deps
 	V6REG_CONSUL_BIN=$$(integration/scripts/build-consul.sh) \
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...

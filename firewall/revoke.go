@@ -232,6 +232,15 @@ func (f *Firewall) netlinkHandle() (*netlink.Handle, error) {
 func affectedBy(prev, next *model) map[netip.Addr]bool {
 	out := map[netip.Addr]bool{}
 	if prev == nil {
+		// A fresh Firewall (agent start): the kernel may hold flows of an
+		// older state (the agent was down while a policy narrowed, or the
+		// node ran without the table). Judge every container's flows once.
+		for _, c := range next.conts {
+			out[c.c.Addr] = true
+			if c.c.Addr4.IsValid() {
+				out[c.c.Addr4] = true
+			}
+		}
 		return out
 	}
 	add := func(c *Container) {

@@ -85,4 +85,12 @@ func TestRevocationCutsEstablishedFlows(t *testing.T) {
 	gone := e.state()
 	gone.Containers = gone.Containers[1:]
 	cutAfter("container removed", c, gone)
+
+	// 4. The agent restarts with a narrower state than the flow had (the
+	// policy narrowed while it was down): a fresh Firewall judges every
+	// container's flows once.
+	e.apply(t, s)
+	c = open("narrowed while down")
+	e.fw = newFirewall(t, tp.Node)
+	cutAfter("fresh instance, narrowed state", c, narrowed)
 }
