@@ -166,7 +166,12 @@ func New(o Options) *Agent {
 	}
 	if o.Consul != nil {
 		a.reg = &consulRegistrar{api: o.Consul, prefix: o.IDPrefix, node: o.Node, log: o.Log}
-		a.peers = newPeerWatches(o.Consul, o.Log.With("source", "consul"), a.Trigger, func() { o.Metrics.Errors.WithLabelValues("consul").Inc() })
+		a.peers = newPeerWatches(o.Consul, o.IDPrefix, o.Log.With("source", "consul"), a.Trigger, func() { o.Metrics.Errors.WithLabelValues("consul").Inc() },
+			func(n map[string]int) {
+				for r, c := range n {
+					o.Metrics.PeerEntriesIgnored.WithLabelValues(r).Set(float64(c))
+				}
+			})
 	}
 	a.snap.Store(&Snapshot{Node: o.Node, Prefix: o.Prefix.String()})
 	return a

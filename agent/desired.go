@@ -243,7 +243,7 @@ func firewallRules(rules []policies.ResolvedRule, namespace string, d *Desired, 
 			peers = append(peers, name)
 		}
 		for _, s := range r.Services {
-			peers = append(peers, consulPeer(PeerKey("service:"+s), d, in))
+			peers = append(peers, consulPeer(servicePeerKey(namespace, s), d, in))
 		}
 		for _, j := range r.Jobs {
 			peers = append(peers, consulPeer(PeerKey("job:"+namespace+"/"+j), d, in))
@@ -253,6 +253,17 @@ func firewallRules(rules []policies.ResolvedRule, namespace string, d *Desired, 
 		}
 	}
 	return out
+}
+
+// servicePeerKey is the key of a service: peer written in a policy of
+// namespace: "service:NAME" is NAME as registered by a container of the
+// same namespace, "service:NS/NAME" NAME as registered in NS (the policy
+// checked that the namespace may use NS's services).
+func servicePeerKey(namespace, name string) PeerKey {
+	if strings.Contains(name, "/") {
+		return PeerKey("service:" + name)
+	}
+	return PeerKey("service:" + namespace + "/" + name)
 }
 
 func consulPeer(k PeerKey, d *Desired, in buildInput) string {
@@ -314,7 +325,7 @@ func registrationsFor(w Workload, in buildInput) []Registration {
 	if w.Stopping || !c.Addr.IsValid() {
 		return nil
 	}
-	meta := map[string]string{metaContainer: c.ShortID(), metaNamespace: w.Namespace}
+	meta := map[string]string{metaContainer: c.ShortID(), metaNamespace: w.Namespace, metaPrefix: in.Prefix.String()}
 	if c.AllocID != "" {
 		meta[metaAlloc] = c.AllocID
 	}

@@ -1,0 +1,125 @@
+package agent
+
+import (
+	"maps"
+	"slices"
+	"testing"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestPeerAddrOwnership: only what a v6reg registers for a container it
+// manages is a peer; each part of the proof is needed.
+func TestPeerAddrOwnership(t *testing.T) {
+	mod := func(f func(s *consul.AgentService)) *consul.ServiceEntry {
+		e := nsEntry("default", "fd00:1::5")
+		f(e.Service)
+		return e
+	}
+	for _, tc := range []struct {
+		name    string
+		e       *consul.ServiceEntry
+		ns, job string
+		why     string
+	}{
+		{name: "another node's v6reg registration (positive control)", e: entry("fd00:1::5"), ns: "default"},
+		{name: "job: peer with the job's meta (positive control)", e: entry("fd00:1::5"), ns: "default", job: "p-db"},
+		{name: "a Nomad service block", e: foreignEntry("fd00:1::5"), ns: "default", why: ignoredForeign},
+		{name: "no owner meta", e: mod(func(s *consul.AgentService) { delete(s.Meta, metaOwner) }), ns: "default", why: ignoredForeign},
+		{name: "ID of another prefix", e: mod(func(s *consul.AgentService) { s.ID = "other-n2-0123456789ab-svc-5432" }), ns: "default", why: ignoredForeign},
+		{name: "ID names another node than the owner meta", e: mod(func(s *consul.AgentService) { s.Meta[metaOwner] = "n3" }), ns: "default", why: ignoredForeign},
+		{name: "no node prefix meta", e: mod(func(s *consul.AgentService) { delete(s.Meta, metaPrefix) }), ns: "default", why: ignoredForeign},
+		{name: "a node prefix of ::/0", e: mod(func(s *consul.AgentService) { s.Meta[metaPrefix] = "::/0" }), ns: "default", why: ignoredForeign},
+		{name: "no container meta", e: mod(func(s *consul.AgentService) { delete(s.Meta, metaContainer) }), ns: "default", why: ignoredForeign},
+		{name: "address outside the node prefix", e: mod(func(s *consul.AgentService) { s.Address = "2001:db8::5" }), ns: "default", why: ignoredOutside},
+		{name: "IPv4 address", e: mod(func(s *consul.AgentService) { s.Address = "10.0.0.5" }), ns: "default", why: ignoredOutside},
+		{name: "no address (Consul would use the node's)", e: mod(func(s *consul.AgentService) { s.Address = "" }), ns: "default", why: ignoredOutside},
+		{name: "another namespace", e: entry("fd00:1::5"), ns: "prod", why: ignoredNamespace},
+		{name: "another job", e: entry("fd00:1::5"), ns: "default", job: "p-other", why: ignoredNamespace},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, why := peerAddr("v6reg", tc.ns, tc.job, tc.e)
+			if why != tc.why {
+				t.Fatalf("why = %q, want %q", why, tc.why)
+			}
+			if tc.why == "" && a.String() != "fd00:1::5" {
+				t.Errorf("addr = %v", a)
+			}
+		})
+	}
+}
+
+// TestForeignPeersIgnoredAndCounted: a service: peer's set holds only
+// v6reg's registrations of the policy's namespace; the others are counted
+// in v6reg_peer_entries_ignored, and the count follows the catalog.
+func TestForeignPeersIgnoredAndCounted(t *testing.T) {
+	r := newRig(t, nil)
+	r.consul.health["postgres"] = []*consul.ServiceEntry{
+		entry("fd00:1::5"),                     // positive control
+		foreignEntry("fd00:1::66"),             // a Nomad service block named postgres
+		nsEntry("prod", "fd00:2::7"),           // v6reg's, but for a container of prod
+		mod(entry("fd00:1::8"), "2001:db8::8"), // a v6reg-shaped entry outside its prefix
+	}
+	id, l := webSummary("a1")
+	r.docker.set(summary(id, "web1", addrN(10), l))
+	if err := r.agent.reconcile(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+	st := r.fw.states()
+	got := []string{}
+	for _, p := range st[len(st)-1].PeerSets["service:default/postgres"] {
+		got = append(got, p.String())
+	}
+	if !slices.Equal(got, []string{"fd00:1::5/128"}) {
+		t.Errorf("service:default/postgres = %v, want only the v6reg registration of namespace default", got)
+	}
+	m := r.agent.o.Metrics.PeerEntriesIgnored
+	counts := map[string]float64{}
+	for _, reason := range IgnoredReasons {
+		counts[reason] = gaugeValue(t, m, reason)
+	}
+	if want := map[string]float64{ignoredForeign: 1, ignoredNamespace: 1, ignoredOutside: 1}; !maps.Equal(counts, want) {
+		t.Errorf("ignored = %v, want %v", counts, want)
+	}
+	// The set is the same without them, so nothing triggers; the count
+	// follows the answer all the same.
+	r.consul.setHealth("postgres", entry("fd00:1::5"))
+	deadline := time.Now().Add(5 * time.Second)
+	for gaugeValue(t, m, ignoredForeign) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("ignored foreign stays > 0 after the foreign entry left")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// mod moves e's address (and nothing else).
+func mod(e *consul.ServiceEntry, addr string) *consul.ServiceEntry {
+	e.Service.Address = addr
+	return e
+}
+
+// gaugeValue reads one child of a gauge vector through its registry's
+// wire form, as a scrape would.
+func gaugeValue(t *testing.T, m *prometheus.GaugeVec, label string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(m)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		for _, mm := range f.GetMetric() {
+			for _, lp := range mm.GetLabel() {
+				if lp.GetValue() == label {
+					return mm.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no child %q", label)
+	return 0
+}

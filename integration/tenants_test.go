@@ -1,0 +1,89 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/v6reg/v6reg/agent"
+	"github.com/v6reg/v6reg/integration/consul"
+)
+
+// TestTenantsPeersFromRealConsul: against a real Consul catalog, a
+// service: or job: peer resolves only to what a v6reg registered for a
+// container of the policy's namespace, on any node. A second node's
+// registrations are made through Consul's API as that node's v6reg makes
+// them (its ID, owner, container and node-prefix meta); a foreign one as a
+// Nomad service block makes it (Nomad's ID, its meta, any address).
+func TestTenantsPeersFromRealConsul(t *testing.T) {
+	c := consul.StartT(t, 28517)
+	cc, err := agent.NewConsulClient(c.HTTPAddr, "", "", "", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+
+	n2Prefix := netip.MustParsePrefix("2001:db8:0:2:2::/80")
+	v6regReg := func(node string, prefix netip.Prefix, container, name, addr, ns, job string) *consulapi.CatalogRegistration {
+		return &consulapi.CatalogRegistration{Node: node, Address: "192.0.2.2", Service: &consulapi.AgentService{
+			ID:      fmt.Sprintf("v6reg-%s-%s-%s-0", node, container, name),
+			Service: name, Address: addr, Tags: []string{"job=" + ns + "/" + job},
+			Meta: map[string]string{"v6reg_node": node, "v6reg_hash": "0123456789abcdef", "v6reg_container": container,
+				"v6reg_prefix": prefix.String(), "nomad_namespace": ns, "nomad_job": job, "nomad_task": "db"},
+		}}
+	}
+	regs := []*consulapi.CatalogRegistration{
+		// Positive controls: node n2's v6reg, a container of default.
+		v6regReg("n2", n2Prefix, "aaaaaaaaaaaa", "postgres", "2001:db8:0:2:2::5", "default", "p-db"),
+		v6regReg("n2", n2Prefix, "aaaaaaaaaaaa", "v6reg-jobs", "2001:db8:0:2:2::5", "default", "p-db"),
+		// The same name from a container of namespace dev.
+		v6regReg("n2", n2Prefix, "bbbbbbbbbbbb", "postgres", "2001:db8:0:2:2::6", "dev", "p-db"),
+		// v6reg-shaped, but an address outside the node's prefix.
+		v6regReg("n2", n2Prefix, "cccccccccccc", "postgres", "2001:db8:0:3:3::7", "default", "p-db"),
+		v6regReg("n2", n2Prefix, "cccccccccccc", "v6reg-jobs", "2001:db8:0:3:3::7", "default", "p-db"),
+		// A Nomad service block named postgres, and one in v6reg-jobs
+		// with the job's tag.
+		{Node: "n3", Address: "192.0.2.3", Service: &consulapi.AgentService{ID: "_nomad-task-0000-group-db-postgres-5432",
+			Service: "postgres", Address: "2001:db8:0:2:2::66", Port: 5432, Meta: map[string]string{"external-source": "nomad"}}},
+		{Node: "n3", Address: "192.0.2.3", Service: &consulapi.AgentService{ID: "_nomad-task-0000-group-db-v6reg-jobs-0",
+			Service: "v6reg-jobs", Address: "2001:db8:0:2:2::66", Tags: []string{"job=default/p-db"}, Meta: map[string]string{"external-source": "nomad"}}},
+	}
+	for _, r := range regs {
+		if _, err := cc.Catalog().Register(r, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	api := agent.ConsulClient{C: cc}
+	for _, tc := range []struct {
+		key     agent.PeerKey
+		want    []string
+		ignored map[string]int
+	}{
+		{"service:default/postgres", []string{"2001:db8:0:2:2::5/128"}, map[string]int{"foreign": 1, "outside_prefix": 1, "namespace": 1}},
+		{"service:dev/postgres", []string{"2001:db8:0:2:2::6/128"}, map[string]int{"foreign": 1, "outside_prefix": 1, "namespace": 1}},
+		{"job:default/p-db", []string{"2001:db8:0:2:2::5/128"}, map[string]int{"foreign": 1, "outside_prefix": 1}},
+		{"job:dev/p-db", []string{}, nil},
+	} {
+		got, ignored, err := agent.ResolvePeer(ctx, api, "v6reg", tc.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		strs := []string{}
+		for _, p := range got {
+			strs = append(strs, p.String())
+		}
+		if !slices.Equal(strs, tc.want) {
+			t.Errorf("%s = %v, want %v", tc.key, strs, tc.want)
+		}
+		if !maps.Equal(ignored, tc.ignored) {
+			t.Errorf("%s ignored %v, want %v", tc.key, ignored, tc.ignored)
+		}
+	}
+}
