@@ -3,11 +3,14 @@ package agent
 import (
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	consul "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/v6reg/v6reg/policies"
 )
 
 // TestPeerAddrOwnership: only what a v6reg registers for a container it
@@ -122,4 +125,41 @@ func gaugeValue(t *testing.T, m *prometheus.GaugeVec, label string) float64 {
 	}
 	t.Fatalf("no child %q", label)
 	return 0
+}
+
+// TestServicePeerKeysCarryNamespace: service:NAME is the policy's own
+// namespace's NAME, service:NS/NAME namespace NS's where the bounds allow;
+// a v6reg-* name is refused, the container closed with the reason.
+func TestServicePeerKeysCarryNamespace(t *testing.T) {
+	in := testInput(
+		labelContainer("ad01", "app", 21, map[string]string{
+			"v6reg.egress":    "tcp/5432 to service:db, service:shared/db",
+			"v6reg.namespace": "team",
+		}),
+		labelContainer("ad02", "thief", 22, map[string]string{
+			"v6reg.services":  "v6reg-jobs:80",
+			"v6reg.namespace": "team",
+		}),
+	)
+	b := in.Operator.Namespaces["*"]
+	b.ServiceNamespaces = []string{"shared"}
+	in.Operator.Namespaces = map[string]policies.Bounds{"*": b}
+	d := build(in)
+	want := map[PeerKey]bool{"service:team/db": true, "service:shared/db": true}
+	if !maps.Equal(d.PeerKeys, want) {
+		t.Errorf("PeerKeys = %v, want %v", d.PeerKeys, want)
+	}
+	for _, w := range d.Workloads {
+		if w.Container.ID != cid("ad02") {
+			continue
+		}
+		if !w.Closed || len(w.Errors) != 1 || !strings.Contains(w.Errors[0], `"v6reg-" are v6reg's own`) {
+			t.Errorf("v6reg-jobs registrant: closed %v errors %q", w.Closed, w.Errors)
+		}
+	}
+	for _, r := range d.Registrations {
+		if r.Name == jobsService && r.Meta[metaContainer] == cid("ad02")[:12] {
+			t.Errorf("the refused container is in %s: %+v", jobsService, r)
+		}
+	}
 }

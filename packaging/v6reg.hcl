@@ -94,6 +94,12 @@ namespace "*" {
   # prefixes     = ["2001:db8::/32"]   # where literal prefixes may point
   # ingress_ports = ["80", "443", "8000-9999"]
   # egress_ports  = []
+  # Other namespaces whose services jobs here may name as service:NS/NAME
+  # ("*": all). service:NAME is always this namespace's own NAME.
+  # service_namespaces = []
+  # Service names jobs here may register in v6reg_services (patterns with
+  # '*', '?', [a-z]); empty: any name. v6reg-* names are always refused.
+  # services = ["shop-*"]
 }
 
 services {

@@ -242,6 +242,9 @@ type rawNS struct {
 	Prefixes      []string `hcl:"prefixes,optional"`
 	IngressPorts  []string `hcl:"ingress_ports,optional"`
 	EgressPorts   []string `hcl:"egress_ports,optional"`
+	// ServiceNamespaces and Services: see policies.Bounds.
+	ServiceNamespaces []string `hcl:"service_namespaces,optional"`
+	Services          []string `hcl:"services,optional"`
 }
 
 type rawService struct {
@@ -503,7 +506,7 @@ func (c *Config) parse(filename string, src []byte) error {
 		if _, dup := c.Policy.Namespaces[ns.Name]; dup {
 			fail(p.at("namespace:"+ns.Name), field, "defined twice", "merge the two namespace blocks into one")
 		}
-		b := policies.Bounds{AllowAny: ns.AllowAny, AllowInternet: ns.AllowInternet}
+		b := policies.Bounds{AllowAny: ns.AllowAny, AllowInternet: ns.AllowInternet, ServiceNamespaces: ns.ServiceNamespaces, Services: ns.Services}
 		for _, name := range ns.Peers {
 			b.Peers = append(b.Peers, strings.TrimPrefix(name, "@"))
 		}

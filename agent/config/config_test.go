@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -37,6 +38,8 @@ namespace "default" {
   peers          = ["@traefik"]
   allow_internet = true
   ingress_ports  = ["80", "8000-8100"]
+  service_namespaces = ["shared"]
+  services       = ["shop-*"]
 }
 
 services {
@@ -56,7 +59,8 @@ services {
 	if got := c.Policy.Peers["traefik"]; len(got) != 2 || got[1] != netip.MustParsePrefix("2001:db8:200::7/128") {
 		t.Errorf("peer traefik = %v", got)
 	}
-	if b := c.Policy.Namespaces["default"]; !b.AllowInternet || len(b.IngressPorts) != 2 {
+	if b := c.Policy.Namespaces["default"]; !b.AllowInternet || len(b.IngressPorts) != 2 ||
+		!slices.Equal(b.ServiceNamespaces, []string{"shared"}) || !slices.Equal(b.Services, []string{"shop-*"}) {
 		t.Errorf("namespace default = %+v", b)
 	}
 	if c.Consul.Address != "127.0.0.1:18500" || !c.Consul.Enabled {
