@@ -181,10 +181,22 @@ func workloadFor(c Container, in buildInput) Workload {
 		meta = policies.FromNomad(a.JobMeta, a.GroupMeta, tm)
 	} else {
 		w.Source = "labels"
-		w.Namespace = c.Labels[labelNamespace]
+		w.Namespace = in.Operator.LabelsNamespace
+		if w.Namespace == "" {
+			w.Namespace = "default"
+		}
 		w.Job = c.Labels[labelJob]
 		w.Task = c.Name
-		if errs := identityLabelErrors(c.Labels); len(errs) > 0 {
+		errs := identityLabelErrors(c.Labels)
+		if ns, ok := c.Labels[labelNamespace]; ok && len(errs) == 0 {
+			switch {
+			case in.Operator.LabelsChooseNamespace:
+				w.Namespace = ns
+			case ns != w.Namespace:
+				errs = append(errs, fmt.Sprintf("label %q: containers started without Nomad belong to namespace %q (docker.labels_namespace), not %s; remove the label, or ask the operator to set docker.labels_choose_namespace", labelNamespace, w.Namespace, quoteCut(ns)))
+			}
+		}
+		if len(errs) > 0 {
 			// They pick the bounds and name the job in Consul tags and
 			// job: peers: a garbled one is refused, not guessed at.
 			w.Namespace, w.Job = "", ""

@@ -66,6 +66,9 @@ func testOperator() policies.Operator {
 	op.Peers["traefik"] = []netip.Prefix{traefikV6, traefikV4}
 	op.Peers["ops"] = []netip.Prefix{netip.MustParsePrefix("fd00:0:0:ff::/64")}
 	op.Namespaces["open"] = policies.Bounds{AllowAny: true, AllowInternet: true}
+	// These tests give label-only containers namespaces by label; the
+	// operator's default (labels cannot choose) is TestLabelsNamespace's.
+	op.LabelsChooseNamespace = true
 	return op
 }
 

@@ -163,3 +163,47 @@ func TestServicePeerKeysCarryNamespace(t *testing.T) {
 		}
 	}
 }
+
+// TestLabelsNamespace: a container without Nomad belongs to the operator's
+// labels namespace; its v6reg.namespace label may only repeat it, unless
+// the operator lets labels choose.
+func TestLabelsNamespace(t *testing.T) {
+	labels := func(ns string) map[string]string {
+		l := map[string]string{"v6reg.ingress": "tcp/443 from any"}
+		if ns != "" {
+			l["v6reg.namespace"] = ns
+		}
+		return l
+	}
+	for _, tc := range []struct {
+		name, label, def string
+		choose           bool
+		wantNS           string
+		wantErr          string
+	}{
+		{name: "no label: the default namespace", wantNS: "default", wantErr: "'any' is not allowed"},
+		{name: "no label: the operator's namespace", def: "open", wantNS: "open"},
+		{name: "label repeats the operator's namespace", label: "open", def: "open", wantNS: "open"},
+		{name: "label claims another namespace", label: "open", wantNS: "", wantErr: `belong to namespace "default" (docker.labels_namespace), not "open"`},
+		{name: "label chooses where permitted (positive control)", label: "open", choose: true, wantNS: "open"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := testInput(labelContainer("ae01", "app", 21, labels(tc.label)))
+			in.Operator.LabelsChooseNamespace = tc.choose
+			in.Operator.LabelsNamespace = tc.def
+			w := build(in).Workloads[0]
+			if w.Namespace != tc.wantNS {
+				t.Errorf("namespace = %q, want %q", w.Namespace, tc.wantNS)
+			}
+			if tc.wantErr == "" {
+				if w.Closed {
+					t.Errorf("closed: %s %q", w.Reason, w.Errors)
+				}
+				return
+			}
+			if !w.Closed || len(w.Errors) != 1 || !strings.Contains(w.Errors[0], tc.wantErr) {
+				t.Errorf("closed %v errors %q, want one with %q", w.Closed, w.Errors, tc.wantErr)
+			}
+		})
+	}
+}

@@ -39,6 +39,11 @@ docker {
   # create_network = true           # create it at start, or check it matches
   # bridge_name    = "v6reg0"
   # plugin_name    = "v6reg"        # IPAM driver: /run/docker/plugins/v6reg.sock
+  # Containers started without Nomad (policy from v6reg.* labels) belong
+  # to this namespace; their v6reg.namespace label may only repeat it,
+  # unless labels_choose_namespace lets whoever runs a container pick any.
+  # labels_namespace        = "default"
+  # labels_choose_namespace = false
 }
 
 consul {

@@ -30,6 +30,13 @@ type Operator struct {
 	// bounds (not listed and no "*") may declare no rules at all.
 	Namespaces map[string]Bounds
 	Services   ServiceTemplates
+	// LabelsNamespace is the namespace of containers started without
+	// Nomad (policy from labels); empty means "default". Their
+	// v6reg.namespace label may name another only if LabelsChooseNamespace:
+	// whoever can run a container must not pick another tenant's bounds
+	// and service names by writing a label.
+	LabelsNamespace       string
+	LabelsChooseNamespace bool
 }
 
 // Bounds is what the jobs of one namespace may ask for. A rule outside the
@@ -197,6 +204,9 @@ func (o Operator) Validate() error {
 		checkPrefixes(fmt.Sprintf("peers %q", name), o.Peers[name])
 	}
 	checkPrefixes("internal", o.Internal)
+	if o.LabelsNamespace != "" && !ValidNamespace(o.LabelsNamespace) {
+		add("docker: labels_namespace: %q is not a namespace name; use letters, digits and '-'", o.LabelsNamespace)
+	}
 	internet := o.InternetPrefixes()
 	for _, ns := range slices.Sorted(maps.Keys(o.Namespaces)) {
 		b := o.Namespaces[ns]

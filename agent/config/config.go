@@ -200,6 +200,9 @@ type rawDocker struct {
 	BridgeName    *string `hcl:"bridge_name"`
 	PluginName    *string `hcl:"plugin_name"`
 	PluginDir     *string `hcl:"plugin_dir"`
+	// LabelsNamespace and LabelsChooseNamespace: see policies.Operator.
+	LabelsNamespace       *string `hcl:"labels_namespace"`
+	LabelsChooseNamespace *bool   `hcl:"labels_choose_namespace"`
 }
 
 type rawConsul struct {
@@ -424,6 +427,10 @@ func (c *Config) parse(filename string, src []byte) error {
 		str(&c.Docker.PluginDir, d.PluginDir)
 		if d.CreateNetwork != nil {
 			c.Docker.CreateNetwork = *d.CreateNetwork
+		}
+		str(&c.Policy.LabelsNamespace, d.LabelsNamespace)
+		if d.LabelsChooseNamespace != nil {
+			c.Policy.LabelsChooseNamespace = *d.LabelsChooseNamespace
 		}
 	}
 	if r.Consul != nil {

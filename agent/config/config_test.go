@@ -24,6 +24,8 @@ internal_prefixes  = ["2001:db8::/32"]
 docker {
   network     = "v6"
   bridge_name = "br-v6"
+  labels_namespace = "labels"
+  labels_choose_namespace = true
 }
 
 consul {
@@ -62,6 +64,9 @@ services {
 	if b := c.Policy.Namespaces["default"]; !b.AllowInternet || len(b.IngressPorts) != 2 ||
 		!slices.Equal(b.ServiceNamespaces, []string{"shared"}) || !slices.Equal(b.Services, []string{"shop-*"}) {
 		t.Errorf("namespace default = %+v", b)
+	}
+	if c.Policy.LabelsNamespace != "labels" || !c.Policy.LabelsChooseNamespace {
+		t.Errorf("labels namespace = %q, choose %v", c.Policy.LabelsNamespace, c.Policy.LabelsChooseNamespace)
 	}
 	if c.Consul.Address != "127.0.0.1:18500" || !c.Consul.Enabled {
 		t.Errorf("consul = %+v", c.Consul)
