@@ -77,9 +77,17 @@ func build(in buildInput) Desired {
 		PeerKeys:      map[PeerKey]bool{},
 	}
 	seen := map[netip.Addr]string{}
+	macOwner := macOwners(in.Containers)
 	for _, c := range in.Containers {
 		w := workloadFor(c, in)
-		if reason := addrProblem(c, in.Prefix, in.Gateway, seen); reason != "" {
+		reason := addrProblem(c, in.Prefix, in.Gateway, seen)
+		if o, ok := macOwner[c.MAC.String()]; reason == "" && ok && o.ID != c.ID {
+			// One MAC on two bridge ports: neighbour discovery and the
+			// bridge's forwarding table would send the older one's
+			// traffic to the newer. The older keeps working.
+			reason = fmt.Sprintf("MAC %s is also container %s's (created earlier); give this container another MAC address", c.MAC, o.ShortID())
+		}
+		if reason != "" {
 			// No firewall element and no registration without a usable,
 			// unique address; the workload still shows in status.
 			w.Closed, w.Reason = true, reason
@@ -103,6 +111,24 @@ func build(in buildInput) Desired {
 		d.Workloads = append(d.Workloads, w)
 	}
 	return d
+}
+
+// macOwners maps each MAC address on the network to the container that
+// has it first: the oldest, by creation then ID, so that a container
+// started later with another's MAC cannot take its place.
+func macOwners(cs []Container) map[string]Container {
+	owner := map[string]Container{}
+	for _, c := range cs {
+		if len(c.MAC) == 0 {
+			continue
+		}
+		k := c.MAC.String()
+		o, ok := owner[k]
+		if !ok || c.Created.Before(o.Created) || c.Created.Equal(o.Created) && c.ID < o.ID {
+			owner[k] = c
+		}
+	}
+	return owner
 }
 
 func addrProblem(c Container, prefix netip.Prefix, gateway netip.Addr, seen map[netip.Addr]string) string {

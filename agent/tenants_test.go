@@ -2,6 +2,7 @@ package agent
 
 import (
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"testing"
@@ -205,5 +206,42 @@ func TestLabelsNamespace(t *testing.T) {
 				t.Errorf("closed %v errors %q, want one with %q", w.Closed, w.Errors, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestDuplicateMAC: of two containers with one MAC, the newer stays closed
+// (no firewall element, no registration) with the reason; the older keeps
+// working. Distinct MACs (positive control) are both open.
+func TestDuplicateMAC(t *testing.T) {
+	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	labels := map[string]string{"v6reg.ingress": "tcp/80 from @ops", "v6reg.services": "web:80"}
+	older := labelContainer("ff01", "older", 21, labels)
+	older.MAC, older.Created = mac("02:42:ac:11:00:02"), at
+	newer := labelContainer("0f02", "newer", 22, labels) // sorts first by ID
+	newer.MAC, newer.Created = mac("02:42:ac:11:00:02"), at.Add(time.Minute)
+	other := labelContainer("ff03", "other", 23, labels)
+	other.MAC, other.Created = mac("02:42:ac:11:00:03"), at.Add(2*time.Minute)
+	d := build(testInput(newer, older, other))
+	for _, w := range d.Workloads {
+		wantClosed := w.Container.ID == newer.ID
+		if w.Closed != wantClosed {
+			t.Errorf("%s: closed %v (%s), want %v", w.Container.Name, w.Closed, w.Reason, wantClosed)
+		}
+		if wantClosed && !strings.Contains(w.Reason, "MAC 02:42:ac:11:00:02 is also container "+older.ShortID()) {
+			t.Errorf("reason %q", w.Reason)
+		}
+	}
+	var programmed []string
+	for _, c := range d.Firewall.Containers {
+		programmed = append(programmed, c.ID)
+	}
+	if want := []string{older.ID, other.ID}; !slices.Equal(programmed, want) {
+		t.Errorf("programmed %v, want the older and the other", programmed)
+	}
+	for _, r := range d.Registrations {
+		if r.Meta[metaContainer] == newer.ShortID() {
+			t.Errorf("the newer is registered: %+v", r)
+		}
 	}
 }
