@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -86,4 +87,109 @@ func TestTenantsPeersFromRealConsul(t *testing.T) {
 			t.Errorf("%s ignored %v, want %v", tc.key, ignored, tc.ignored)
 		}
 	}
+}
+
+// TestTenantsServicePeerInKernel: with a real dockerd, Consul and agent, a
+// container admitting service:shopdb admits only what a v6reg registered
+// as shopdb for a container of its own namespace: not the same name from
+// a container of namespace dev (registered by this very agent), not a
+// Nomad-service-block registration of it; a second node's v6reg
+// registration of it is the positive control that the path works.
+func TestTenantsServicePeerInKernel(t *testing.T) {
+	e, ctx := newTestEnv(t, "v6t-", 5*time.Minute, agentBin)
+	base, err := os.ReadFile(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := fmt.Sprintf("\nnamespace %q {\n  allow_internet = true\n  prefixes = [%q]\n}\n", "dev", NodePrefix)
+	if err := os.WriteFile(e.Config, append(base, extra...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	victim, err := e.Run(ctx, "victim", map[string]string{
+		"v6reg.job":     "victim",
+		"v6reg.ingress": "tcp/8080 from service:shopdb",
+	}, "mkdir -p /www && echo v > /www/index.html && exec httpd -f -p [::]:8080 -h /www")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// In namespace dev, registering shopdb through v6reg_services, and
+	// allowed to reach the node's prefix.
+	dev, err := e.Run(ctx, "dev", map[string]string{
+		"v6reg.namespace": "dev",
+		"v6reg.egress":    "tcp/8080 to " + NodePrefix.String(),
+		"v6reg.services":  "shopdb:9999",
+	}, "exec sleep 3600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, e, ctx, victim, dev)
+
+	hc := e.Node.HTTPClient()
+	cc, err := consulapi.NewClient(&consulapi.Config{Address: e.Consul.HTTPAddr, HttpClient: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register := func(r *consulapi.CatalogRegistration) {
+		t.Helper()
+		if _, err := cc.Catalog().Register(r, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	denied := func(what string) {
+		t.Helper()
+		// Long enough for a watch to answer and a reconcile to apply.
+		time.Sleep(3 * time.Second)
+		if err := e.Fetch(ctx, dev.ID, victim.Addr, 8080, 2*time.Second); err == nil {
+			t.Fatalf("%s: dev reached the victim, which admits only service:shopdb of namespace default", what)
+		}
+	}
+	t.Run("dev's own shopdb is not default's", func(t *testing.T) {
+		err := WaitFor(ctx, 15*time.Second, func() error {
+			svcs, err := e.ConsulServices()
+			if err != nil {
+				return err
+			}
+			for _, s := range svcs {
+				if s.Service == "shopdb" && s.Address == dev.Addr.String() {
+					return nil
+				}
+			}
+			return fmt.Errorf("dev's shopdb not registered: %v", svcs)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		denied("dev's registration")
+	})
+	t.Run("a Nomad service block named shopdb is not a peer", func(t *testing.T) {
+		register(&consulapi.CatalogRegistration{Node: "nomad-node", Address: "192.0.2.9", Service: &consulapi.AgentService{
+			ID: "_nomad-task-5c1f-web-shopdb-8080", Service: "shopdb", Address: dev.Addr.String(), Port: 8080,
+			Meta: map[string]string{"external-source": "nomad"}}})
+		denied("a foreign registration")
+		err := WaitFor(ctx, 10*time.Second, func() error {
+			m, err := e.Metrics()
+			if err != nil {
+				return err
+			}
+			if m[`v6reg_peer_entries_ignored{reason="foreign"}`] < 1 || m[`v6reg_peer_entries_ignored{reason="namespace"}`] < 1 {
+				return fmt.Errorf("ignored: foreign %v namespace %v", m[`v6reg_peer_entries_ignored{reason="foreign"}`], m[`v6reg_peer_entries_ignored{reason="namespace"}`])
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	t.Run("another node's v6reg registration is a peer (positive control)", func(t *testing.T) {
+		register(&consulapi.CatalogRegistration{Node: "n2", Address: "192.0.2.2", Service: &consulapi.AgentService{
+			ID: "v6reg-n2-aaaaaaaaaaaa-shopdb-8080", Service: "shopdb", Address: dev.Addr.String(), Port: 8080,
+			Meta: map[string]string{"v6reg_node": "n2", "v6reg_hash": "0123456789abcdef", "v6reg_container": "aaaaaaaaaaaa",
+				"v6reg_prefix": NodePrefix.String(), "nomad_namespace": "default"}}})
+		if err := WaitFor(ctx, 15*time.Second, func() error { return e.Fetch(ctx, dev.ID, victim.Addr, 8080, 2*time.Second) }); err != nil {
+			t.Fatalf("the victim does not admit a v6reg registration of shopdb: %v", err)
+		}
+	})
 }
