@@ -105,6 +105,10 @@ namespace "*" {
   # Service names jobs here may register in v6reg_services (patterns with
   # '*', '?', [a-z]); empty: any name. v6reg-* names are always refused.
   # services = ["shop-*"]
+  # Tiers services here may be registered with (v6reg_tier, else the job
+  # name before its first '-'); the tier names Traefik routers and hosts
+  # (TIER-SERVICE). Empty: any tier.
+  # tiers = ["d", "t"]
 }
 
 services {

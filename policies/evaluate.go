@@ -94,6 +94,18 @@ func Evaluate(m Meta, ctx Context, op Operator) (Policy, []*Error) {
 	pol.Tier = e.tier(m.Tier)
 	if m.Services.Set() {
 		pol.Services = e.services(m.Services, pol.Tier, bounds)
+		if len(pol.Services) > 0 && len(bounds.Tiers) > 0 && !slices.Contains(bounds.Tiers, pol.Tier) {
+			v, what := m.Services, fmt.Sprintf("the job's tier %q (from its name)", pol.Tier)
+			if m.Tier.Set() {
+				v, what = m.Tier, fmt.Sprintf("tier %q", pol.Tier)
+			}
+			if pol.Tier == "" {
+				what = "no tier"
+			}
+			e.add(&Error{Msg: fmt.Sprintf("services with %s are not allowed in namespace %q (its tiers: %s)", what, ctx.Namespace, strings.Join(bounds.Tiers, ", ")),
+				Hint: "set v6reg_tier to one of them, or ask the operator"}, v)
+			pol.Services = nil
+		}
 	}
 	return pol, e.errs
 }

@@ -111,6 +111,7 @@ func testOperator() Operator {
 			ServiceNamespaces: []string{"shared"},
 			Services:          []string{"shop-*", "web"},
 		},
+		"tiered": {Tiers: []string{"d", "t"}},
 	}
 	return op
 }
@@ -222,6 +223,8 @@ func TestEvaluateErrorsGolden(t *testing.T) {
 		{name: "restricted ports", ns: "restricted", task: map[string]string{"v6reg_ingress": "tcp/80,8000-8100,9000-9100 from @traefik; udp from @traefik; any from @traefik; icmp from @traefik"}},
 		{name: "restricted egress ports", ns: "restricted", task: map[string]string{"v6reg_egress": "tcp/22 to service:bastion"}},
 		{name: "another namespace's service", ns: "restricted", task: map[string]string{"v6reg_egress": "tcp/443 to service:prod/db, service:shared/db, service:restricted/db"}},
+		{name: "tier outside the namespace's tiers", ns: "tiered", task: map[string]string{"v6reg_services": "web:80:http"}},
+		{name: "v6reg_tier outside the namespace's tiers", ns: "tiered", job: map[string]string{"v6reg_tier": "p"}, task: map[string]string{"v6reg_services": "web:80:http"}},
 		{name: "reserved and unbounded service names", ns: "restricted", task: map[string]string{"v6reg_services": "v6reg-jobs:80, api:8080, shop-api:8080"}},
 		{name: "no bounds", ns: "other", op: noBounds, task: map[string]string{"v6reg_ingress": "tcp/80 from @traefik"}},
 		{name: "every level at once", job: map[string]string{"v6reg_egress": "tcp/443 too @internet", "v6reg_tier": "Q"},
@@ -283,6 +286,19 @@ func TestEvaluateServiceNamespaces(t *testing.T) {
 	}
 	if _, errs := Evaluate(FromNomad(map[string]string{"v6reg_egress": "tcp/443 to service:prod/db"}, nil, nil), Context{Namespace: "dev"}, op); len(errs) != 1 {
 		t.Errorf("namespace without service_namespaces: errors %v, want one", errs)
+	}
+}
+
+// TestEvaluateNamespaceTiers: a namespace bounded by tiers registers
+// services only with one of them (positive control: tier d).
+func TestEvaluateNamespaceTiers(t *testing.T) {
+	op := testOperator()
+	meta := map[string]string{"v6reg_services": "web:80:http"}
+	if pol, errs := Evaluate(FromNomad(meta, nil, nil), Context{Namespace: "tiered", Job: "d-web"}, op); len(errs) > 0 || len(pol.Services) != 1 {
+		t.Errorf("tier d: services %v errors %v", pol.Services, errs)
+	}
+	if pol, errs := Evaluate(FromNomad(meta, nil, nil), Context{Namespace: "tiered", Job: "p-web"}, op); len(errs) != 1 || len(pol.Services) != 0 {
+		t.Errorf("tier p: services %v errors %v, want none and one error", pol.Services, errs)
 	}
 }
 

@@ -65,6 +65,10 @@ type Bounds struct {
 	// means any name. Names starting with "v6reg-" are v6reg's own and
 	// never allowed.
 	Services []string
+	// Tiers, if set, are the tiers the namespace's services may be
+	// registered with: the tier names Traefik routers and hosts
+	// (TIER-SERVICE), so a dev job must not take a production one.
+	Tiers []string
 }
 
 // ReservedServicePrefix starts the Consul service names v6reg registers
@@ -223,6 +227,11 @@ func (o Operator) Validate() error {
 		for _, n := range b.ServiceNamespaces {
 			if n != "*" && !ValidNamespace(n) {
 				add("%s: service_namespaces: %q is not a namespace name; use letters, digits and '-', or \"*\" for every namespace", where, n)
+			}
+		}
+		for _, t := range b.Tiers {
+			if !validServiceName(t) {
+				add("%s: tiers: invalid tier %q; tiers are lower case letters, digits and '-'", where, t)
 			}
 		}
 		for _, pat := range b.Services {

@@ -248,6 +248,7 @@ type rawNS struct {
 	// ServiceNamespaces and Services: see policies.Bounds.
 	ServiceNamespaces []string `hcl:"service_namespaces,optional"`
 	Services          []string `hcl:"services,optional"`
+	Tiers             []string `hcl:"tiers,optional"`
 }
 
 type rawService struct {
@@ -513,7 +514,7 @@ func (c *Config) parse(filename string, src []byte) error {
 		if _, dup := c.Policy.Namespaces[ns.Name]; dup {
 			fail(p.at("namespace:"+ns.Name), field, "defined twice", "merge the two namespace blocks into one")
 		}
-		b := policies.Bounds{AllowAny: ns.AllowAny, AllowInternet: ns.AllowInternet, ServiceNamespaces: ns.ServiceNamespaces, Services: ns.Services}
+		b := policies.Bounds{AllowAny: ns.AllowAny, AllowInternet: ns.AllowInternet, ServiceNamespaces: ns.ServiceNamespaces, Services: ns.Services, Tiers: ns.Tiers}
 		for _, name := range ns.Peers {
 			b.Peers = append(b.Peers, strings.TrimPrefix(name, "@"))
 		}

@@ -42,6 +42,7 @@ namespace "default" {
   ingress_ports  = ["80", "8000-8100"]
   service_namespaces = ["shared"]
   services       = ["shop-*"]
+  tiers          = ["d"]
 }
 
 services {
@@ -62,7 +63,7 @@ services {
 		t.Errorf("peer traefik = %v", got)
 	}
 	if b := c.Policy.Namespaces["default"]; !b.AllowInternet || len(b.IngressPorts) != 2 ||
-		!slices.Equal(b.ServiceNamespaces, []string{"shared"}) || !slices.Equal(b.Services, []string{"shop-*"}) {
+		!slices.Equal(b.ServiceNamespaces, []string{"shared"}) || !slices.Equal(b.Services, []string{"shop-*"}) || !slices.Equal(b.Tiers, []string{"d"}) {
 		t.Errorf("namespace default = %+v", b)
 	}
 	if c.Policy.LabelsNamespace != "labels" || !c.Policy.LabelsChooseNamespace {
