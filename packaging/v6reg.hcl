@@ -42,6 +42,8 @@ docker {
   # Containers started without Nomad (policy from v6reg.* labels) belong
   # to this namespace; their v6reg.namespace label may only repeat it,
   # unless labels_choose_namespace lets whoever runs a container pick any.
+  # A namespace of their own (with its own namespace block) keeps them
+  # from registering names and job: peers that Nomad jobs of "default" use.
   # labels_namespace        = "default"
   # labels_choose_namespace = false
 }
