@@ -2,14 +2,18 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/v6reg/v6reg/agent"
@@ -192,4 +196,58 @@ func TestTenantsServicePeerInKernel(t *testing.T) {
 			t.Fatalf("the victim does not admit a v6reg registration of shopdb: %v", err)
 		}
 	})
+}
+
+// TestTenantsDuplicateMAC: a container started with another's MAC stays
+// closed with the reason in status; the older keeps working (office still
+// reaches it after the newer has started and sent its frames).
+func TestTenantsDuplicateMAC(t *testing.T) {
+	e, ctx := newE2E(t)
+	serve := "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p [::]:8080 -h /www"
+	labels := map[string]string{"v6reg.ingress": "tcp/8080 from @office"}
+	older, err := e.Run(ctx, "mac-older", labels, serve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, e, ctx, older)
+	if err := WaitFor(ctx, allowWait, func() error { return HTTPGet(e.Office, older.Addr, 8080, time.Second) }); err != nil {
+		t.Fatalf("office does not reach the older container (positive control): %v", err)
+	}
+	cfg := &container.Config{Image: e.Image, Labels: labels, Cmd: []string{"/bin/sh", "-c", serve + " & ping -c 20 -i 0.2 " + older.Addr.String() + "; wait"}}
+	// Engines before API 1.44 (Docker 25) take the MAC only here.
+	cfg.MacAddress = older.MAC //nolint:staticcheck // the per-endpoint MacAddress needs API 1.44
+	hc := &container.HostConfig{NetworkMode: container.NetworkMode(NetworkName)}
+	nc := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{NetworkName: {}}}
+	created, err := e.Docker.Client.ContainerCreate(ctx, cfg, hc, nc, nil, "mac-newer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Docker.Client.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = WaitFor(ctx, 20*time.Second, func() error {
+		s, err := e.Status()
+		if err != nil {
+			return err
+		}
+		for _, c := range s.Containers {
+			if c.ID == created.ID {
+				if c.Closed && strings.Contains(c.Reason, "MAC "+older.MAC+" is also container "+older.ID[:12]) {
+					return nil
+				}
+				return fmt.Errorf("newer: closed %v reason %q", c.Closed, c.Reason)
+			}
+		}
+		return errors.New("newer not in status yet")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // the newer's frames have gone out
+	for i := range 5 {
+		if err := HTTPGet(e.Office, older.Addr, 8080, 2*time.Second); err != nil {
+			t.Fatalf("office no longer reaches the older container (try %d): %v", i, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
