@@ -91,6 +91,10 @@ func (a *Agent) Explain(ctx context.Context, q ExplainQuery) (ExplainAnswer, err
 	default:
 		return ExplainAnswer{}, fmt.Errorf("protocol %q: use tcp, udp or icmp", q.Proto)
 	}
+	if a, err := netip.ParseAddr(q.Peer); err == nil && a.Unmap().Is4() && q.Direction == "from" {
+		ans.Reason = fmt.Sprintf("%s is IPv4: containers take IPv6-only ingress; IPv4 reaches a container only as replies to its own egress", q.Peer)
+		return ans, nil
+	}
 	for _, r := range rules {
 		if !ruleMatches(r, proto, q.Port) {
 			continue
@@ -130,7 +134,7 @@ func findWorkload(ws []Workload, target string) (*Workload, error) {
 		w := &ws[i]
 		c := w.Container
 		switch {
-		case isAddr && c.Addr == addr:
+		case isAddr && (c.Addr == addr || c.Addr4.IsValid() && c.Addr4 == addr):
 		case !isAddr && target != "" && (c.Name == target || c.ID == target || c.AllocID == target):
 			// A whole name or ID is found however short it is, and wins
 			// over another container's ID that merely starts with it

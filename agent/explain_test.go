@@ -54,6 +54,8 @@ func TestExplain(t *testing.T) {
 			verdict: "allow", rule: "icmp from @ops", reason: "the rule names @ops"},
 		{name: "denied: other peer", q: ExplainQuery{Target: web, Direction: "from", Peer: "fd00:bb::1", Port: 80},
 			verdict: "deny", reason: "no ingress rule allows from fd00:bb::1 port 80/tcp"},
+		{name: "denied: IPv4 ingress, even from a set's IPv4 prefix", q: ExplainQuery{Target: web, Direction: "from", Peer: "10.1.2.3", Port: 443},
+			verdict: "deny", reason: "containers take IPv6-only ingress"},
 		{name: "denied: other port", q: ExplainQuery{Target: web, Direction: "from", Peer: "fd00:aa::5", Port: 8080},
 			verdict: "deny", reason: "no ingress rule allows"},
 		{name: "denied: other protocol", q: ExplainQuery{Target: web, Direction: "from", Peer: "fd00:aa::5", Port: 80, Proto: "udp"},

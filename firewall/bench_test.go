@@ -15,8 +15,8 @@ import (
 func bigState(n int) State { return bigStateOf(n, benchContainer) }
 
 func bigStateOf(n int, container func(int) Container) State {
-	s := State{Prefix: testPrefix, Gateway: testGW, PeerSets: map[string][]netip.Prefix{
-		"@traefik": {pfx("2001:db8:a::/64")}, "@mon": {pfx("2001:db8:b::/64")}, "@internet": {pfx("::/0")},
+	s := State{Prefix: testPrefix, Gateway: testGW, Bridge: "br0", PeerSets: map[string][]netip.Prefix{
+		"@traefik": {pfx("2001:db8:a::/64")}, "@mon": {pfx("2001:db8:b::/64")}, "@internet": {pfx("2000::/3"), pfx("0.0.0.0/1"), pfx("128.0.0.0/1")},
 	}}
 	for i := 0; i < n; i++ {
 		s.Containers = append(s.Containers, container(i))
@@ -32,13 +32,15 @@ func benchContainer(i int) Container {
 		Egress:  []Rule{{Peer: "@internet", Proto: TCP, Ports: ports(443)}, {Peer: "@internet", Proto: UDP, Ports: ports(53)}}}
 }
 
-// boundContainer is benchContainer with its MAC and bridge port, as the
-// agent programs a container whose port it found: 4 more elements, 2 of
-// them in table bridge v6reg.
+// boundContainer is benchContainer with its MAC, bridge port and IPv4
+// address, as the agent programs a container on a dual-stack network
+// whose port it found: 13 more elements (MAC and port binding, the IPv4
+// egress maps, counters and binding), 5 of them in table bridge v6reg.
 func boundContainer(i int) Container {
 	c := benchContainer(i)
 	c.MAC = net.HardwareAddr{0x02, 0x42, 0, byte(i >> 16), byte(i >> 8), byte(i)}
 	c.Port = 1000 + i
+	c.Addr4 = netip.AddrFrom4([4]byte{100, 64 + byte(i>>16), byte(i >> 8), byte(i)})
 	return c
 }
 
@@ -47,6 +49,9 @@ func benchAddOne(b *testing.B, n int) { benchAddOneOf(b, n, benchContainer) }
 func benchAddOneOf(b *testing.B, n int, container func(int) Container) {
 	ns := netns.New(b, "bench")
 	fw := newFirewall(b, ns)
+	// The table's cost alone: the revocation of a removed container's
+	// flows (a conntrack dump beside Apply) has its own benchmark.
+	fw.noRevoke = true
 	base := bigStateOf(n, container)
 	if _, err := fw.Apply(context.Background(), base); err != nil {
 		b.Fatal(err)
@@ -121,6 +126,25 @@ func BenchmarkReapply10000Cached(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if ch, err := fw.Apply(context.Background(), s); err != nil || !ch.Empty() {
 			b.Fatalf("%+v %v", ch, err)
+		}
+	}
+}
+
+// BenchmarkRevoke is what a commit that takes something away costs beside
+// Apply: one dump of the (here empty) conntrack table, which walks the
+// whole hash, and the judging of its flows.
+func BenchmarkRevoke(b *testing.B) {
+	ns := netns.New(b, "bench")
+	fw := newFirewall(b, ns)
+	s := bigStateOf(1000, boundContainer)
+	if _, err := fw.Apply(context.Background(), s); err != nil {
+		b.Fatal(err)
+	}
+	affected := map[netip.Addr]bool{s.Containers[0].Addr: true, s.Containers[0].Addr4: true}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := fw.revoke(affected); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

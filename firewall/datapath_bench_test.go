@@ -51,7 +51,7 @@ func BenchmarkConnsNoTable(b *testing.B) { benchConns(b, func(*testing.B, *netns
 func BenchmarkConnsV6reg10000(b *testing.B) {
 	benchConns(b, func(b *testing.B, tp *netns.Topology) {
 		s := bigState(10000)
-		s.Prefix, s.Gateway = tp.Prefix, tp.Gateway
+		s.Prefix, s.Gateway, s.Bridge = tp.Prefix, tp.Gateway, tp.Bridge
 		s.PeerSets["@in"] = []netip.Prefix{tp.InPrefix}
 		s.Containers = append(s.Containers, Container{ID: "c1", Addr: tp.C1Addr,
 			Ingress: []Rule{{Peer: "@in", Proto: TCP, Ports: ports(8080)}}})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -22,8 +23,16 @@ import (
 type Firewall struct {
 	conn *nftables.Conn
 	nsfd int // the namespace's fd (0: the current one), for conntrack
-	log  *slog.Logger
-	gen  interface{ read() (uint32, error) } // a *genReader but in tests
+
+	// Revocation (revoke.go): addresses waiting for their flows to be
+	// judged, and whether the goroutine that does it runs.
+	revokeMu      sync.Mutex
+	revokePending map[netip.Addr]bool
+	revoking      bool
+	noRevoke      bool // benchmarks of the table alone
+
+	log *slog.Logger
+	gen interface{ read() (uint32, error) } // a *genReader but in tests
 
 	mu sync.Mutex
 	// m is what the table held after our last commit (nil: unknown).
@@ -188,7 +197,6 @@ func (f *Firewall) apply(ctx context.Context, s State) (Changes, error) {
 		}
 		return ch, nil
 	}
-	applied := f.m // the model of this State: revocation judges flows by it
 	batches, err := f.send(p)
 	ch.Batches = batches
 	if err != nil {
@@ -206,10 +214,8 @@ func (f *Firewall) apply(ctx context.Context, s State) (Changes, error) {
 			"table_created", ch.TableCreated, "bridge_table_created", ch.BridgeTableCreated, "chains_rewritten", ch.ChainsRewritten)
 	}
 	f.everApplied = true
-	if n, err := f.revoke(applied, p.revoke); err != nil {
-		f.log.Error("firewall: revoking established flows the new state denies", "err", err)
-	} else if n > 0 {
-		f.log.Info("firewall: established flows the new state denies were cut", "conntrack_entries", n)
+	if !f.noRevoke {
+		f.revokeLater(p.revoke)
 	}
 	f.log.Info("firewall applied", "table", "inet "+TableName,
 		"elems_added", ch.ElemsAdded, "elems_removed", ch.ElemsRemoved,
@@ -373,7 +379,7 @@ var ErrNoBridgeNetfilter = errors.New("br_netfilter is not loaded, so traffic be
 // other ip6tables/iptables forward rules (Docker's) see bridged traffic.
 func EnableBridgeNetfilter() (fixed []string, err error) {
 	for _, p := range bridgeNetfilterSysctls {
-		b, err := os.ReadFile(p)
+		b, err := os.ReadFile(p) //nolint:gosec // G304: p is one of the fixed sysctl paths above
 		if errors.Is(err, os.ErrNotExist) {
 			return fixed, fmt.Errorf("%s missing: %w", p, ErrNoBridgeNetfilter)
 		}

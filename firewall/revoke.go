@@ -1,9 +1,11 @@
 package firewall
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -26,14 +28,27 @@ import (
 // peer is one too). Flows the node started (a health check, from any of
 // its own addresses) are not filtered by the table and are kept.
 
-// revokeFilter tells ConntrackDeleteFilters which flows to remove.
+// revokeFilter tells ConntrackDeleteFilters which flows to remove. The
+// kernel's dump walks the whole conntrack hash (about 13 ms per family
+// here, even when empty), so it runs without the Firewall's lock; the
+// lock is taken at the first flow to judge, so flows are judged by the
+// newest committed state, and held until the deletions are done.
 type revokeFilter struct {
-	m        *model
+	f        *Firewall
+	m        *model // f.m, under f.mu, from the first flow on
+	locked   bool
 	affected map[netip.Addr]bool
 	local    map[netip.Addr]bool // the node's own addresses
 }
 
 func (r *revokeFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	if !r.locked {
+		r.f.mu.Lock()
+		r.locked, r.m = true, r.f.m
+	}
+	if r.m == nil {
+		return false // the table is being re-read: the next revocation judges
+	}
 	src, ok1 := netip.AddrFromSlice(flow.Forward.SrcIP)
 	dst, ok2 := netip.AddrFromSlice(flow.Forward.DstIP)
 	if !ok1 || !ok2 {
@@ -107,13 +122,53 @@ func rulesAllow(rules []Rule, peers map[string]peerEntry, peer netip.Addr, proto
 	return false
 }
 
-// revoke removes the conntrack entries of the affected addresses' flows
-// that m no longer allows, in the Firewall's namespace. It returns how
-// many it removed.
-func (f *Firewall) revoke(m *model, affected map[netip.Addr]bool) (uint, error) {
+// revokeLater queues the affected addresses for revocation and makes sure
+// one goroutine runs it; revocations queued while one runs are coalesced
+// into the next. Called by Apply after its commit, so Apply does not wait
+// for the conntrack dump.
+func (f *Firewall) revokeLater(affected map[netip.Addr]bool) {
 	if len(affected) == 0 {
-		return 0, nil
+		return
 	}
+	f.revokeMu.Lock()
+	defer f.revokeMu.Unlock()
+	if f.revokePending == nil {
+		f.revokePending = map[netip.Addr]bool{}
+	}
+	for a := range affected {
+		f.revokePending[a] = true
+	}
+	if f.revoking {
+		return
+	}
+	f.revoking = true
+	go func() {
+		for {
+			f.revokeMu.Lock()
+			next := f.revokePending
+			f.revokePending = nil
+			if len(next) == 0 {
+				f.revoking = false
+				f.revokeMu.Unlock()
+				return
+			}
+			f.revokeMu.Unlock()
+			start := time.Now()
+			n, err := f.revoke(next)
+			if err != nil {
+				f.log.Error("firewall: revoking established flows the new state denies", "err", err)
+			} else if n > 0 {
+				f.log.Info("firewall: established flows the new state denies were cut", "conntrack_entries", n,
+					"took", time.Since(start).Round(time.Millisecond))
+			}
+		}
+	}()
+}
+
+// revoke removes the conntrack entries of the affected addresses' flows
+// that the newest committed state no longer allows, in the Firewall's
+// namespace. It returns how many it removed.
+func (f *Firewall) revoke(affected map[netip.Addr]bool) (uint, error) {
 	h, err := f.netlinkHandle()
 	if err != nil {
 		return 0, err
@@ -129,10 +184,33 @@ func (f *Firewall) revoke(m *model, affected map[netip.Addr]bool) (uint, error) 
 			local[ip.Unmap()] = true
 		}
 	}
-	flt := &revokeFilter{m: m, affected: affected, local: local}
+	// One dump of both families (AF_UNSPEC) to find whether anything must
+	// go; the deleting dump of a family runs only when it holds a flow to
+	// cut, which is rare: most changes cut nothing.
+	flows, err := h.ConntrackTableList(netlink.ConntrackTable, unix.AF_UNSPEC)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return 0, fmt.Errorf("conntrack revocation: %w", err)
+	}
+	fams := map[netlink.InetFamily]bool{}
+	probe := &revokeFilter{f: f, affected: affected, local: local}
+	for _, fl := range flows {
+		if probe.MatchConntrackFlow(fl) {
+			fams[netlink.InetFamily(fl.FamilyType)] = true
+		}
+	}
+	if probe.locked {
+		f.mu.Unlock()
+	}
 	var n uint
 	for _, fam := range []netlink.InetFamily{unix.AF_INET6, unix.AF_INET} {
+		if !fams[fam] {
+			continue
+		}
+		flt := &revokeFilter{f: f, affected: affected, local: local}
 		k, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, fam, flt)
+		if flt.locked {
+			f.mu.Unlock()
+		}
 		n += k
 		if err != nil {
 			return n, fmt.Errorf("conntrack revocation: %w", err)

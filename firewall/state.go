@@ -1,13 +1,17 @@
 // Package firewall programs v6reg's nftables tables (`inet v6reg`, and
-// `bridge v6reg` for anti-spoofing, see below): default
-// deny for the node's prefix, per-container ingress and egress policy held
-// in hash maps of peer list ids, shared peer lists, drop counters per
-// container. It knows
-// nothing about Docker, Nomad or Consul: callers hand it a State.
+// `bridge v6reg` for what a container's bridge port may send): default
+// deny on every path a container has (its /80, link-local and IPv4
+// addresses, multicast, the node's own addresses), per-container ingress
+// and egress policy held in hash maps of peer list ids, shared peer lists
+// of both families, drop counters per container. It knows nothing about
+// Docker, Nomad or Consul: callers hand it a State.
 //
-// Layout (see DESIGN.md, "The firewall", and README.md): a forward base
-// chain sends only packets to or from the prefix to chain "filter";
-// everything else is left to the node's other tables. Per-container policy
+// Layout (see DESIGN.md, "The firewall", and README.md, "Every path a
+// container has"): a forward base chain sends packets to or from the
+// prefix to chain "filter", everything else from or to the containers'
+// bridge (State.Bridge) to "from_link" and "to_link" (IPv4 egress by the
+// same rules, no IPv4 ingress, link-local for ND and MLD only); anything
+// else is left to the node's other tables. Per-container policy
 // lives in hash maps keyed on address . proto . port (in_port_list,
 // eg_port_list), address . proto (in_proto_list, eg_proto_list: all
 // ports), address (in_icmp_list, eg_icmp_list: echo requests; in_any_list,

@@ -595,3 +595,24 @@ func shortID(id string) string {
 	}
 	return id
 }
+
+// WaitOpen waits until at least n managed containers are open (their
+// firewall elements programmed), as the agent's status says.
+func (e *Env) WaitOpen(ctx context.Context, n int, limit time.Duration) error {
+	return WaitFor(ctx, limit, func() error {
+		s, err := e.Status()
+		if err != nil {
+			return err
+		}
+		open := 0
+		for _, c := range s.Containers {
+			if !c.Closed {
+				open++
+			}
+		}
+		if open < n {
+			return fmt.Errorf("%d of %d containers open", open, n)
+		}
+		return nil
+	})
+}

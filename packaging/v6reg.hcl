@@ -75,8 +75,9 @@ nomad {
 #   node_ports = []
 # }
 
-# Your own prefixes: excluded from @internet.
-# internal_prefixes = ["2001:db8::/32"]
+# Your own prefixes, IPv6 and IPv4 (your datacenter's public IPv4 ranges):
+# excluded from @internet, which is 2000::/3 and the public IPv4 space.
+# internal_prefixes = ["2001:db8::/32", "198.51.100.0/24"]
 
 # Named peer sets; jobs write them as @name.
 peer "traefik" {

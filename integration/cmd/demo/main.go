@@ -179,22 +179,7 @@ func demo(r *runner, agentBin string, keep bool, sigs chan os.Signal) int {
 		fmt.Println()
 	}
 	web, db, fetch := ws["demo-web"], ws["demo-db"], ws["demo-fetch"]
-	if err := integration.WaitFor(ctx, 30*time.Second, func() error {
-		s, err := e.Status()
-		if err != nil {
-			return err
-		}
-		open := 0
-		for _, c := range s.Containers {
-			if !c.Closed {
-				open++
-			}
-		}
-		if open < 3 {
-			return fmt.Errorf("%d of 3 containers open", open)
-		}
-		return nil
-	}); err != nil {
+	if err := e.WaitOpen(ctx, 3, 30*time.Second); err != nil {
 		r.Fatalf("containers not programmed: %v", err)
 	}
 

@@ -54,11 +54,9 @@ func main() {
 		return
 	}
 	if len(os.Args) == 3 && os.Args[1] == "serve" {
-		if err := serve(os.Args[2]); err != nil {
-			fmt.Fprintln(os.Stderr, "v6probe serve:", err)
-			os.Exit(1)
-		}
-		return
+		err := serve(os.Args[2]) // returns only when it cannot serve
+		fmt.Fprintln(os.Stderr, "v6probe serve:", err)
+		os.Exit(1)
 	}
 	if (len(os.Args) == 6 || len(os.Args) == 7) && os.Args[1] == "dial" {
 		src := ""
