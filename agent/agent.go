@@ -394,6 +394,9 @@ func (a *Agent) input(containers []Container) buildInput {
 	if a.nomad != nil {
 		in.Lookup = a.nomad.lookup
 	}
+	if last := a.lastDesired.Load(); last != nil {
+		in.MACHolders = last.MACHolders()
+	}
 	if a.peers != nil {
 		in.Peers = a.peers.get
 	}

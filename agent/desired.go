@@ -57,6 +57,10 @@ type buildInput struct {
 	// Nomad says whether Nomad is enabled, and looks allocations up.
 	Nomad  bool
 	Lookup func(allocID string) (Alloc, bool)
+	// MACHolders are, by MAC, the containers that had it in the last
+	// desired state: the one in force keeps it (Docker lists creation
+	// times in whole seconds, too coarse to tell two starts apart).
+	MACHolders map[string]string
 	// Peers returns the addresses of a Consul-backed peer and whether
 	// Consul has answered for it yet.
 	Peers func(PeerKey) ([]netip.Prefix, bool)
@@ -77,7 +81,7 @@ func build(in buildInput) Desired {
 		PeerKeys:      map[PeerKey]bool{},
 	}
 	seen := map[netip.Addr]string{}
-	macOwner := macOwners(in.Containers)
+	macOwner := macOwners(in.Containers, in.MACHolders)
 	for _, c := range in.Containers {
 		w := workloadFor(c, in)
 		reason := addrProblem(c, in.Prefix, in.Gateway, seen)
@@ -114,9 +118,10 @@ func build(in buildInput) Desired {
 }
 
 // macOwners maps each MAC address on the network to the container that
-// has it first: the oldest, by creation then ID, so that a container
-// started later with another's MAC cannot take its place.
-func macOwners(cs []Container) map[string]Container {
+// has it first, so that a container started later with another's MAC
+// cannot take its place: the one that held it in the last desired state
+// (holders), else the oldest, by creation then ID.
+func macOwners(cs []Container, holders map[string]string) map[string]Container {
 	owner := map[string]Container{}
 	for _, c := range cs {
 		if len(c.MAC) == 0 {
@@ -124,11 +129,27 @@ func macOwners(cs []Container) map[string]Container {
 		}
 		k := c.MAC.String()
 		o, ok := owner[k]
-		if !ok || c.Created.Before(o.Created) || c.Created.Equal(o.Created) && c.ID < o.ID {
+		switch {
+		case !ok:
+			owner[k] = c
+		case holders[k] == o.ID:
+		case holders[k] == c.ID || c.Created.Before(o.Created) || c.Created.Equal(o.Created) && c.ID < o.ID:
 			owner[k] = c
 		}
 	}
 	return owner
+}
+
+// MACHolders lists, by MAC, the containers that the desired state
+// programs (for the next build's MACHolders).
+func (d Desired) MACHolders() map[string]string {
+	out := make(map[string]string, len(d.Firewall.Containers))
+	for _, c := range d.Firewall.Containers {
+		if len(c.MAC) > 0 {
+			out[c.MAC.String()] = c.ID
+		}
+	}
+	return out
 }
 
 func addrProblem(c Container, prefix netip.Prefix, gateway netip.Addr, seen map[netip.Addr]string) string {

@@ -245,3 +245,29 @@ func TestDuplicateMAC(t *testing.T) {
 		}
 	}
 }
+
+// TestDuplicateMACSameSecond: Docker lists creation in whole seconds; of
+// two containers created in one second, the one that held the MAC in the
+// last desired state keeps it, whatever the IDs.
+func TestDuplicateMACSameSecond(t *testing.T) {
+	mac, _ := net.ParseMAC("02:42:ac:11:00:02")
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	older := labelContainer("ff01", "older", 21, nil)
+	older.MAC, older.Created = mac, at
+	newer := labelContainer("0f02", "newer", 22, nil) // the smaller ID
+	newer.MAC, newer.Created = mac, at
+	first := build(testInput(older))
+	in := testInput(newer, older)
+	in.MACHolders = first.MACHolders()
+	for _, w := range build(in).Workloads {
+		if got, want := w.Closed, w.Container.ID == newer.ID; got != want {
+			t.Errorf("%s: closed %v (%s), want %v", w.Container.Name, got, w.Reason, want)
+		}
+	}
+	// Without a holder (a first build), the smaller ID wins the tie.
+	for _, w := range build(testInput(newer, older)).Workloads {
+		if got, want := w.Closed, w.Container.ID == older.ID; got != want {
+			t.Errorf("no holder: %s closed %v, want %v", w.Container.Name, got, want)
+		}
+	}
+}

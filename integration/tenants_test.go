@@ -235,7 +235,12 @@ func TestTenantsDuplicateMAC(t *testing.T) {
 				if c.Closed && strings.Contains(c.Reason, "MAC "+older.MAC+" is also container "+older.ID[:12]) {
 					return nil
 				}
-				return fmt.Errorf("newer: closed %v reason %q", c.Closed, c.Reason)
+				ins, _ := e.Docker.Client.ContainerInspect(ctx, created.ID)
+				mac := ""
+				if ep := ins.NetworkSettings.Networks[NetworkName]; ep != nil {
+					mac = ep.MacAddress
+				}
+				return fmt.Errorf("newer (MAC %s, the older's %s): closed %v reason %q", mac, older.MAC, c.Closed, c.Reason)
 			}
 		}
 		return errors.New("newer not in status yet")
