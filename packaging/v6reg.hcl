@@ -5,9 +5,9 @@
 # NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY, DOCKER_HOST, V6REG_NODE_PREFIX), and
 # `v6reg agent` flags override both. An invalid field stops the agent at start
 # with "file:line: field: what is wrong: what to do".
-# SIGHUP (systemctl reload v6reg) applies peer, internal_prefixes, namespace
-# and services changes live; everything else needs a restart (the agent
-# logs which).
+# SIGHUP (systemctl reload v6reg) applies peer, internal_prefixes, namespace,
+# services and docker.labels_* changes live; everything else needs a restart
+# (the agent logs which).
 
 # The IPv6 prefix routed to this node (/64 to /112; /80 is the convention).
 # node_prefix = "2001:db8:1:2:3::/80"
