@@ -166,7 +166,12 @@ func New(o Options) *Agent {
 	}
 	if o.Consul != nil {
 		a.reg = &consulRegistrar{api: o.Consul, prefix: o.IDPrefix, node: o.Node, log: o.Log}
-		a.peers = newPeerWatches(o.Consul, o.Log.With("source", "consul"), a.Trigger, func() { o.Metrics.Errors.WithLabelValues("consul").Inc() })
+		a.peers = newPeerWatches(o.Consul, o.IDPrefix, o.Log.With("source", "consul"), a.Trigger, func() { o.Metrics.Errors.WithLabelValues("consul").Inc() },
+			func(n map[string]int) {
+				for r, c := range n {
+					o.Metrics.PeerEntriesIgnored.WithLabelValues(r).Set(float64(c))
+				}
+			})
 	}
 	a.snap.Store(&Snapshot{Node: o.Node, Prefix: o.Prefix.String()})
 	return a
@@ -388,6 +393,9 @@ func (a *Agent) input(containers []Container) buildInput {
 	}
 	if a.nomad != nil {
 		in.Lookup = a.nomad.lookup
+	}
+	if last := a.lastDesired.Load(); last != nil {
+		in.MACHolders = last.MACHolders()
 	}
 	if a.peers != nil {
 		in.Peers = a.peers.get

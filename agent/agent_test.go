@@ -84,7 +84,7 @@ func TestReconcileIsIdempotent(t *testing.T) {
 	}
 	// The Consul watch answered before the apply: the set holds the
 	// instance's IPv6 address, not an empty set and not its IPv4 one.
-	if got := states[0].PeerSets["service:postgres"]; len(got) != 1 || got[0].String() != "fd00:1::5/128" {
+	if got := states[0].PeerSets["service:default/postgres"]; len(got) != 1 || got[0].String() != "fd00:1::5/128" {
 		t.Errorf("service:postgres = %v", got)
 	}
 	if r.ipam.calls != 1 {
@@ -325,7 +325,7 @@ func TestPeerWatchWaitsOnceAndFollowsChanges(t *testing.T) {
 	peerSet := func() []string {
 		st := r.fw.states()
 		var out []string
-		for _, p := range st[len(st)-1].PeerSets["service:postgres"] {
+		for _, p := range st[len(st)-1].PeerSets["service:default/postgres"] {
 			out = append(out, p.String())
 		}
 		return out

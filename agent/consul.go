@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"sort"
@@ -101,6 +102,9 @@ const (
 	metaJob       = "nomad_job"
 	metaTask      = "nomad_task"
 	metaNamespace = "nomad_namespace"
+	// metaPrefix is the registering node's prefix: a peer address outside
+	// it is refused, so a registration cannot claim another node's address.
+	metaPrefix = "v6reg_prefix"
 
 	// jobsService carries one instance per container of a job, tagged
 	// "job=NAMESPACE/JOB", so that job:NAME peers resolve on every node.
@@ -244,10 +248,16 @@ func (r *consulRegistrar) apply(ctx context.Context, want map[string]Registratio
 // peerWatches follows, by blocking query, the instances of every
 // service:NAME and job:NAME peer that a local policy uses, and only those.
 type peerWatches struct {
-	api     ConsulAPI
-	log     *slog.Logger
-	trigger func(string)
-	onError func()
+	api ConsulAPI
+	// idPrefix is the service ID prefix of v6reg's registrations: only
+	// entries that carry it, with the rest of what v6reg writes, are peers.
+	idPrefix string
+	log      *slog.Logger
+	trigger  func(string)
+	onError  func()
+	// onIgnored reports, after every answer, how many catalog entries
+	// are ignored across all watches, by reason.
+	onIgnored func(map[string]int)
 
 	mu      sync.Mutex
 	running map[string]*peerWatch
@@ -257,6 +267,9 @@ type peerWatches struct {
 	// does not answer keeps the sets in force, never empty ones.
 	seed map[string][]netip.Prefix
 	gen  uint64 // counts changes of addrs, to persist only changes
+	// ignored counts, per peer key and reason, the entries of the last
+	// answer that are not v6reg's registrations.
+	ignored map[string]map[string]int
 }
 
 // seedKnown starts the watches with the sets persisted by the last run.
@@ -284,8 +297,128 @@ func (w *peerWatches) known() (map[PeerKey][]netip.Prefix, uint64) {
 	return out, w.gen
 }
 
-func newPeerWatches(api ConsulAPI, log *slog.Logger, trigger func(string), onError func()) *peerWatches {
-	return &peerWatches{api: api, log: log, trigger: trigger, onError: onError, running: map[string]*peerWatch{}, addrs: map[string][]netip.Prefix{}}
+func newPeerWatches(api ConsulAPI, idPrefix string, log *slog.Logger, trigger func(string), onError func(), onIgnored func(map[string]int)) *peerWatches {
+	return &peerWatches{api: api, idPrefix: idPrefix, log: log, trigger: trigger, onError: onError, onIgnored: onIgnored,
+		running: map[string]*peerWatch{}, addrs: map[string][]netip.Prefix{}, ignored: map[string]map[string]int{}}
+}
+
+// Reasons a catalog entry is not a peer, as the ignored-entries metric
+// labels them.
+const (
+	ignoredForeign   = "foreign"        // not registered by v6reg (no v6reg ID prefix, owner or prefix meta)
+	ignoredOutside   = "outside_prefix" // an address outside the registering node's prefix
+	ignoredNamespace = "namespace"      // registered for a container of another namespace or job
+)
+
+// IgnoredReasons are the label values of the ignored-entries metric.
+var IgnoredReasons = []string{ignoredForeign, ignoredOutside, ignoredNamespace}
+
+// peerAddr returns the address of a catalog entry if it is a registration
+// v6reg made for a container it manages, with the namespace and job the
+// peer key asks for; else "" and why not. What proves it: the ID v6reg
+// gives (ID prefix, then the owner node named in meta), the owner and
+// node prefix meta v6reg writes, and an address inside that prefix. A
+// Nomad service block cannot choose its ID; a v6reg on another node
+// writes the same shape, so peers resolve on every node.
+func peerAddr(idPrefix, namespace, job string, e *consul.ServiceEntry) (netip.Addr, string) {
+	if e == nil || e.Service == nil {
+		return netip.Addr{}, ignoredForeign
+	}
+	s := e.Service
+	owner := s.Meta[metaOwner]
+	if owner == "" || !strings.HasPrefix(s.ID, idPrefix+"-"+owner+"-") || s.Meta[metaContainer] == "" {
+		return netip.Addr{}, ignoredForeign
+	}
+	prefix, err := netip.ParsePrefix(s.Meta[metaPrefix])
+	if err != nil || !prefix.Addr().Is6() || prefix.Addr().Is4In6() || prefix.Bits() < 48 || prefix != prefix.Masked() {
+		return netip.Addr{}, ignoredForeign
+	}
+	a, err := netip.ParseAddr(s.Address)
+	if err != nil || !a.Is6() || a.Is4In6() || a.Zone() != "" || !prefix.Contains(a) || a == prefix.Addr() {
+		return netip.Addr{}, ignoredOutside
+	}
+	if s.Meta[metaNamespace] != namespace || (job != "" && s.Meta[metaJob] != job) {
+		return netip.Addr{}, ignoredNamespace
+	}
+	return a, ""
+}
+
+// peerQuery is what a peer key asks Consul, and of its answer.
+type peerQuery struct{ service, tag, namespace, job string }
+
+func peerQueryOf(key string) (peerQuery, bool) {
+	var q peerQuery
+	switch {
+	case strings.HasPrefix(key, "service:"):
+		q.namespace, q.service, _ = strings.Cut(strings.TrimPrefix(key, "service:"), "/")
+	case strings.HasPrefix(key, "job:"):
+		q.namespace, q.job, _ = strings.Cut(strings.TrimPrefix(key, "job:"), "/")
+		q.service, q.tag = jobsService, jobTag(q.namespace, q.job)
+	}
+	return q, q.service != "" && q.namespace != "" && (q.tag == "" || q.job != "")
+}
+
+// prefixes keeps the addresses of the entries that are peers, sorted, and
+// counts the others by reason (nil if none).
+func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry) ([]netip.Prefix, map[string]int) {
+	set := map[netip.Prefix]bool{}
+	var ignored map[string]int
+	for _, e := range entries {
+		a, why := peerAddr(idPrefix, q.namespace, q.job, e)
+		if why != "" {
+			if ignored == nil {
+				ignored = map[string]int{}
+			}
+			ignored[why]++
+			continue
+		}
+		set[netip.PrefixFrom(a, 128)] = true
+	}
+	list := make([]netip.Prefix, 0, len(set))
+	for p := range set {
+		list = append(list, p)
+	}
+	sort.Slice(list, func(i, j int) bool { return list[i].Addr().Less(list[j].Addr()) })
+	return list, ignored
+}
+
+// ResolvePeer answers, once, what a peer key (service:NAMESPACE/NAME or
+// job:NAMESPACE/NAME) resolves to in Consul now, exactly as the agent's
+// watches do, with the entries ignored by reason.
+func ResolvePeer(ctx context.Context, api ConsulAPI, idPrefix string, key PeerKey) ([]netip.Prefix, map[string]int, error) {
+	q, ok := peerQueryOf(string(key))
+	if !ok {
+		return nil, nil, fmt.Errorf("peer key %q: want service:NAMESPACE/NAME or job:NAMESPACE/NAME", key)
+	}
+	entries, _, err := api.HealthService(ctx, q.service, q.tag, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("consul query for %s: %w", key, err)
+	}
+	list, ignored := q.prefixes(idPrefix, entries)
+	return list, ignored, nil
+}
+
+// setIgnored records the ignored counts of one key and reports the sum.
+// Called with w.mu held.
+func (w *peerWatches) setIgnored(key string, counts map[string]int) {
+	if counts == nil {
+		delete(w.ignored, key)
+	} else {
+		w.ignored[key] = counts
+	}
+	if w.onIgnored == nil {
+		return
+	}
+	sum := map[string]int{}
+	for _, r := range IgnoredReasons {
+		sum[r] = 0
+	}
+	for _, c := range w.ignored {
+		for r, n := range c {
+			sum[r] += n
+		}
+	}
+	w.onIgnored(sum)
 }
 
 // PeerKey names a Consul-backed peer set: "service:NAME" or
@@ -302,6 +435,7 @@ func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) []PeerKey
 			pw.cancel()
 			delete(w.running, k)
 			delete(w.addrs, k)
+			w.setIgnored(k, nil)
 			w.gen++
 		}
 	}
@@ -343,20 +477,15 @@ func (w *peerWatches) get(k PeerKey) ([]netip.Prefix, bool) {
 type peerWatch struct{ cancel context.CancelFunc }
 
 func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
-	service, tag := "", ""
-	switch {
-	case strings.HasPrefix(key, "service:"):
-		service = strings.TrimPrefix(key, "service:")
-	case strings.HasPrefix(key, "job:"):
-		service, tag = jobsService, "job="+strings.TrimPrefix(key, "job:")
-	default:
+	q, ok := peerQueryOf(key)
+	if !ok {
 		return
 	}
 	b := newBackoff(500*time.Millisecond, 30*time.Second)
 	var index uint64
 	failing := false
 	for ctx.Err() == nil {
-		entries, next, err := w.api.HealthService(ctx, service, tag, index)
+		entries, next, err := w.api.HealthService(ctx, q.service, q.tag, index)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -384,21 +513,7 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 			next = 0
 		}
 		index = next
-		set := map[netip.Prefix]bool{}
-		for _, e := range entries {
-			addr := e.Service.Address
-			if addr == "" && e.Node != nil {
-				addr = e.Node.Address
-			}
-			if a, err := netip.ParseAddr(addr); err == nil && a.Is6() && !a.Is4In6() {
-				set[netip.PrefixFrom(a.WithZone(""), 128)] = true
-			}
-		}
-		list := make([]netip.Prefix, 0, len(set))
-		for p := range set {
-			list = append(list, p)
-		}
-		sort.Slice(list, func(i, j int) bool { return list[i].Addr().Less(list[j].Addr()) })
+		list, ignored := q.prefixes(w.idPrefix, entries)
 		w.mu.Lock()
 		old, seen := w.addrs[key]
 		if w.running[key] != me {
@@ -408,6 +523,10 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 			return
 		}
 		w.addrs[key] = list
+		if !maps.Equal(ignored, w.ignored[key]) {
+			w.log.Warn("consul: entries ignored for peer; only v6reg's own registrations are peers", "peer", key, "ignored", ignored)
+		}
+		w.setIgnored(key, ignored)
 		seed, seeded := w.seed[key]
 		delete(w.seed, key)
 		changed := !seen || !prefixesEqual(old, list)

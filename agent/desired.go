@@ -57,6 +57,10 @@ type buildInput struct {
 	// Nomad says whether Nomad is enabled, and looks allocations up.
 	Nomad  bool
 	Lookup func(allocID string) (Alloc, bool)
+	// MACHolders are, by MAC, the containers that had it in the last
+	// desired state: the one in force keeps it (Docker lists creation
+	// times in whole seconds, too coarse to tell two starts apart).
+	MACHolders map[string]string
 	// Peers returns the addresses of a Consul-backed peer and whether
 	// Consul has answered for it yet.
 	Peers func(PeerKey) ([]netip.Prefix, bool)
@@ -77,9 +81,17 @@ func build(in buildInput) Desired {
 		PeerKeys:      map[PeerKey]bool{},
 	}
 	seen := map[netip.Addr]string{}
+	macOwner := macOwners(in.Containers, in.MACHolders)
 	for _, c := range in.Containers {
 		w := workloadFor(c, in)
-		if reason := addrProblem(c, in.Prefix, in.Gateway, seen); reason != "" {
+		reason := addrProblem(c, in.Prefix, in.Gateway, seen)
+		if o, ok := macOwner[c.MAC.String()]; reason == "" && ok && o.ID != c.ID {
+			// One MAC on two bridge ports: neighbour discovery and the
+			// bridge's forwarding table would send the older one's
+			// traffic to the newer. The older keeps working.
+			reason = fmt.Sprintf("MAC %s is also container %s's (created earlier); give this container another MAC address", c.MAC, o.ShortID())
+		}
+		if reason != "" {
 			// No firewall element and no registration without a usable,
 			// unique address; the workload still shows in status.
 			w.Closed, w.Reason = true, reason
@@ -103,6 +115,41 @@ func build(in buildInput) Desired {
 		d.Workloads = append(d.Workloads, w)
 	}
 	return d
+}
+
+// macOwners maps each MAC address on the network to the container that
+// has it first, so that a container started later with another's MAC
+// cannot take its place: the one that held it in the last desired state
+// (holders), else the oldest, by creation then ID.
+func macOwners(cs []Container, holders map[string]string) map[string]Container {
+	owner := map[string]Container{}
+	for _, c := range cs {
+		if len(c.MAC) == 0 {
+			continue
+		}
+		k := c.MAC.String()
+		o, ok := owner[k]
+		switch {
+		case !ok:
+			owner[k] = c
+		case holders[k] == o.ID:
+		case holders[k] == c.ID || c.Created.Before(o.Created) || c.Created.Equal(o.Created) && c.ID < o.ID:
+			owner[k] = c
+		}
+	}
+	return owner
+}
+
+// MACHolders lists, by MAC, the containers that the desired state
+// programs (for the next build's MACHolders).
+func (d Desired) MACHolders() map[string]string {
+	out := make(map[string]string, len(d.Firewall.Containers))
+	for _, c := range d.Firewall.Containers {
+		if len(c.MAC) > 0 {
+			out[c.MAC.String()] = c.ID
+		}
+	}
+	return out
 }
 
 func addrProblem(c Container, prefix netip.Prefix, gateway netip.Addr, seen map[netip.Addr]string) string {
@@ -181,10 +228,22 @@ func workloadFor(c Container, in buildInput) Workload {
 		meta = policies.FromNomad(a.JobMeta, a.GroupMeta, tm)
 	} else {
 		w.Source = "labels"
-		w.Namespace = c.Labels[labelNamespace]
+		w.Namespace = in.Operator.LabelsNamespace
+		if w.Namespace == "" {
+			w.Namespace = "default"
+		}
 		w.Job = c.Labels[labelJob]
 		w.Task = c.Name
-		if errs := identityLabelErrors(c.Labels); len(errs) > 0 {
+		errs := identityLabelErrors(c.Labels)
+		if ns, ok := c.Labels[labelNamespace]; ok && len(errs) == 0 {
+			switch {
+			case in.Operator.LabelsChooseNamespace:
+				w.Namespace = ns
+			case ns != w.Namespace:
+				errs = append(errs, fmt.Sprintf("label %q: containers started without Nomad belong to namespace %q (docker.labels_namespace), not %s; remove the label, or ask the operator to set docker.labels_choose_namespace", labelNamespace, w.Namespace, quoteCut(ns)))
+			}
+		}
+		if len(errs) > 0 {
 			// They pick the bounds and name the job in Consul tags and
 			// job: peers: a garbled one is refused, not guessed at.
 			w.Namespace, w.Job = "", ""
@@ -243,7 +302,7 @@ func firewallRules(rules []policies.ResolvedRule, namespace string, d *Desired, 
 			peers = append(peers, name)
 		}
 		for _, s := range r.Services {
-			peers = append(peers, consulPeer(PeerKey("service:"+s), d, in))
+			peers = append(peers, consulPeer(servicePeerKey(namespace, s), d, in))
 		}
 		for _, j := range r.Jobs {
 			peers = append(peers, consulPeer(PeerKey("job:"+namespace+"/"+j), d, in))
@@ -253,6 +312,17 @@ func firewallRules(rules []policies.ResolvedRule, namespace string, d *Desired, 
 		}
 	}
 	return out
+}
+
+// servicePeerKey is the key of a service: peer written in a policy of
+// namespace: "service:NAME" is NAME as registered by a container of the
+// same namespace, "service:NS/NAME" NAME as registered in NS (the policy
+// checked that the namespace may use NS's services).
+func servicePeerKey(namespace, name string) PeerKey {
+	if strings.Contains(name, "/") {
+		return PeerKey("service:" + name)
+	}
+	return PeerKey("service:" + namespace + "/" + name)
 }
 
 func consulPeer(k PeerKey, d *Desired, in buildInput) string {
@@ -314,7 +384,7 @@ func registrationsFor(w Workload, in buildInput) []Registration {
 	if w.Stopping || !c.Addr.IsValid() {
 		return nil
 	}
-	meta := map[string]string{metaContainer: c.ShortID(), metaNamespace: w.Namespace}
+	meta := map[string]string{metaContainer: c.ShortID(), metaNamespace: w.Namespace, metaPrefix: in.Prefix.String()}
 	if c.AllocID != "" {
 		meta[metaAlloc] = c.AllocID
 	}

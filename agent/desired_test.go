@@ -137,7 +137,7 @@ func TestBuild(t *testing.T) {
 				if !slices.Contains(svc.Tags, "traefik.enable=true") {
 					t.Errorf("tags %q lack the operator's traefik tag", svc.Tags)
 				}
-				wantMeta := map[string]string{metaContainer: web.ID[:12], metaJob: "p-web", metaTask: "web", metaNamespace: "team"}
+				wantMeta := map[string]string{metaContainer: web.ID[:12], metaJob: "p-web", metaTask: "web", metaNamespace: "team", metaPrefix: "fd00:f1:0:0:1::/80"}
 				if !mapsEqual(svc.Meta, wantMeta) {
 					t.Errorf("meta = %v, want %v", svc.Meta, wantMeta)
 				}
@@ -181,7 +181,7 @@ func TestBuild(t *testing.T) {
 				if svc.Name != "shop" || svc.Check.Kind != "tcp" || !slices.Contains(svc.Tags, "e91ea7ef") {
 					t.Errorf("service = %+v, want tcp check and the short alloc tag", svc)
 				}
-				wantMeta := map[string]string{metaContainer: cid("bb01")[:12], metaAlloc: allocA, metaJob: "p-shop", metaTask: "api", metaNamespace: "team"}
+				wantMeta := map[string]string{metaContainer: cid("bb01")[:12], metaAlloc: allocA, metaJob: "p-shop", metaTask: "api", metaNamespace: "team", metaPrefix: "fd00:f1:0:0:1::/80"}
 				if !mapsEqual(svc.Meta, wantMeta) {
 					t.Errorf("meta = %v, want %v", svc.Meta, wantMeta)
 				}
@@ -348,27 +348,27 @@ func TestBuild(t *testing.T) {
 				}))
 				in.Peers = func(k PeerKey) ([]netip.Prefix, bool) {
 					switch k {
-					case "service:postgres":
+					case "service:team/postgres":
 						return []netip.Prefix{netip.MustParsePrefix("fd00:1::5/128")}, true
 					case "job:team/p-db":
 						return []netip.Prefix{netip.MustParsePrefix("fd00:1::6/128")}, true
 					}
-					return nil, false // service:dns: Consul has not answered
+					return nil, false // service:team/dns: Consul has not answered
 				}
 				return in
 			},
 			check: func(t *testing.T, d Desired) {
-				want := map[PeerKey]bool{"service:postgres": true, "job:team/p-db": true, "service:dns": true}
+				want := map[PeerKey]bool{"service:team/postgres": true, "job:team/p-db": true, "service:team/dns": true}
 				if !mapsEqual(d.PeerKeys, want) {
 					t.Errorf("PeerKeys = %v, want %v", d.PeerKeys, want)
 				}
-				if got := d.Firewall.PeerSets["service:postgres"]; len(got) != 1 || got[0].String() != "fd00:1::5/128" {
+				if got := d.Firewall.PeerSets["service:team/postgres"]; len(got) != 1 || got[0].String() != "fd00:1::5/128" {
 					t.Errorf("service:postgres = %v", got)
 				}
 				if got := d.Firewall.PeerSets["job:team/p-db"]; len(got) != 1 || got[0].String() != "fd00:1::6/128" {
 					t.Errorf("job:team/p-db = %v", got)
 				}
-				if got, ok := d.Firewall.PeerSets["service:dns"]; !ok || len(got) != 0 {
+				if got, ok := d.Firewall.PeerSets["service:team/dns"]; !ok || len(got) != 0 {
 					t.Errorf("service:dns = %v, %v; want present and empty until Consul answers", got, ok)
 				}
 				fc, _ := fwOf(d, cid("ac01"))
@@ -376,7 +376,7 @@ func TestBuild(t *testing.T) {
 				for _, r := range fc.Egress {
 					peers = append(peers, r.Peer)
 				}
-				if want := []string{"service:postgres", "job:team/p-db", "service:dns"}; !slices.Equal(peers, want) {
+				if want := []string{"service:team/postgres", "job:team/p-db", "service:team/dns"}; !slices.Equal(peers, want) {
 					t.Errorf("egress peers = %v, want %v", peers, want)
 				}
 			},

@@ -187,7 +187,7 @@ func peerMatches(r policies.ResolvedRule, peer, namespace string, d *Desired) (b
 			}
 		}
 		for _, s := range r.Services {
-			if inSet(d.Firewall.PeerSets["service:"+s], a) {
+			if inSet(d.Firewall.PeerSets[string(servicePeerKey(namespace, s))], a) {
 				return true, fmt.Sprintf("%s is an instance of Consul service %s", a, s)
 			}
 		}

@@ -66,6 +66,9 @@ func testOperator() policies.Operator {
 	op.Peers["traefik"] = []netip.Prefix{traefikV6, traefikV4}
 	op.Peers["ops"] = []netip.Prefix{netip.MustParsePrefix("fd00:0:0:ff::/64")}
 	op.Namespaces["open"] = policies.Bounds{AllowAny: true, AllowInternet: true}
+	// These tests give label-only containers namespaces by label; the
+	// operator's default (labels cannot choose) is TestLabelsNamespace's.
+	op.LabelsChooseNamespace = true
 	return op
 }
 
@@ -388,8 +391,31 @@ func (f *fakeConsul) counts() (registers, deregisters int) {
 	return len(f.registers), len(f.deregisters)
 }
 
+// entry is an instance as another node's v6reg registers it for a
+// container of namespace "default" (job p-db), its address in that node's
+// prefix (the /80 around it).
 func entry(addr string) *consul.ServiceEntry {
-	return &consul.ServiceEntry{Service: &consul.AgentService{Address: addr}, Node: &consul.Node{Address: "192.0.2.1"}}
+	return nsEntry("default", addr)
+}
+
+// nsEntry is entry for a container of namespace ns.
+func nsEntry(ns, addr string) *consul.ServiceEntry {
+	prefix := "fd00::/80"
+	if a, err := netip.ParseAddr(addr); err == nil && a.Is6() {
+		prefix = netip.PrefixFrom(a, 80).Masked().String()
+	}
+	return &consul.ServiceEntry{
+		Service: &consul.AgentService{ID: "v6reg-n2-0123456789ab-svc-5432", Address: addr,
+			Meta: map[string]string{metaOwner: "n2", metaContainer: "0123456789ab", metaPrefix: prefix, metaNamespace: ns, metaJob: "p-db"}},
+		Node: &consul.Node{Node: "n2", Address: "192.0.2.1"},
+	}
+}
+
+// foreignEntry is an instance as a Nomad service block registers it:
+// Nomad's ID, no v6reg meta, any address.
+func foreignEntry(addr string) *consul.ServiceEntry {
+	return &consul.ServiceEntry{Service: &consul.AgentService{ID: "_nomad-task-1234-web-postgres-5432", Address: addr,
+		Meta: map[string]string{"external-source": "nomad"}}, Node: &consul.Node{Node: "n3", Address: "192.0.2.3"}}
 }
 
 // --- Nomad ---

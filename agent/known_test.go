@@ -101,7 +101,7 @@ func TestRestartWhileNomadAndConsulDown(t *testing.T) {
 	stop := start(r)
 	eventually(t, "the policies persisted", func() bool {
 		k, _ := loadKnown(state)
-		return k != nil && k.Nomad && len(k.Allocs) == 3 && slices.Equal(k.Peers["service:postgres"], []netip.Prefix{pg})
+		return k != nil && k.Nomad && len(k.Allocs) == 3 && slices.Equal(k.Peers["service:default/postgres"], []netip.Prefix{pg})
 	})
 	before := r.fw.states()[len(r.fw.states())-1]
 	regs := r.consul.ids()

@@ -24,6 +24,8 @@ type Metrics struct {
 	// BridgeNetfilterOK and BridgeNetfilterRestored: see keepBridgeNetfilter.
 	BridgeNetfilterOK       prometheus.Gauge
 	BridgeNetfilterRestored prometheus.Counter
+	// PeerEntriesIgnored: see peerAddr.
+	PeerEntriesIgnored *prometheus.GaugeVec
 }
 
 // NewMetrics registers every metric on a new registry.
@@ -51,12 +53,18 @@ func NewMetrics() *Metrics {
 			Help: "1 while bridged traffic between containers crosses the firewall (br_netfilter loaded, bridge-nf-call-ip6tables and -iptables on); 0: containers on the bridge reach each other past every rule."}),
 		BridgeNetfilterRestored: prometheus.NewCounter(prometheus.CounterOpts{Name: "v6reg_bridge_netfilter_restored_total",
 			Help: "Times a bridge-nf-call sysctl was found off and turned back on."}),
+		PeerEntriesIgnored: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_peer_entries_ignored",
+			Help: "Consul catalog entries under a service: or job: peer in use that are not peers: reason=foreign (not a v6reg registration), outside_prefix (an address outside its node's prefix), namespace (another namespace's or job's)."},
+			[]string{"reason"}),
+	}
+	for _, r := range IgnoredReasons {
+		m.PeerEntriesIgnored.WithLabelValues(r)
 	}
 	for _, kind := range []string{"docker", "nomad", "consul", "netlink", "policy", "state"} {
 		m.Errors.WithLabelValues(kind)
 	}
 	m.Registry.MustRegister(m.Containers, m.Closed, m.PolicyErrors, m.Leases, m.HeldDown, m.Registrations, m.FirewallRules,
-		m.ReconcileSeconds, m.EventToApplied, m.Errors, m.Drops, m.SpoofDrops, m.BridgeNetfilterOK, m.BridgeNetfilterRestored,
+		m.ReconcileSeconds, m.EventToApplied, m.Errors, m.Drops, m.SpoofDrops, m.BridgeNetfilterOK, m.BridgeNetfilterRestored, m.PeerEntriesIgnored,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

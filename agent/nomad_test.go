@@ -327,7 +327,7 @@ func TestRecordedContainersMatchAllocations(t *testing.T) {
 	if len(wk.Policy.Egress) != 1 || len(wk.Policy.Egress[0].Services) != 1 || wk.Policy.Egress[0].Services[0] != "postgres" {
 		t.Errorf("worker egress = %+v", wk.Policy.Egress)
 	}
-	if !out.PeerKeys["service:postgres"] || len(out.PeerKeys) != 1 {
+	if !out.PeerKeys["service:default/postgres"] || len(out.PeerKeys) != 1 {
 		t.Errorf("peer keys = %v", out.PeerKeys)
 	}
 	var cerebroReg *Registration

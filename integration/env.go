@@ -207,6 +207,9 @@ docker {
   network     = %q
   bridge_name = "v6e2e0"
   plugin_name = %q
+  # The suite runs containers without Nomad; some pick their namespace
+  # by label, which only the operator can permit.
+  labels_choose_namespace = true
 }
 
 consul {

@@ -5,9 +5,9 @@
 # NOMAD_CLIENT_CERT, NOMAD_CLIENT_KEY, DOCKER_HOST, V6REG_NODE_PREFIX), and
 # `v6reg agent` flags override both. An invalid field stops the agent at start
 # with "file:line: field: what is wrong: what to do".
-# SIGHUP (systemctl reload v6reg) applies peer, internal_prefixes, namespace
-# and services changes live; everything else needs a restart (the agent
-# logs which).
+# SIGHUP (systemctl reload v6reg) applies peer, internal_prefixes, namespace,
+# services and docker.labels_* changes live; everything else needs a restart
+# (the agent logs which).
 
 # The IPv6 prefix routed to this node (/64 to /112; /80 is the convention).
 # node_prefix = "2001:db8:1:2:3::/80"
@@ -39,6 +39,13 @@ docker {
   # create_network = true           # create it at start, or check it matches
   # bridge_name    = "v6reg0"
   # plugin_name    = "v6reg"        # IPAM driver: /run/docker/plugins/v6reg.sock
+  # Containers started without Nomad (policy from v6reg.* labels) belong
+  # to this namespace; their v6reg.namespace label may only repeat it,
+  # unless labels_choose_namespace lets whoever runs a container pick any.
+  # A namespace of their own (with its own namespace block) keeps them
+  # from registering names and job: peers that Nomad jobs of "default" use.
+  # labels_namespace        = "default"
+  # labels_choose_namespace = false
 }
 
 consul {
@@ -95,6 +102,16 @@ namespace "*" {
   # prefixes     = ["2001:db8::/32"]   # where literal prefixes may point
   # ingress_ports = ["80", "443", "8000-9999"]
   # egress_ports  = []
+  # Other namespaces whose services jobs here may name as service:NS/NAME
+  # ("*": all). service:NAME is always this namespace's own NAME.
+  # service_namespaces = []
+  # Service names jobs here may register in v6reg_services (patterns with
+  # '*', '?', [a-z]); empty: any name. v6reg-* names are always refused.
+  # services = ["shop-*"]
+  # Tiers services here may be registered with (v6reg_tier, else the job
+  # name before its first '-'); the tier names Traefik routers and hosts
+  # (TIER-SERVICE). Empty: any tier.
+  # tiers = ["d", "t"]
 }
 
 services {

@@ -95,7 +95,9 @@ const (
 	PeerPrefix PeerKind = iota + 1
 	// PeerSet is "@name": a prefix list the operator defines.
 	PeerSet
-	// PeerService is "service:NAME": every instance of a Consul service.
+	// PeerService is "service:NAME": every instance of a Consul service
+	// registered by a container of the same namespace; "service:NS/NAME"
+	// names one of namespace NS (Peer.Namespace).
 	PeerService
 	// PeerJob is "job:NAME": every container of a Nomad job in the same
 	// namespace.
@@ -109,6 +111,8 @@ type Peer struct {
 	Kind   PeerKind
 	Prefix netip.Prefix // for PeerPrefix
 	Name   string       // for PeerSet (without '@'), PeerService, PeerJob
+	// Namespace is NS of service:NS/NAME; empty for service:NAME.
+	Namespace string
 	// Col is the 1-based column of the peer in the meta value, so that
 	// errors found after parsing (unknown @name, out of bounds) point at it.
 	// It is not part of the peer's meaning.
@@ -125,6 +129,9 @@ func (p Peer) String() string {
 	case PeerSet:
 		return "@" + p.Name
 	case PeerService:
+		if p.Namespace != "" {
+			return "service:" + p.Namespace + "/" + p.Name
+		}
 		return "service:" + p.Name
 	case PeerJob:
 		return "job:" + p.Name

@@ -24,7 +24,8 @@ type ResolvedRule struct {
 	// Prefixes are the literal prefixes, the @sets and "any" (::/0 and
 	// 0.0.0.0/0) resolved and normalized. Sets may hold IPv4 prefixes.
 	Prefixes []netip.Prefix
-	// Services and Jobs are the service:NAME and job:NAME peers, sorted,
+	// Services and Jobs are the service:NAME and job:NAME peers, sorted
+	// (a service of another namespace as NS/NAME),
 	// left for the agent to fill from Consul and Nomad (a job is looked up
 	// in the Context's namespace).
 	Services, Jobs []string
@@ -92,7 +93,19 @@ func Evaluate(m Meta, ctx Context, op Operator) (Policy, []*Error) {
 	}
 	pol.Tier = e.tier(m.Tier)
 	if m.Services.Set() {
-		pol.Services = e.services(m.Services, pol.Tier)
+		pol.Services = e.services(m.Services, pol.Tier, bounds)
+		if len(pol.Services) > 0 && len(bounds.Tiers) > 0 && !slices.Contains(bounds.Tiers, pol.Tier) {
+			v, what := m.Services, fmt.Sprintf("the job's tier %q (from its name)", pol.Tier)
+			if m.Tier.Set() {
+				v, what = m.Tier, fmt.Sprintf("tier %q", pol.Tier)
+			}
+			if pol.Tier == "" {
+				what = "no tier"
+			}
+			e.add(&Error{Msg: fmt.Sprintf("services with %s are not allowed in namespace %q (its tiers: %s)", what, ctx.Namespace, strings.Join(bounds.Tiers, ", ")),
+				Hint: "set v6reg_tier to one of them, or ask the operator"}, v)
+			pol.Services = nil
+		}
 	}
 	return pol, e.errs
 }
@@ -237,7 +250,16 @@ func (e *evaluator) resolve(r Rule, b Bounds, v Value) (ResolvedRule, bool) {
 			}
 			prefixes = append(prefixes, p.Prefix)
 		case PeerService:
-			rr.Services = append(rr.Services, p.Name)
+			switch {
+			case p.Namespace == "" || p.Namespace == ns:
+				rr.Services = append(rr.Services, p.Name)
+			case !b.serviceNamespaceAllowed(p.Namespace):
+				fail(p.Col, p.String(), fmt.Sprintf("write service:%s for the service of namespace %q, or ask the operator to add %q to service_namespaces", p.Name, ns, p.Namespace),
+					"services of namespace %q are not allowed in namespace %q (not in its service_namespaces)", p.Namespace, ns)
+				continue
+			default:
+				rr.Services = append(rr.Services, p.Namespace+"/"+p.Name)
+			}
 		case PeerJob:
 			rr.Jobs = append(rr.Jobs, p.Name)
 		}
@@ -302,7 +324,7 @@ func (e *evaluator) tier(v Value) string {
 	return prefix
 }
 
-func (e *evaluator) services(v Value, tier string) []ServiceSpec {
+func (e *evaluator) services(v Value, tier string, b Bounds) []ServiceSpec {
 	svcs, errs := ParseServices(v.Text)
 	for _, err := range errs {
 		e.add(err, v)
@@ -317,6 +339,16 @@ func (e *evaluator) services(v Value, tier string) []ServiceSpec {
 	}
 	out := make([]ServiceSpec, 0, len(svcs))
 	for _, s := range svcs {
+		if strings.HasPrefix(s.Name, ReservedServicePrefix) {
+			e.add(&Error{Column: s.Col, Text: s.Name, Msg: fmt.Sprintf("service names starting with %q are v6reg's own", ReservedServicePrefix),
+				Hint: "choose another name"}, v)
+			continue
+		}
+		if !b.serviceAllowed(s.Name) {
+			e.add(&Error{Column: s.Col, Text: s.Name, Msg: fmt.Sprintf("service %s is not allowed in namespace %q (not in its services: %s)", s.Name, e.ctx.Namespace, strings.Join(b.Services, ", ")),
+				Hint: "choose a name the namespace may register, or ask the operator to widen its services"}, v)
+			continue
+		}
 		name := s.Name
 		if tier != "" {
 			name = tier + "-" + s.Name

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -103,11 +104,14 @@ func testOperator() Operator {
 	op.Namespaces = map[string]Bounds{
 		"*": {AllowInternet: true, AllowAny: true, Prefixes: prefixes("::/0")},
 		"restricted": {
-			Peers:        []string{"traefik", "monitoring"},
-			Prefixes:     prefixes("2001:db8:100::/48"),
-			IngressPorts: []PortRange{{8000, 8999}},
-			EgressPorts:  []PortRange{{443, 443}, {5432, 5432}},
+			Peers:             []string{"traefik", "monitoring"},
+			Prefixes:          prefixes("2001:db8:100::/48"),
+			IngressPorts:      []PortRange{{8000, 8999}},
+			EgressPorts:       []PortRange{{443, 443}, {5432, 5432}},
+			ServiceNamespaces: []string{"shared"},
+			Services:          []string{"shop-*", "web"},
 		},
+		"tiered": {Tiers: []string{"d", "t"}},
 	}
 	return op
 }
@@ -218,6 +222,10 @@ func TestEvaluateErrorsGolden(t *testing.T) {
 		{name: "restricted prefixes", ns: "restricted", task: map[string]string{"v6reg_egress": "tcp/443 to 2001:db8:100:1::/64, 2001:db8:200::/48"}},
 		{name: "restricted ports", ns: "restricted", task: map[string]string{"v6reg_ingress": "tcp/80,8000-8100,9000-9100 from @traefik; udp from @traefik; any from @traefik; icmp from @traefik"}},
 		{name: "restricted egress ports", ns: "restricted", task: map[string]string{"v6reg_egress": "tcp/22 to service:bastion"}},
+		{name: "another namespace's service", ns: "restricted", task: map[string]string{"v6reg_egress": "tcp/443 to service:prod/db, service:shared/db, service:restricted/db"}},
+		{name: "tier outside the namespace's tiers", ns: "tiered", task: map[string]string{"v6reg_services": "web:80:http"}},
+		{name: "v6reg_tier outside the namespace's tiers", ns: "tiered", job: map[string]string{"v6reg_tier": "p"}, task: map[string]string{"v6reg_services": "web:80:http"}},
+		{name: "reserved and unbounded service names", ns: "restricted", task: map[string]string{"v6reg_services": "v6reg-jobs:80, api:8080, shop-api:8080"}},
 		{name: "no bounds", ns: "other", op: noBounds, task: map[string]string{"v6reg_ingress": "tcp/80 from @traefik"}},
 		{name: "every level at once", job: map[string]string{"v6reg_egress": "tcp/443 too @internet", "v6reg_tier": "Q"},
 			grp: map[string]string{"v6reg_ingress": "tcp/80 from @traefik", "v6reg.ingress": "x"}, task: map[string]string{"v6reg_services": "web:80:grpc, API:1"}},
@@ -254,6 +262,46 @@ func TestEvaluateBoundsAllow(t *testing.T) {
 	}
 }
 
+// TestEvaluateServiceNamespaces: service:NAME is the policy's own
+// namespace's; service:NS/NAME another one's, only where the bounds allow.
+func TestEvaluateServiceNamespaces(t *testing.T) {
+	op := testOperator()
+	pol, errs := Evaluate(FromNomad(map[string]string{
+		"v6reg_egress":   "tcp/443 to service:db, service:shared/db, service:restricted/cache",
+		"v6reg_services": "shop-api:8080, web:80:http",
+	}, nil, nil), Context{Namespace: "restricted", Job: "p-web"}, op)
+	if len(errs) > 0 {
+		t.Fatalf("errors within bounds: %v", errs)
+	}
+	if got, want := pol.Egress[0].Services, []string{"cache", "db", "shared/db"}; !slices.Equal(got, want) {
+		t.Errorf("services = %v, want %v", got, want)
+	}
+	if len(pol.Services) != 2 {
+		t.Errorf("registered %+v, want shop-api and web", pol.Services)
+	}
+	// "*" opens every namespace; the default namespace bound opens none.
+	op.Namespaces["restricted"] = Bounds{EgressPorts: []PortRange{{443, 443}}, ServiceNamespaces: []string{"*"}}
+	if _, errs := Evaluate(FromNomad(map[string]string{"v6reg_egress": "tcp/443 to service:prod/db"}, nil, nil), Context{Namespace: "restricted"}, op); len(errs) > 0 {
+		t.Errorf("service_namespaces = [*]: %v", errs)
+	}
+	if _, errs := Evaluate(FromNomad(map[string]string{"v6reg_egress": "tcp/443 to service:prod/db"}, nil, nil), Context{Namespace: "dev"}, op); len(errs) != 1 {
+		t.Errorf("namespace without service_namespaces: errors %v, want one", errs)
+	}
+}
+
+// TestEvaluateNamespaceTiers: a namespace bounded by tiers registers
+// services only with one of them (positive control: tier d).
+func TestEvaluateNamespaceTiers(t *testing.T) {
+	op := testOperator()
+	meta := map[string]string{"v6reg_services": "web:80:http"}
+	if pol, errs := Evaluate(FromNomad(meta, nil, nil), Context{Namespace: "tiered", Job: "d-web"}, op); len(errs) > 0 || len(pol.Services) != 1 {
+		t.Errorf("tier d: services %v errors %v", pol.Services, errs)
+	}
+	if pol, errs := Evaluate(FromNomad(meta, nil, nil), Context{Namespace: "tiered", Job: "p-web"}, op); len(errs) != 1 || len(pol.Services) != 0 {
+		t.Errorf("tier p: services %v errors %v, want none and one error", pol.Services, errs)
+	}
+}
+
 func TestOperatorValidate(t *testing.T) {
 	if err := DefaultOperator().Validate(); err != nil {
 		t.Fatalf("DefaultOperator().Validate() = %v", err)
@@ -269,6 +317,10 @@ func TestOperatorValidate(t *testing.T) {
 		{"host bits in a set", func(o *Operator) { o.Peers["ops"] = prefixes("2001:db8::1/64") },
 			`peers "ops": prefix 2001:db8::1/64 has bits set after /64; write 2001:db8::/64`},
 		{"bad set name", func(o *Operator) { o.Peers["@ops"] = nil }, `peers "@ops": invalid set name`},
+		{"bad service namespace", func(o *Operator) { o.Namespaces["x"] = Bounds{ServiceNamespaces: []string{"pr od"}} },
+			`namespace "x": service_namespaces: "pr od" is not a namespace name`},
+		{"bad service pattern", func(o *Operator) { o.Namespaces["x"] = Bounds{Services: []string{"shop-[a"}} },
+			`namespace "x": services: "shop-[a" is not a pattern`},
 		{"bound names an undefined set", func(o *Operator) { o.Namespaces["x"] = Bounds{Peers: []string{"traefk"}} },
 			`namespace "x": peers: @traefk is not defined; the defined sets are @dns, @internet, @monitoring, @ops, @traefik`},
 		{"internet in peers", func(o *Operator) { o.Namespaces["x"] = Bounds{Peers: []string{"internet"}} },

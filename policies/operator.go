@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"path"
 	"slices"
 	"strings"
 	"text/template"
@@ -29,6 +30,13 @@ type Operator struct {
 	// bounds (not listed and no "*") may declare no rules at all.
 	Namespaces map[string]Bounds
 	Services   ServiceTemplates
+	// LabelsNamespace is the namespace of containers started without
+	// Nomad (policy from labels); empty means "default". Their
+	// v6reg.namespace label may name another only if LabelsChooseNamespace:
+	// whoever can run a container must not pick another tenant's bounds
+	// and service names by writing a label.
+	LabelsNamespace       string
+	LabelsChooseNamespace bool
 }
 
 // Bounds is what the jobs of one namespace may ask for. A rule outside the
@@ -48,6 +56,42 @@ type Bounds struct {
 	// rule's ports must all lie inside them, and "any" is refused when they
 	// are set. Empty means any port.
 	IngressPorts, EgressPorts []PortRange
+	// ServiceNamespaces are the other namespaces whose services rules may
+	// name as service:NS/NAME ("*": every namespace); empty means none.
+	// service:NAME is always the namespace's own NAME.
+	ServiceNamespaces []string
+	// Services are the patterns (path.Match: '*', '?', [a-z]) of the
+	// service names the namespace may register in v6reg_services; empty
+	// means any name. Names starting with "v6reg-" are v6reg's own and
+	// never allowed.
+	Services []string
+	// Tiers, if set, are the tiers the namespace's services may be
+	// registered with: the tier names Traefik routers and hosts
+	// (TIER-SERVICE), so a dev job must not take a production one.
+	Tiers []string
+}
+
+// ReservedServicePrefix starts the Consul service names v6reg registers
+// itself (v6reg-jobs, v6reg-policy-errors): a job may not register one,
+// or it could add itself to every job: peer.
+const ReservedServicePrefix = "v6reg-"
+
+// serviceNamespaceAllowed says whether b lets rules name services of ns.
+func (b Bounds) serviceNamespaceAllowed(ns string) bool {
+	return slices.Contains(b.ServiceNamespaces, ns) || slices.Contains(b.ServiceNamespaces, "*")
+}
+
+// serviceAllowed says whether b lets the namespace register name.
+func (b Bounds) serviceAllowed(name string) bool {
+	if len(b.Services) == 0 {
+		return true
+	}
+	for _, pat := range b.Services {
+		if ok, err := path.Match(pat, name); err == nil && ok {
+			return true
+		}
+	}
+	return false
 }
 
 // ServiceTemplates make the Consul tags of every v6reg_services entry.
@@ -164,6 +208,9 @@ func (o Operator) Validate() error {
 		checkPrefixes(fmt.Sprintf("peers %q", name), o.Peers[name])
 	}
 	checkPrefixes("internal", o.Internal)
+	if o.LabelsNamespace != "" && !ValidNamespace(o.LabelsNamespace) {
+		add("docker: labels_namespace: %q is not a namespace name; use letters, digits and '-'", o.LabelsNamespace)
+	}
 	internet := o.InternetPrefixes()
 	for _, ns := range slices.Sorted(maps.Keys(o.Namespaces)) {
 		b := o.Namespaces[ns]
@@ -177,6 +224,21 @@ func (o Operator) Validate() error {
 			}
 		}
 		checkPrefixes(where+": prefixes", b.Prefixes)
+		for _, n := range b.ServiceNamespaces {
+			if n != "*" && !ValidNamespace(n) {
+				add("%s: service_namespaces: %q is not a namespace name; use letters, digits and '-', or \"*\" for every namespace", where, n)
+			}
+		}
+		for _, t := range b.Tiers {
+			if !validServiceName(t) {
+				add("%s: tiers: invalid tier %q; tiers are lower case letters, digits and '-'", where, t)
+			}
+		}
+		for _, pat := range b.Services {
+			if _, err := path.Match(pat, ""); err != nil || pat == "" {
+				add("%s: services: %q is not a pattern; write names with '*', '?' or [a-z], like \"shop-*\"", where, pat)
+			}
+		}
 		if !b.AllowAny && prefixesContain(b.Prefixes, netip.MustParsePrefix("::/0")) {
 			add("%s: prefixes cover ::/0, which allows any peer while allow_any is false", where)
 		}
@@ -245,4 +307,18 @@ func (t ServiceTemplates) compile() ([]*template.Template, error) {
 		out = append(out, tpl)
 	}
 	return out, errors.Join(errs...)
+}
+
+// ValidNamespace says whether ns is a name Nomad could give a namespace.
+func ValidNamespace(ns string) bool {
+	if ns == "" || len(ns) > 128 {
+		return false
+	}
+	for i := 0; i < len(ns); i++ {
+		c := ns[i]
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
 }

@@ -347,13 +347,14 @@ func validName(s string) bool {
 func (s *scanner) peer(t token) (Peer, bool) {
 	p := Peer{Col: s.col(t.off)}
 	w := t.text
+	skip := 0 // bytes of "NS/" in service:NS/NAME, before the name
 	named := func(kind PeerKind, prefix, what string) (Peer, bool) {
-		name := w[len(prefix):]
+		name := w[len(prefix)+skip:]
 		if !validName(name) {
 			if name == "" {
-				s.errorf(t.off, w, "write e.g. "+prefix+"postgres", "expected a %s name after '%s'", what, prefix)
+				s.errorf(t.off, w, "write e.g. "+prefix+"postgres", "expected a %s name after '%s'", what, w[:len(prefix)+skip])
 			} else {
-				s.errorf(t.off+len(prefix), name, "names use letters, digits, '-', '_' and '.', and start with a letter or digit", "invalid %s name %q", what, name)
+				s.errorf(t.off+len(prefix)+skip, name, "names use letters, digits, '-', '_' and '.', and start with a letter or digit", "invalid %s name %q", what, name)
 			}
 			return p, false
 		}
@@ -367,6 +368,17 @@ func (s *scanner) peer(t token) (Peer, bool) {
 	case strings.HasPrefix(w, "@"):
 		return named(PeerSet, "@", "set")
 	case strings.HasPrefix(w, "service:"):
+		if ns, _, ok := strings.Cut(w[len("service:"):], "/"); ok {
+			// service:NS/NAME: NAME as registered in namespace NS.
+			if !ValidNamespace(ns) {
+				s.errorf(t.off+len("service:"), ns, "write service:NAMESPACE/NAME, the namespace in letters, digits and '-'", "invalid namespace %q", ns)
+				return p, false
+			}
+			skip = len(ns) + 1
+			pp, ok := named(PeerService, "service:", "service")
+			pp.Namespace = ns
+			return pp, ok
+		}
 		return named(PeerService, "service:", "service")
 	case strings.HasPrefix(w, "job:"):
 		return named(PeerJob, "job:", "job")

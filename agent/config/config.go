@@ -200,6 +200,9 @@ type rawDocker struct {
 	BridgeName    *string `hcl:"bridge_name"`
 	PluginName    *string `hcl:"plugin_name"`
 	PluginDir     *string `hcl:"plugin_dir"`
+	// LabelsNamespace and LabelsChooseNamespace: see policies.Operator.
+	LabelsNamespace       *string `hcl:"labels_namespace"`
+	LabelsChooseNamespace *bool   `hcl:"labels_choose_namespace"`
 }
 
 type rawConsul struct {
@@ -242,6 +245,10 @@ type rawNS struct {
 	Prefixes      []string `hcl:"prefixes,optional"`
 	IngressPorts  []string `hcl:"ingress_ports,optional"`
 	EgressPorts   []string `hcl:"egress_ports,optional"`
+	// ServiceNamespaces and Services: see policies.Bounds.
+	ServiceNamespaces []string `hcl:"service_namespaces,optional"`
+	Services          []string `hcl:"services,optional"`
+	Tiers             []string `hcl:"tiers,optional"`
 }
 
 type rawService struct {
@@ -422,6 +429,10 @@ func (c *Config) parse(filename string, src []byte) error {
 		if d.CreateNetwork != nil {
 			c.Docker.CreateNetwork = *d.CreateNetwork
 		}
+		str(&c.Policy.LabelsNamespace, d.LabelsNamespace)
+		if d.LabelsChooseNamespace != nil {
+			c.Policy.LabelsChooseNamespace = *d.LabelsChooseNamespace
+		}
 	}
 	if r.Consul != nil {
 		k := r.Consul
@@ -503,7 +514,7 @@ func (c *Config) parse(filename string, src []byte) error {
 		if _, dup := c.Policy.Namespaces[ns.Name]; dup {
 			fail(p.at("namespace:"+ns.Name), field, "defined twice", "merge the two namespace blocks into one")
 		}
-		b := policies.Bounds{AllowAny: ns.AllowAny, AllowInternet: ns.AllowInternet}
+		b := policies.Bounds{AllowAny: ns.AllowAny, AllowInternet: ns.AllowInternet, ServiceNamespaces: ns.ServiceNamespaces, Services: ns.Services, Tiers: ns.Tiers}
 		for _, name := range ns.Peers {
 			b.Peers = append(b.Peers, strings.TrimPrefix(name, "@"))
 		}

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,8 @@ internal_prefixes  = ["2001:db8::/32"]
 docker {
   network     = "v6"
   bridge_name = "br-v6"
+  labels_namespace = "labels"
+  labels_choose_namespace = true
 }
 
 consul {
@@ -37,6 +40,9 @@ namespace "default" {
   peers          = ["@traefik"]
   allow_internet = true
   ingress_ports  = ["80", "8000-8100"]
+  service_namespaces = ["shared"]
+  services       = ["shop-*"]
+  tiers          = ["d"]
 }
 
 services {
@@ -56,8 +62,12 @@ services {
 	if got := c.Policy.Peers["traefik"]; len(got) != 2 || got[1] != netip.MustParsePrefix("2001:db8:200::7/128") {
 		t.Errorf("peer traefik = %v", got)
 	}
-	if b := c.Policy.Namespaces["default"]; !b.AllowInternet || len(b.IngressPorts) != 2 {
+	if b := c.Policy.Namespaces["default"]; !b.AllowInternet || len(b.IngressPorts) != 2 ||
+		!slices.Equal(b.ServiceNamespaces, []string{"shared"}) || !slices.Equal(b.Services, []string{"shop-*"}) || !slices.Equal(b.Tiers, []string{"d"}) {
 		t.Errorf("namespace default = %+v", b)
+	}
+	if c.Policy.LabelsNamespace != "labels" || !c.Policy.LabelsChooseNamespace {
+		t.Errorf("labels namespace = %q, choose %v", c.Policy.LabelsNamespace, c.Policy.LabelsChooseNamespace)
 	}
 	if c.Consul.Address != "127.0.0.1:18500" || !c.Consul.Enabled {
 		t.Errorf("consul = %+v", c.Consul)

@@ -52,6 +52,7 @@ func TestPolicyCheck(t *testing.T) {
 		{name: "syntax-errors", args: []string{"check", jobsDir + "/syntax-errors.json"}, wantExit: 1},
 		{name: "syntax-errors-json", args: []string{"check", jobsDir + "/syntax-errors.json", "-format", "json"}, wantExit: 1},
 		{name: "out-of-bounds", args: []string{"check", jobsDir + "/out-of-bounds.json"}, wantExit: 1},
+		{name: "tenants", args: []string{"check", jobsDir + "/tenants.json"}, wantExit: 1},
 		{name: "restricted-default-config", args: []string{"check", jobsDir + "/restricted.json"}, wantExit: 0},
 		{name: "restricted-config", args: []string{"check", "-config", "/etc/v6reg/v6reg.hcl", jobsDir + "/restricted.json"}, config: restrictedOperator, wantExit: 1},
 		{name: "namespace-flag", args: []string{"check", "-namespace", "restricted", "-config", "x.hcl", jobsDir + "/clean-wrapped.json"}, config: restrictedOperator, wantExit: 1},

@@ -109,6 +109,12 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 // live health of the container's services (details and Consul's output
 // below the table), and long names are cut with a '~'.
 func printStatus(w io.Writer, s *agent.Snapshot) {
+	// Errors may quote what containers control: escape like their fields.
+	esc := *s
+	for _, p := range []*string{&esc.Node, &esc.Prefix, &esc.Nomad, &esc.FirewallErr, &esc.BridgeNetfilterErr, &esc.ConsulErr, &esc.StateErr, &esc.HealthErr} {
+		*p = escapeText(*p)
+	}
+	s = &esc
 	fmt.Fprintf(w, "node %s  prefix %s  nomad %s  reconciled %s ago\n", s.Node, s.Prefix, s.Nomad, time.Since(s.At).Round(time.Second))
 	if s.FirewallErr != "" {
 		fmt.Fprintf(w, "FIREWALL ERROR: %s\n", s.FirewallErr)
@@ -136,6 +142,7 @@ func printStatus(w io.Writer, s *agent.Snapshot) {
 	fmt.Fprintln(tw, "JOB/TASK\tALLOC\tADDRESS\tRULES\tCONSUL\tDROPS\tSTATE")
 	var notes []string
 	for _, c := range s.Containers {
+		c = escapeContainer(c)
 		name := c.Task
 		if c.Job != "" && c.Job != c.Task {
 			name = c.Job + "/" + c.Task
@@ -420,7 +427,12 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func printExplain(w io.Writer, a *agent.ExplainAnswer) {
+func printExplain(w io.Writer, ans *agent.ExplainAnswer) {
+	a := *ans
+	a.Container = escapeContainer(a.Container)
+	for _, p := range []*string{&a.Verdict, &a.Rule, &a.Source, &a.Reason, &a.IngressSource, &a.EgressSource} {
+		*p = escapeText(*p)
+	}
 	c := a.Container
 	fmt.Fprintf(w, "container %s (%s) address %s\n", c.Name, c.ID[:min(12, len(c.ID))], c.Address)
 	var who []string
