@@ -673,7 +673,7 @@ func hopLimit(h byte) []expr.Any {
 // (queries, reports and done, hop limit 1).
 func linkProtocols() []ruleSpec {
 	return []ruleSpec{
-		rule(icmpType(133, 136), hopLimit(255), verdict(expr.VerdictAccept, "")),
+		neighbourDiscovery(),
 		rule(icmpType(130, 132), hopLimit(1), verdict(expr.VerdictAccept, "")),
 		rule(icmpType(143, 143), hopLimit(1), verdict(expr.VerdictAccept, "")),
 	}
@@ -684,12 +684,17 @@ func linkProtocols() []ruleSpec {
 func alwaysAllowed() []ruleSpec {
 	return []ruleSpec{
 		ctReplies(),
-		// Neighbour discovery on the bridge (between containers, seen in
-		// forward only with br_netfilter; between a container and the
-		// gateway, in input); hop limit 255 = on-link. Redirects (137)
-		// pass only from the node, which sends them through output.
-		rule(icmpType(133, 136), hopLimit(255), verdict(expr.VerdictAccept, "")),
+		neighbourDiscovery(),
 	}
+}
+
+// neighbourDiscovery accepts router and neighbour solicitations and
+// advertisements on the link (between containers, seen in forward only
+// with br_netfilter; between a container and the gateway, in input); hop
+// limit 255 = on-link. Redirects (137) pass only from the node, which
+// sends them through output.
+func neighbourDiscovery() ruleSpec {
+	return rule(icmpType(133, 136), hopLimit(255), verdict(expr.VerdictAccept, ""))
 }
 
 // nodePortRules turns State.NodePorts into accept rules of chain "node".

@@ -187,10 +187,7 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	// From here on s is valid: compute the element and peer list changes.
 	p.revoke = map[netip.Addr]bool{}
 	for _, old := range gone {
-		p.revoke[old.c.Addr] = true
-		if old.c.Addr4.IsValid() {
-			p.revoke[old.c.Addr4] = true
-		}
+		old.c.addAddrs(p.revoke)
 	}
 	listDelta := map[listID]int{}
 	listSpecs := map[listID]peerList{}
@@ -299,10 +296,7 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	if len(shrunk) > 0 {
 		for _, c := range m.conts {
 			if slices.ContainsFunc(c.peers, func(p string) bool { return slices.Contains(shrunk, p) }) {
-				p.revoke[c.c.Addr] = true
-				if c.c.Addr4.IsValid() {
-					p.revoke[c.c.Addr4] = true
-				}
+				c.c.addAddrs(p.revoke)
 			}
 		}
 	}

@@ -236,19 +236,11 @@ func affectedBy(prev, next *model) map[netip.Addr]bool {
 		// older state (the agent was down while a policy narrowed, or the
 		// node ran without the table). Judge every container's flows once.
 		for _, c := range next.conts {
-			out[c.c.Addr] = true
-			if c.c.Addr4.IsValid() {
-				out[c.c.Addr4] = true
-			}
+			c.c.addAddrs(out)
 		}
 		return out
 	}
-	add := func(c *Container) {
-		out[c.Addr] = true
-		if c.Addr4.IsValid() {
-			out[c.Addr4] = true
-		}
-	}
+	add := func(c *Container) { c.addAddrs(out) }
 	for id, old := range prev.conts {
 		if nc := next.conts[id]; nc == nil || !sameContainer(&old.c, &nc.c) {
 			add(&old.c)
@@ -281,4 +273,13 @@ func lost(old, next []netip.Prefix) bool {
 	return slices.ContainsFunc(old, func(p netip.Prefix) bool {
 		return !slices.ContainsFunc(next, func(q netip.Prefix) bool { return q.Bits() <= p.Bits() && q.Contains(p.Addr()) })
 	})
+}
+
+// addAddrs puts the container's addresses (IPv6, and IPv4 if it has one)
+// into set.
+func (c *Container) addAddrs(set map[netip.Addr]bool) {
+	set[c.Addr] = true
+	if c.Addr4.IsValid() {
+		set[c.Addr4] = true
+	}
 }
