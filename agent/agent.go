@@ -31,7 +31,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,7 +96,24 @@ type Options struct {
 	// StateFile persists the last known policies (Nomad's allocations and
 	// Consul's peer sets) across restarts; empty: not persisted.
 	StateFile string
+
+	// CoalesceQuiet and CoalesceMax shape a burst of events into one
+	// reconcile: after a trigger the loop waits until no other came for
+	// CoalesceQuiet, at most CoalesceMax. Defaults 2 ms and 20 ms;
+	// negative: no wait.
+	CoalesceQuiet, CoalesceMax time.Duration
+	// Observe, if set, is told when an output (OutputFirewall,
+	// OutputConsul) has applied what an event about a container asked
+	// for, with when the event arrived (benchmarks; the histograms
+	// v6reg_event_to_*_seconds say the same to operators).
+	Observe func(output, containerID string, eventAt time.Time)
 }
+
+// Outputs, as Options.Observe names them.
+const (
+	OutputFirewall = "firewall"
+	OutputConsul   = "consul"
+)
 
 // Bounds on the calls one reconcile makes, so that a source or output that
 // hangs delays the loop by at most this much instead of stopping it.
@@ -111,12 +131,18 @@ type Agent struct {
 	peers *peerWatches
 	ports *portCache // nil without Options.Ports
 
-	trig     chan struct{}
-	pendMu   sync.Mutex
-	pendFrom time.Time // when the oldest unserved trigger arrived
+	trig   chan struct{}
+	pendMu sync.Mutex
+	pend   pendingWork
 
 	opMu     sync.RWMutex
 	operator policies.Operator
+	opRev    uint64 // counts operator configurations, for the memo
+
+	// view and memo are the reconcile loop's: Docker's containers as
+	// events left them, and each one's evaluated policy.
+	view *dockerView
+	memo *evalMemo
 
 	snap atomic.Pointer[Snapshot]
 	// lastFW is the firewall state last applied successfully (readiness).
@@ -151,13 +177,20 @@ func New(o Options) *Agent {
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics()
 	}
+	if o.CoalesceQuiet == 0 {
+		o.CoalesceQuiet = 2 * time.Millisecond
+	}
+	if o.CoalesceMax == 0 {
+		o.CoalesceMax = 20 * time.Millisecond
+	}
 	if r, ok := o.Firewall.(interface{ Restores() uint64 }); ok {
 		o.Metrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "v6reg_firewall_restores_total",
 			Help: "Times the table was found deleted or altered by someone else and restored.",
 		}, func() float64 { return float64(r.Restores()) }))
 	}
-	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator, peerWait: 5 * time.Second}
+	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator, opRev: 1, peerWait: 5 * time.Second,
+		view: newDockerView(), memo: newEvalMemo()}
 	if o.Ports != nil && o.Firewall != nil {
 		a.ports = newPortCache(o.Docker, o.Ports, o.Network, o.Log.With("source", "docker"))
 	}
@@ -166,7 +199,7 @@ func New(o Options) *Agent {
 	}
 	if o.Consul != nil {
 		a.reg = &consulRegistrar{api: o.Consul, prefix: o.IDPrefix, node: o.Node, log: o.Log}
-		a.peers = newPeerWatches(o.Consul, o.IDPrefix, o.Log.With("source", "consul"), a.Trigger, func() { o.Metrics.Errors.WithLabelValues("consul").Inc() },
+		a.peers = newPeerWatches(o.Consul, o.IDPrefix, o.Log.With("source", "consul"), a.consulTrigger, func() { o.Metrics.Errors.WithLabelValues("consul").Inc() },
 			func(n map[string]int) {
 				for r, c := range n {
 					o.Metrics.PeerEntriesIgnored.WithLabelValues(r).Set(float64(c))
@@ -181,8 +214,8 @@ func New(o Options) *Agent {
 // one reconcile runs coalesces into one more.
 func (a *Agent) Trigger(reason string) {
 	a.pendMu.Lock()
-	if a.pendFrom.IsZero() {
-		a.pendFrom = time.Now()
+	if a.pend.since.IsZero() {
+		a.pend.since = time.Now()
 	}
 	a.pendMu.Unlock()
 	select {
@@ -197,6 +230,7 @@ func (a *Agent) Trigger(reason string) {
 func (a *Agent) SetOperator(op policies.Operator) {
 	a.opMu.Lock()
 	a.operator = op
+	a.opRev++ // every policy is evaluated again
 	a.opMu.Unlock()
 	a.Trigger("operator config reloaded")
 }
@@ -227,7 +261,7 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		watchDocker(ctx, a.o.Docker, a.o.Network, a.log.With("source", "docker"), a.Trigger,
+		watchDocker(ctx, a.o.Docker, a.o.Network, a.log.With("source", "docker"), dockerIntake{a},
 			func() { a.o.Metrics.Errors.WithLabelValues("docker").Inc() }, time.After)
 	}()
 	if a.nomad != nil {
@@ -254,6 +288,7 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 		case <-ctx.Done():
 			return nil
 		case <-a.trig:
+			a.settle(ctx)
 		case <-resync.C:
 			full = true
 		case <-retryC:
@@ -381,13 +416,51 @@ func (a *Agent) waitNomad(ctx context.Context, limit time.Duration) {
 	a.log.Warn("nomad has not answered; containers of unknown allocations stay closed until it does", "waited", limit)
 }
 
+// settle lets a burst of triggers end before the reconcile that serves
+// them: it returns when none came for CoalesceQuiet, or after
+// CoalesceMax. A start of 100 containers is then a few reconciles, not a
+// hundred, and the first container of a burst waits at most CoalesceMax.
+func (a *Agent) settle(ctx context.Context) {
+	if a.o.CoalesceQuiet < 0 || a.o.CoalesceMax < 0 {
+		return
+	}
+	limit := time.NewTimer(a.o.CoalesceMax)
+	defer limit.Stop()
+	quiet := time.NewTimer(a.o.CoalesceQuiet)
+	defer quiet.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-limit.C:
+			return
+		case <-quiet.C:
+			return
+		case <-a.trig:
+			quiet.Reset(a.o.CoalesceQuiet)
+		}
+	}
+}
+
+// consulTrigger is the peer watches' trigger: a Consul that answers again
+// after failing may have lost registrations (a restarted agent holds
+// none), so the next reconcile lists its services again.
+func (a *Agent) consulTrigger(reason string) {
+	if strings.HasPrefix(reason, consulBackReason) {
+		a.pendMu.Lock()
+		a.pend.consul = true
+		a.pendMu.Unlock()
+	}
+	a.Trigger(reason)
+}
+
 func (a *Agent) input(containers []Container) buildInput {
 	a.opMu.RLock()
-	op := a.operator
+	op, opRev := a.operator, a.opRev
 	a.opMu.RUnlock()
 	in := buildInput{
 		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, Bridge: a.o.Bridge, NodePorts: a.o.NodePorts,
-		Operator: op, Containers: containers, Nomad: a.nomad != nil,
+		Operator: op, OperatorRev: opRev, Memo: a.memo, Containers: containers, Nomad: a.nomad != nil,
 		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
 		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
 	}
@@ -403,47 +476,80 @@ func (a *Agent) input(containers []Container) buildInput {
 	return in
 }
 
-// reconcile builds the desired state and applies it to every output. full
-// also reconciles the IPAM store and removes orphan registrations (they are
-// removed on every pass anyway; full only adds the IPAM sweep).
+// reconcile brings every output to the desired state. Incremental by
+// default: the containers events named are inspected (one call each), the
+// others come from the view, and only the policies whose inputs changed
+// are evaluated again; the firewall and Consul get only what changed.
+// full is the periodic backstop: it lists every container and Consul
+// service, counts what the incremental passes had missed
+// (v6reg_resync_drift_total), and sweeps the IPAM store.
 func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	start := time.Now()
 	a.pendMu.Lock()
-	pendFrom := a.pendFrom
-	a.pendFrom = time.Time{}
+	p := a.pend
+	a.pend = pendingWork{}
 	a.pendMu.Unlock()
 
-	lctx, cancel := context.WithTimeout(ctx, dockerListTimeout)
-	containers, err := listContainers(lctx, a.o.Docker, a.o.Network)
-	cancel()
-	if err != nil {
-		a.o.Metrics.Errors.WithLabelValues("docker").Inc()
-		// Without Docker's list nothing can be decided; applying a partial
-		// state would remove what is right. Keep everything as it is.
-		return err
+	list := full || p.relist || !a.view.listed
+	if !list && len(p.containers) > 0 {
+		ids := slices.Sorted(maps.Keys(p.containers))
+		if err := a.view.refresh(ctx, a.o.Docker, a.o.Network, ids); err != nil {
+			a.o.Metrics.Errors.WithLabelValues("docker").Inc()
+			a.log.Warn("inspecting a container failed; listing all of them instead", "err", err)
+			list = true
+		}
 	}
+	if list {
+		wasListed := a.view.listed
+		lctx, cancel := context.WithTimeout(ctx, dockerListTimeout)
+		containers, err := listContainers(lctx, a.o.Docker, a.o.Network)
+		cancel()
+		if err != nil {
+			a.o.Metrics.Errors.WithLabelValues("docker").Inc()
+			// Without Docker's list nothing can be decided; applying a
+			// partial state would remove what is right. Keep everything
+			// as it is, and the work for the retry.
+			p.relist = true
+			a.requeue(p)
+			return err
+		}
+		drift := a.view.replace(containers)
+		if full && wasListed && !p.relist {
+			a.countDockerDrift(drift, p)
+		}
+	}
+	containers := slices.Clone(a.view.containers())
 	if a.ports != nil {
-		// New containers only (one inspect each); the periodic full
-		// reconcile retries the ones whose port was not found.
-		a.ports.fill(ctx, containers, full)
+		// New endpoints only; the periodic full reconcile retries the
+		// ones whose port was not found. The inspect an event caused
+		// gave the network namespace already.
+		a.ports.fill(ctx, containers, full, a.view.sandboxOf)
 	}
+	keep := make(map[string]bool, len(containers))
+	for _, c := range containers {
+		keep[c.ID] = true
+	}
+	a.memo.forget(keep)
 	in := a.input(containers)
 	d := build(in)
 	if a.peers != nil {
 		// Wait only for watches this pass started: a peer whose Consul
 		// stays silent must not add the wait to every later reconcile.
 		// Rebuild whenever a watch started, even if it answered before
-		// waitPeers looked: d was built before that answer.
+		// waitPeers looked: d was built before that answer. The rebuild
+		// evaluates nothing again: only the peer sets are looked up.
 		if started := a.peers.want(ctx, d.PeerKeys); len(started) > 0 {
 			a.waitPeers(ctx, started, a.peerWait)
-			d = build(in) // now with the peers' addresses
+			d = build(in)
 		}
 	}
 	var errs []error
 	snap := &Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now(), BridgeNetfilterErr: a.bridgeNFProblem()}
+	fwOK, consulOK := true, true
 	if a.o.Firewall != nil {
 		ch, err := a.o.Firewall.Apply(ctx, d.Firewall)
 		if err != nil {
+			fwOK = false
 			a.o.Metrics.Errors.WithLabelValues("netlink").Inc()
 			errs = append(errs, fmt.Errorf("applying firewall: %w", err))
 		} else if !ch.Empty() {
@@ -452,6 +558,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		if err == nil {
 			st := d.Firewall
 			a.lastFW.Store(&st)
+			a.observe(OutputFirewall, p.containers, a.o.Metrics.EventToFirewall)
 		}
 		snap.FirewallErr = errString(err)
 	}
@@ -461,16 +568,27 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		// the firewall would stop following containers. The firewall was
 		// applied above; registration catches up on the retries.
 		cctx, cancel := context.WithTimeout(ctx, consulApplyTimeout)
-		changes, err := a.reg.apply(cctx, d.Registrations)
+		changes, drift, err := a.reg.apply(cctx, d.Registrations, d.regHashes, full || p.consul)
 		cancel()
 		for _, c := range changes {
 			a.logConsul(c)
 		}
+		if full && drift > 0 {
+			a.o.Metrics.ResyncDrift.WithLabelValues("consul").Add(float64(drift))
+			a.log.Warn("resync found consul registrations that the incremental passes had not kept", "registrations", drift)
+		}
 		if err != nil {
+			consulOK = false
 			a.o.Metrics.Errors.WithLabelValues("consul").Inc()
 			errs = append(errs, err)
+		} else {
+			a.observe(OutputConsul, p.containers, a.o.Metrics.EventToConsul)
 		}
 		snap.ConsulErr = errString(err)
+	}
+	if !fwOK || !consulOK {
+		// The retry must still report these events when it applies them.
+		a.requeue(pendingWork{containers: p.containers})
 	}
 	if full && a.o.IPAM != nil {
 		if err := a.o.IPAM.ReconcileWithDocker(ctx); err != nil {
@@ -486,8 +604,8 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	}
 	a.o.Metrics.observe(d, a.o.IPAM, policyErrs)
 	a.o.Metrics.ReconcileSeconds.Observe(time.Since(start).Seconds())
-	if len(errs) == 0 && !pendFrom.IsZero() {
-		a.o.Metrics.EventToApplied.Observe(time.Since(pendFrom).Seconds())
+	if len(errs) == 0 && !p.since.IsZero() {
+		a.o.Metrics.EventToApplied.Observe(time.Since(p.since).Seconds())
 	}
 	a.saveKnown()
 	snap.StateErr = a.stateErr
@@ -495,6 +613,60 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	a.lastDesired.Store(&d)
 	a.snap.Store(snap)
 	return errors.Join(errs...)
+}
+
+// requeue puts work back for the next pass, keeping the older event
+// times.
+func (a *Agent) requeue(p pendingWork) {
+	a.pendMu.Lock()
+	defer a.pendMu.Unlock()
+	for id, t := range p.containers {
+		if a.pend.containers == nil {
+			a.pend.containers = map[string]time.Time{}
+		}
+		if old, ok := a.pend.containers[id]; !ok || t.Before(old) {
+			a.pend.containers[id] = t
+		}
+	}
+	a.pend.relist = a.pend.relist || p.relist
+	a.pend.consul = a.pend.consul || p.consul
+	if !p.since.IsZero() && (a.pend.since.IsZero() || p.since.Before(a.pend.since)) {
+		a.pend.since = p.since
+	}
+}
+
+// countDockerDrift counts the containers a resync's list found different
+// from the view that events kept, leaving out those an event is in
+// flight for (named before or during the list: not missed).
+func (a *Agent) countDockerDrift(drift []string, p pendingWork) {
+	a.pendMu.Lock()
+	n := 0
+	for _, id := range drift {
+		_, before := p.containers[id]
+		_, during := a.pend.containers[id]
+		if !before && !during {
+			n++
+		}
+	}
+	a.pendMu.Unlock()
+	if n > 0 {
+		a.o.Metrics.ResyncDrift.WithLabelValues("docker").Add(float64(n))
+		a.log.Warn("resync found containers that events had not brought", "containers", n)
+	}
+}
+
+// observe reports that an output applied what the events asked for.
+func (a *Agent) observe(output string, events map[string]time.Time, h prometheus.Histogram) {
+	if len(events) == 0 {
+		return
+	}
+	now := time.Now()
+	for id, t := range events {
+		h.Observe(now.Sub(t).Seconds())
+		if a.o.Observe != nil {
+			a.o.Observe(output, id, t)
+		}
+	}
 }
 
 // waitPeers waits (bounded) until Consul has answered for every peer key,
@@ -523,7 +695,7 @@ func (a *Agent) logFirewall(d Desired, ch firewall.Changes) {
 		byID[d.Workloads[i].Container.ID] = &d.Workloads[i]
 	}
 	for _, c := range d.Firewall.Containers {
-		digest := fmt.Sprintf("%s %v %v", c.Addr, c.Ingress, c.Egress)
+		digest := c.Addr.String() + " " + d.digests[c.ID]
 		next[c.ID] = digest
 		old, had := a.applied[c.ID]
 		if had && old == digest {

@@ -144,6 +144,7 @@ func TestReconcileRemovesOnlyOwnedRegistrations(t *testing.T) {
 	}
 	// The container stops: its registrations go, the foreign ones stay.
 	r.docker.set()
+	started(r.agent, id1)
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -257,9 +258,9 @@ func TestTriggersCoalesce(t *testing.T) {
 	wait(t, entered, "the first reconcile")
 	// 200 container starts while the first reconcile is slow.
 	var wg sync.WaitGroup
-	for i := range 200 {
+	for range 200 {
 		wg.Add(1)
-		go func() { defer wg.Done(); r.agent.Trigger("docker: container start " + string(rune('a'+i%26))) }()
+		go func() { defer wg.Done(); relist(r.agent) }()
 	}
 	wg.Wait()
 	release <- struct{}{}
@@ -368,6 +369,7 @@ func TestPeerWatchWaitsOnceAndFollowsChanges(t *testing.T) {
 	}
 	// No policy references postgres any more: the watch stops.
 	r.docker.set()
+	relist(r.agent)
 	if err := r.agent.reconcile(ctx, false); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -151,8 +152,8 @@ func (r Registration) hash() string {
 	return hex.EncodeToString(sum[:8])
 }
 
-func (r Registration) toConsul(node string) *consul.AgentServiceRegistration {
-	meta := map[string]string{metaOwner: node, metaHash: r.hash()}
+func (r Registration) toConsul(node, hash string) *consul.AgentServiceRegistration {
+	meta := map[string]string{metaOwner: node, metaHash: hash}
 	for k, v := range r.Meta {
 		meta[k] = v
 	}
@@ -181,13 +182,26 @@ func (r Registration) toConsul(node string) *consul.AgentServiceRegistration {
 	return reg
 }
 
+// consulBackReason starts the trigger reason of a peer watch whose Consul
+// answers again after failing.
+const consulBackReason = "consul: reachable again"
+
 // consulRegistrar makes the local Consul agent hold exactly the desired
 // registrations among those v6reg owns on this node.
+//
+// It keeps what it last wrote (ID and hash of every registration it owns)
+// and, between full passes, sends Consul only the differences: one
+// register or deregister per changed service, no list. A full pass, a
+// failed call, or a Consul that came back lists the local agent's
+// services again.
 type consulRegistrar struct {
 	api    ConsulAPI
 	prefix string
 	node   string
 	log    *slog.Logger
+
+	have  map[string]string // owned registration ID -> hash, as in Consul
+	valid bool              // have is known to match Consul
 }
 
 func (r *consulRegistrar) owned(id string, s *consul.AgentService) bool {
@@ -203,46 +217,71 @@ type ConsulChange struct {
 
 // apply registers what is missing or changed and deregisters what v6reg
 // owns but no longer wants. Deregistrations go first so that a stopping
-// allocation leaves Traefik before anything else happens.
-func (r *consulRegistrar) apply(ctx context.Context, want map[string]Registration) ([]ConsulChange, error) {
-	have, err := r.api.Services(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("listing consul services: %w", err)
+// allocation leaves Traefik before anything else happens. hashes, if it
+// has an ID, is that registration's hash (computed once per evaluation).
+// list reads Consul's services first; drift is then how many of v6reg's
+// registrations there differed from what the registrar last wrote.
+func (r *consulRegistrar) apply(ctx context.Context, want map[string]Registration, hashes map[string]string, list bool) (changes []ConsulChange, drift int, err error) {
+	if list || !r.valid {
+		svcs, err := r.api.Services(ctx)
+		if err != nil {
+			r.valid = false
+			return nil, 0, fmt.Errorf("listing consul services: %w", err)
+		}
+		have := make(map[string]string, len(svcs))
+		for id, s := range svcs {
+			if r.owned(id, s) {
+				have[id] = s.Meta[metaHash]
+			}
+		}
+		if r.valid {
+			for id, h := range have {
+				if r.have[id] != h {
+					drift++
+				}
+			}
+			for id := range r.have {
+				if _, ok := have[id]; !ok {
+					drift++
+				}
+			}
+		}
+		r.have, r.valid = have, true
 	}
-	var changes []ConsulChange
 	var errs []error
-	ids := make([]string, 0, len(have))
-	for id := range have {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		if _, ok := want[id]; ok || !r.owned(id, have[id]) {
+	for _, id := range slices.Sorted(maps.Keys(r.have)) {
+		if _, ok := want[id]; ok {
 			continue
 		}
 		if err := r.api.Deregister(ctx, id); err != nil {
 			errs = append(errs, fmt.Errorf("deregistering consul service %s: %w", id, err))
 			continue
 		}
+		delete(r.have, id)
 		changes = append(changes, ConsulChange{Op: "deregister", ID: id})
 	}
-	ids = ids[:0]
-	for id := range want {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
+	for _, id := range slices.Sorted(maps.Keys(want)) {
 		reg := want[id]
-		if cur, ok := have[id]; ok && cur.Meta[metaHash] == reg.hash() {
+		h, ok := hashes[id]
+		if !ok {
+			h = reg.hash()
+		}
+		if cur, ok := r.have[id]; ok && cur == h {
 			continue
 		}
-		if err := r.api.Register(ctx, reg.toConsul(r.node)); err != nil {
+		if err := r.api.Register(ctx, reg.toConsul(r.node, h)); err != nil {
 			errs = append(errs, fmt.Errorf("registering consul service %s: %w", id, err))
 			continue
 		}
+		r.have[id] = h
 		changes = append(changes, ConsulChange{Op: "register", ID: id, Reg: reg})
 	}
-	return changes, errors.Join(errs...)
+	if len(errs) > 0 {
+		// What Consul holds after a failed call is not known: list it
+		// on the next pass.
+		r.valid = false
+	}
+	return changes, drift, errors.Join(errs...)
 }
 
 // peerWatches follows, by blocking query, the instances of every
@@ -507,7 +546,7 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 			// missing there (a restarted dev agent has none), so
 			// reconcile now rather than at the next retry or resync.
 			failing = false
-			w.trigger("consul: reachable again (" + key + ")")
+			w.trigger(consulBackReason + " (" + key + ")")
 		}
 		if next < index {
 			next = 0

@@ -42,6 +42,14 @@ type Desired struct {
 	Registrations map[string]Registration
 	// PeerKeys are the Consul-backed peers some local policy uses.
 	PeerKeys map[PeerKey]bool
+
+	// regHashes are the Registrations' hashes (computed once per
+	// evaluation, not per reconcile); digests identify each container's
+	// rules, for the log; peerUsers index the containers by the peers
+	// they name.
+	regHashes map[string]string
+	digests   map[string]string
+	peerUsers map[PeerKey][]string
 }
 
 // buildInput is everything the builder reads; it does no I/O.
@@ -64,6 +72,105 @@ type buildInput struct {
 	// Peers returns the addresses of a Consul-backed peer and whether
 	// Consul has answered for it yet.
 	Peers func(PeerKey) ([]netip.Prefix, bool)
+	// Memo, if not nil, keeps each container's evaluation across builds
+	// (see evalMemo); OperatorRev names the version of Operator in it.
+	Memo        *evalMemo
+	OperatorRev uint64
+}
+
+// evaluated is what one container's policy gives, on its own: everything
+// the desired state holds for it except what depends on the other
+// containers (a shared address or MAC closes it) and the addresses of its
+// Consul-backed peers (looked up at every build, by key).
+type evaluated struct {
+	w               Workload
+	ingress, egress []firewall.Rule
+	// prefixSets are the literal prefix lists its rules name.
+	prefixSets map[string][]netip.Prefix
+	peerKeys   []PeerKey
+	regs       []Registration
+	regHashes  []string
+	// digest identifies its rules, for the log of what changed.
+	digest string
+}
+
+// evaluate computes one container's evaluation. Pure, like build.
+func evaluate(c Container, in buildInput) *evaluated {
+	w := workloadFor(c, in)
+	e := &evaluated{w: w}
+	if !w.Closed {
+		sets := map[string][]netip.Prefix{}
+		keys := map[PeerKey]bool{}
+		e.ingress = firewallRules(w.Policy.Ingress, w.Namespace, sets, keys)
+		e.egress = firewallRules(w.Policy.Egress, w.Namespace, sets, keys)
+		if len(sets) > 0 {
+			e.prefixSets = sets
+		}
+		for k := range keys {
+			e.peerKeys = append(e.peerKeys, k)
+		}
+		sort.Slice(e.peerKeys, func(i, j int) bool { return e.peerKeys[i] < e.peerKeys[j] })
+	}
+	e.regs = registrationsFor(w, in)
+	e.regHashes = make([]string, len(e.regs))
+	for i, r := range e.regs {
+		e.regHashes[i] = r.hash()
+	}
+	e.digest = fmt.Sprintf("%v %v", e.ingress, e.egress)
+	return e
+}
+
+// evalMemo keeps the last evaluation of every container, keyed by the
+// versions of what it was computed from: the container as Docker gave it
+// (Container.rev), its allocation as Nomad gave it (Alloc.rev) and the
+// operator configuration. A build evaluates again only the containers one
+// of those changed for; the others cost a map lookup. Only the reconcile
+// loop uses it.
+type evalMemo struct {
+	m map[string]memoEntry
+	// evals counts evaluations (not memo hits), for tests and benchmarks.
+	evals int
+}
+
+type memoEntry struct {
+	crev, arev, oprev uint64
+	alloc             bool // the allocation was known
+	e                 *evaluated
+}
+
+func newEvalMemo() *evalMemo { return &evalMemo{m: map[string]memoEntry{}} }
+
+// get returns c's evaluation, from the memo when nothing it depends on
+// changed. Without versions (rev 0: tests' inputs) it always evaluates.
+func (m *evalMemo) get(c Container, in buildInput) *evaluated {
+	if m == nil || c.rev == 0 || in.OperatorRev == 0 {
+		return evaluate(c, in)
+	}
+	k := memoEntry{crev: c.rev, oprev: in.OperatorRev}
+	if c.AllocID != "" && in.Nomad {
+		if a, ok := in.Lookup(c.AllocID); ok {
+			k.alloc, k.arev = true, a.rev
+		}
+	}
+	if old, ok := m.m[c.ID]; ok && old.crev == k.crev && old.oprev == k.oprev && old.alloc == k.alloc && old.arev == k.arev && (!k.alloc || k.arev != 0) {
+		return old.e
+	}
+	m.evals++
+	k.e = evaluate(c, in)
+	m.m[c.ID] = k
+	return k.e
+}
+
+// forget drops the containers not in keep.
+func (m *evalMemo) forget(keep map[string]bool) {
+	if m == nil {
+		return
+	}
+	for id := range m.m {
+		if !keep[id] {
+			delete(m.m, id)
+		}
+	}
 }
 
 // build computes the desired state. It is a pure function of its input, so
@@ -79,11 +186,16 @@ func build(in buildInput) Desired {
 		},
 		Registrations: map[string]Registration{},
 		PeerKeys:      map[PeerKey]bool{},
+		regHashes:     map[string]string{},
+		digests:       map[string]string{},
+		peerUsers:     map[PeerKey][]string{},
 	}
 	seen := map[netip.Addr]string{}
 	macOwner := macOwners(in.Containers, in.MACHolders)
 	for _, c := range in.Containers {
-		w := workloadFor(c, in)
+		e := in.Memo.get(c, in)
+		w := e.w
+		w.Container = c // the bridge port is not part of the evaluation
 		reason := addrProblem(c, in.Prefix, in.Gateway, seen)
 		if o, ok := macOwner[c.MAC.String()]; reason == "" && ok && o.ID != c.ID {
 			// One MAC on two bridge ports: neighbour discovery and the
@@ -105,12 +217,24 @@ func build(in buildInput) Desired {
 			seen[c.Addr4] = c.ShortID()
 		}
 		if !w.Closed {
-			fc.Ingress = firewallRules(w.Policy.Ingress, w.Namespace, &d, in)
-			fc.Egress = firewallRules(w.Policy.Egress, w.Namespace, &d, in)
+			fc.Ingress, fc.Egress = e.ingress, e.egress
+			for name, ps := range e.prefixSets {
+				d.Firewall.PeerSets[name] = ps
+			}
+			for _, k := range e.peerKeys {
+				d.peerUsers[k] = append(d.peerUsers[k], c.ID)
+				if !d.PeerKeys[k] {
+					d.PeerKeys[k] = true
+					addrs, _ := in.Peers(k) // until Consul answers, the set is empty: closed
+					d.Firewall.PeerSets[string(k)] = addrs
+				}
+			}
+			d.digests[c.ID] = e.digest
 		}
 		d.Firewall.Containers = append(d.Firewall.Containers, fc)
-		for _, r := range registrationsFor(w, in) {
+		for i, r := range e.regs {
 			d.Registrations[r.ID] = r
+			d.regHashes[r.ID] = e.regHashes[i]
 		}
 		d.Workloads = append(d.Workloads, w)
 	}
@@ -275,7 +399,7 @@ func workloadFor(c Container, in buildInput) Workload {
 // peer sets they use: literal prefix lists under a name derived from their
 // content (so identical lists are shared), and Consul-backed peers under
 // their key, filled from the watches.
-func firewallRules(rules []policies.ResolvedRule, namespace string, d *Desired, in buildInput) []firewall.Rule {
+func firewallRules(rules []policies.ResolvedRule, namespace string, sets map[string][]netip.Prefix, keys map[PeerKey]bool) []firewall.Rule {
 	var out []firewall.Rule
 	for _, r := range rules {
 		proto, ports := fwProto(r)
@@ -298,14 +422,18 @@ func firewallRules(rules []policies.ResolvedRule, namespace string, d *Desired, 
 			peers = append(peers, firewall.PeerAny)
 		} else if len(prefixes) > 0 {
 			name := prefixSetName(prefixes)
-			d.Firewall.PeerSets[name] = prefixes
+			sets[name] = prefixes
 			peers = append(peers, name)
 		}
 		for _, s := range r.Services {
-			peers = append(peers, consulPeer(servicePeerKey(namespace, s), d, in))
+			k := servicePeerKey(namespace, s)
+			keys[k] = true
+			peers = append(peers, string(k))
 		}
 		for _, j := range r.Jobs {
-			peers = append(peers, consulPeer(PeerKey("job:"+namespace+"/"+j), d, in))
+			k := PeerKey("job:" + namespace + "/" + j)
+			keys[k] = true
+			peers = append(peers, string(k))
 		}
 		for _, p := range peers {
 			out = append(out, firewall.Rule{Peer: p, Proto: proto, Ports: ports})
@@ -323,16 +451,6 @@ func servicePeerKey(namespace, name string) PeerKey {
 		return PeerKey("service:" + name)
 	}
 	return PeerKey("service:" + namespace + "/" + name)
-}
-
-func consulPeer(k PeerKey, d *Desired, in buildInput) string {
-	d.PeerKeys[k] = true
-	name := string(k)
-	if _, done := d.Firewall.PeerSets[name]; !done {
-		addrs, _ := in.Peers(k) // until Consul answers, the set is empty: closed
-		d.Firewall.PeerSets[name] = addrs
-	}
-	return name
 }
 
 func fwProto(r policies.ResolvedRule) (firewall.Proto, []firewall.PortRange) {

@@ -257,7 +257,7 @@ func TestBuild(t *testing.T) {
 				if !slices.Contains(r.Tags, "job=default/p-bad") {
 					t.Errorf("tags = %v", r.Tags)
 				}
-				c := r.toConsul("n1").Check
+				c := r.toConsul("n1", r.hash()).Check
 				if c == nil || c.Status != "critical" || !strings.Contains(c.Notes, "did you mean 'from'") {
 					t.Errorf("consul check = %+v", c)
 				}

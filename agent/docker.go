@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	cerrdefs "github.com/containerd/errdefs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
+	nettypes "github.com/docker/docker/api/types/network"
 )
 
 // DockerAPI is the part of the Docker engine API the agent reads; the real
@@ -61,6 +64,11 @@ type Container struct {
 	// Task is the Nomad task name, from the container name "<task>-<alloc>".
 	Task    string
 	Created time.Time
+
+	// rev changes whenever the agent's view of Docker stores a different
+	// version of the container (0: not from the view), so that its policy
+	// is evaluated again only when it changed.
+	rev uint64
 }
 
 // ShortID is the 12-character container ID Docker shows.
@@ -78,33 +86,79 @@ func listContainers(ctx context.Context, api DockerAPI, network string) ([]Conta
 	}
 	out := make([]Container, 0, len(list))
 	for _, s := range list {
-		c := Container{ID: s.ID, Labels: s.Labels, Created: time.Unix(s.Created, 0)}
+		name := ""
 		if len(s.Names) > 0 {
-			c.Name = strings.TrimPrefix(s.Names[0], "/")
+			name = s.Names[0]
 		}
+		var ep *nettypes.EndpointSettings
 		if s.NetworkSettings != nil {
-			if ep := s.NetworkSettings.Networks[network]; ep != nil {
-				c.Addr, _ = netip.ParseAddr(ep.GlobalIPv6Address)
-				c.Addr4, _ = netip.ParseAddr(ep.IPAddress)
-				c.MAC, _ = net.ParseMAC(ep.MacAddress)
-				c.EndpointID = ep.EndpointID
-			}
+			ep = s.NetworkSettings.Networks[network]
 		}
-		c.AllocID = s.Labels[labelNomadAlloc]
-		if c.AllocID != "" {
-			c.Task = s.Labels[labelNomadTask]
-			if c.Task == "" {
-				// Nomad names task containers "<task>-<alloc id>".
-				c.Task = strings.TrimSuffix(c.Name, "-"+c.AllocID)
-			}
-		}
-		out = append(out, c)
+		out = append(out, newContainer(s.ID, name, s.Labels, time.Unix(s.Created, 0), ep))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
 
-// watchDocker follows the engine's event stream and calls trigger for every
+// newContainer is what the agent keeps of a container, from what a list
+// or an inspect says of it (the same fields either way, so that a resync's
+// list finds no difference with what events brought).
+func newContainer(id, name string, labels map[string]string, created time.Time, ep *nettypes.EndpointSettings) Container {
+	c := Container{ID: id, Name: strings.TrimPrefix(name, "/"), Labels: labels, Created: created}
+	if ep != nil {
+		c.Addr, _ = netip.ParseAddr(ep.GlobalIPv6Address)
+		c.Addr4, _ = netip.ParseAddr(ep.IPAddress)
+		c.MAC, _ = net.ParseMAC(ep.MacAddress)
+		c.EndpointID = ep.EndpointID
+	}
+	c.AllocID = labels[labelNomadAlloc]
+	if c.AllocID != "" {
+		c.Task = labels[labelNomadTask]
+		if c.Task == "" {
+			// Nomad names task containers "<task>-<alloc id>".
+			c.Task = strings.TrimSuffix(c.Name, "-"+c.AllocID)
+		}
+	}
+	return c
+}
+
+// inspectContainer reads one container, for the event that named it: the
+// container as a list would show it, its network namespace (for its bridge
+// port), and whether it is running on network at all (false: it left).
+func inspectContainer(ctx context.Context, api DockerAPI, network, id string) (c Container, sandbox string, present bool, err error) {
+	info, err := api.ContainerInspect(ctx, id)
+	if err != nil {
+		if cerrdefs.IsNotFound(err) {
+			return Container{}, "", false, nil
+		}
+		return Container{}, "", false, fmt.Errorf("inspecting container %s: %w", shortID(id), err)
+	}
+	if info.ContainerJSONBase == nil || info.State == nil || !info.State.Running || info.NetworkSettings == nil {
+		return Container{}, "", false, nil
+	}
+	ep := info.NetworkSettings.Networks[network]
+	if ep == nil {
+		return Container{}, "", false, nil
+	}
+	var labels map[string]string
+	if info.Config != nil {
+		labels = info.Config.Labels
+	}
+	// The list gives the creation time in whole seconds; so does this.
+	created, _ := time.Parse(time.RFC3339Nano, info.Created)
+	created = time.Unix(created.Unix(), 0)
+	return newContainer(info.ID, info.Name, labels, created, ep), info.NetworkSettings.SandboxKey, true, nil
+}
+
+// dockerSink receives what watchDocker sees: a container an event names
+// (the agent inspects that one container), or a relist request when events
+// may have been missed (the agent lists every container).
+type dockerSink interface {
+	containerEvent(id, reason string)
+	relistEvent(reason string)
+}
+
+// watchDocker follows the engine's event stream and tells sink of every
 // event that can change the desired state. It never returns before ctx is
 // done: when the stream breaks it reconnects with backoff, resumes from the
 // last event it saw, and asks for a full relist (events lost in the gap are
@@ -112,7 +166,7 @@ func listContainers(ctx context.Context, api DockerAPI, network string) ([]Conta
 //
 // after is time.After outside tests (a seam, so tests see the backoff
 // without waiting it out).
-func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.Logger, trigger func(reason string), onError func(), after func(time.Duration) <-chan time.Time) {
+func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.Logger, sink dockerSink, onError func(), after func(time.Duration) <-chan time.Time) {
 	since := time.Now()
 	backoff := newBackoff(250*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
@@ -130,7 +184,7 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 			Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
 			Filters: f,
 		})
-		trigger("docker: (re)subscribed to events")
+		sink.relistEvent("docker: (re)subscribed to events")
 		err := func() error {
 			for {
 				select {
@@ -146,10 +200,19 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 						since = time.Unix(0, m.TimeNano)
 					}
 					backoff.reset()
-					if m.Type == events.NetworkEventType && m.Actor.Attributes["name"] != network {
+					id := m.Actor.ID
+					if m.Type == events.NetworkEventType {
+						if m.Actor.Attributes["name"] != network {
+							continue
+						}
+						id = m.Actor.Attributes["container"]
+					}
+					if id == "" {
+						// Nothing names the container: only a relist tells.
+						sink.relistEvent("docker: " + string(m.Type) + " " + string(m.Action) + " without a container")
 						continue
 					}
-					trigger("docker: " + string(m.Type) + " " + string(m.Action))
+					sink.containerEvent(id, "docker: "+string(m.Type)+" "+string(m.Action))
 				case err, ok := <-errs:
 					if err == nil || !ok {
 						err = errors.New("event stream ended")

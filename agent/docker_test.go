@@ -35,7 +35,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 			// An event on another network is not ours; then one that is.
 			msgs <- events.Message{Type: events.NetworkEventType, Action: "connect", TimeNano: t1.Add(-time.Second).UnixNano(),
 				Actor: events.Actor{Attributes: map[string]string{"name": "bridge"}}}
-			msgs <- events.Message{Type: events.ContainerEventType, Action: "start", TimeNano: t1.UnixNano()}
+			msgs <- events.Message{Type: events.ContainerEventType, Action: "start", TimeNano: t1.UnixNano(), Actor: events.Actor{ID: "c1"}}
 			go func() {
 				// The error comes after both events were read.
 				for len(msgs) > 0 {
@@ -63,7 +63,10 @@ func TestWatchDockerReconnects(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		watchDocker(ctx, api, testNetwork, testLog(t), func(r string) { triggers <- r }, func() { errCount++ }, after)
+		watchDocker(ctx, api, testNetwork, testLog(t), funcSink{
+			container: func(id, r string) { triggers <- r + " " + id },
+			relist:    func(r string) { triggers <- r },
+		}, func() { errCount++ }, after)
 	}()
 
 	first := wait(t, calls, "the first subscription")
@@ -92,7 +95,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 		switch {
 		case strings.Contains(r, "subscribed"):
 			subs++
-		case r == "docker: container start":
+		case r == "docker: container start c1":
 			starts++
 		default:
 			t.Errorf("unexpected trigger %q (an event of another network?)", r)
@@ -130,3 +133,12 @@ func TestBackoff(t *testing.T) {
 		t.Errorf("after reset %v", d)
 	}
 }
+
+// funcSink is a dockerSink of functions.
+type funcSink struct {
+	container func(id, reason string)
+	relist    func(reason string)
+}
+
+func (f funcSink) containerEvent(id, reason string) { f.container(id, reason) }
+func (f funcSink) relistEvent(reason string)        { f.relist(reason) }

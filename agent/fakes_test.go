@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+
 	"fmt"
+	cerrdefs "github.com/containerd/errdefs"
 	"io"
 	"log/slog"
 	"maps"
@@ -103,19 +105,40 @@ func (f *fakeDocker) ContainerInspect(_ context.Context, id string) (container.I
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.inspects = append(f.inspects, id)
-	key, ok := f.sandbox[id]
-	if !ok {
-		return container.InspectResponse{}, fmt.Errorf("no such container: %s", id)
+	i := slices.IndexFunc(f.list, func(s container.Summary) bool { return s.ID == id })
+	if i < 0 {
+		return container.InspectResponse{}, fmt.Errorf("no such container: %s: %w", id, cerrdefs.ErrNotFound)
 	}
-	nets := map[string]*network.EndpointSettings{}
-	for _, s := range f.list {
-		if s.ID == id && s.NetworkSettings != nil {
-			nets = s.NetworkSettings.Networks
-		}
+	s := f.list[i]
+	name := ""
+	if len(s.Names) > 0 {
+		name = s.Names[0]
 	}
-	ns := &container.NetworkSettings{Networks: nets}
-	ns.SandboxKey = key
-	return container.InspectResponse{NetworkSettings: ns}, nil
+	ns := &container.NetworkSettings{}
+	if s.NetworkSettings != nil {
+		ns.Networks = s.NetworkSettings.Networks
+	}
+	// A container without a sandbox here is one whose network namespace
+	// Docker does not give (the bridge port cannot be found).
+	ns.SandboxKey = f.sandbox[id]
+	return container.InspectResponse{
+		ContainerJSONBase: &container.ContainerJSONBase{ID: id, Name: name, Created: time.Unix(s.Created, 0).Format(time.RFC3339Nano),
+			State: &container.State{Running: true}},
+		Config:          &container.Config{Labels: s.Labels},
+		NetworkSettings: ns,
+	}, nil
+}
+
+// relist tells the agent, as a broken event stream does, that Docker
+// changed in ways no event named: the next reconcile lists everything.
+func relist(a *Agent) { dockerIntake{a}.relistEvent("test: docker changed") }
+
+// started tells the agent, as Docker's events do, that these containers
+// changed: the next reconcile inspects them.
+func started(a *Agent, ids ...string) {
+	for _, id := range ids {
+		dockerIntake{a}.containerEvent(id, "test: container event")
+	}
 }
 
 func (f *fakeDocker) ContainerList(ctx context.Context, _ container.ListOptions) ([]container.Summary, error) {
@@ -217,6 +240,7 @@ type fakeConsul struct {
 	deregisters []string
 	registerErr error
 	servicesErr error
+	listCalls   int // Services calls
 	// hang makes Services block until its context ends, like a Consul
 	// that accepts connections and never answers.
 	hang bool
@@ -241,6 +265,7 @@ func newFakeConsul() *fakeConsul {
 
 func (f *fakeConsul) Services(ctx context.Context) (map[string]*consul.AgentService, error) {
 	f.mu.Lock()
+	f.listCalls++
 	if f.hang {
 		f.mu.Unlock()
 		<-ctx.Done()

@@ -18,9 +18,15 @@ type Metrics struct {
 	FirewallRules    prometheus.Gauge
 	ReconcileSeconds prometheus.Histogram
 	EventToApplied   prometheus.Histogram
-	Errors           *prometheus.CounterVec
-	Drops            *prometheus.GaugeVec
-	SpoofDrops       *prometheus.GaugeVec
+	// EventToFirewall and EventToConsul: from a Docker event naming a
+	// container to the output applying what it asked for.
+	EventToFirewall, EventToConsul prometheus.Histogram
+	// ResyncDrift counts what a periodic full resync found that the
+	// incremental passes had missed, by source (docker, consul).
+	ResyncDrift *prometheus.CounterVec
+	Errors      *prometheus.CounterVec
+	Drops       *prometheus.GaugeVec
+	SpoofDrops  *prometheus.GaugeVec
 	// BridgeNetfilterOK and BridgeNetfilterRestored: see keepBridgeNetfilter.
 	BridgeNetfilterOK       prometheus.Gauge
 	BridgeNetfilterRestored prometheus.Counter
@@ -43,6 +49,13 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
 		EventToApplied: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "v6reg_event_to_applied_seconds", Help: "From the first event that asked for a reconcile to its changes applied.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		EventToFirewall: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "v6reg_event_to_firewall_seconds", Help: "From a Docker event naming a container to the firewall holding what it asked for.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		EventToConsul: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "v6reg_event_to_consul_seconds", Help: "From a Docker event naming a container to Consul holding its registrations.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
+		ResyncDrift: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v6reg_resync_drift_total",
+			Help: "Differences the periodic full resync found between what the incremental passes kept and the source: source=docker (containers events had not brought), consul (registrations not as last written). Should stay 0."},
+			[]string{"source"}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "v6reg_errors_total", Help: "Errors by kind: docker, nomad, consul, netlink, policy, state."}, []string{"kind"}),
 		Drops: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_dropped_packets", Help: "Packets dropped by default deny, per container and direction (kernel counter)."},
 			[]string{"container", "direction"}),
@@ -60,11 +73,14 @@ func NewMetrics() *Metrics {
 	for _, r := range IgnoredReasons {
 		m.PeerEntriesIgnored.WithLabelValues(r)
 	}
+	for _, src := range []string{"docker", "consul"} {
+		m.ResyncDrift.WithLabelValues(src)
+	}
 	for _, kind := range []string{"docker", "nomad", "consul", "netlink", "policy", "state"} {
 		m.Errors.WithLabelValues(kind)
 	}
 	m.Registry.MustRegister(m.Containers, m.Closed, m.PolicyErrors, m.Leases, m.HeldDown, m.Registrations, m.FirewallRules,
-		m.ReconcileSeconds, m.EventToApplied, m.Errors, m.Drops, m.SpoofDrops, m.BridgeNetfilterOK, m.BridgeNetfilterRestored, m.PeerEntriesIgnored,
+		m.ReconcileSeconds, m.EventToApplied, m.EventToFirewall, m.EventToConsul, m.ResyncDrift, m.Errors, m.Drops, m.SpoofDrops, m.BridgeNetfilterOK, m.BridgeNetfilterRestored, m.PeerEntriesIgnored,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

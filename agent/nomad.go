@@ -62,6 +62,11 @@ type Alloc struct {
 	// keeping the level so that errors say where a value came from.
 	JobMeta, GroupMeta map[string]string
 	TaskMeta           map[string]map[string]string
+
+	// rev changes whenever the source stores a different version of the
+	// allocation (0: not from the source), so that the agent evaluates
+	// a container's policy again only when its allocation changed.
+	rev uint64
 }
 
 // allocFrom reduces a Nomad allocation to what the agent needs.
@@ -115,6 +120,7 @@ type nomadSource struct {
 	// changes, so the agent persists them only when they changed.
 	index uint64
 	gen   uint64
+	revs  uint64 // the last Alloc.rev given
 	// seededAt is when Nomad gave the persisted answer the source started
 	// with (zero: none); it is used until Nomad answers.
 	seededAt time.Time
@@ -146,6 +152,8 @@ func (s *nomadSource) seed(allocs []Alloc, index uint64, at time.Time) {
 	}
 	s.allocs = make(map[string]Alloc, len(allocs))
 	for _, a := range allocs {
+		s.revs++
+		a.rev = s.revs
 		s.allocs[a.ID] = a
 	}
 	s.index, s.seededAt = index, at
@@ -252,6 +260,15 @@ func (s *nomadSource) store(list []*nomad.Allocation, index uint64) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for id, a := range next {
+		if old, ok := s.allocs[id]; ok && allocEqual(old, a) {
+			a.rev = old.rev
+		} else {
+			s.revs++
+			a.rev = s.revs
+		}
+		next[id] = a
+	}
 	if s.err != nil {
 		s.log.Info("nomad reachable again")
 	}
@@ -276,12 +293,17 @@ func allocsEqual(a, b map[string]Alloc) bool {
 		return false
 	}
 	for id, x := range a {
-		y, ok := b[id]
-		if !ok || x.Stopping != y.Stopping || x.Job != y.Job || x.Namespace != y.Namespace || x.Group != y.Group ||
-			!maps.Equal(x.JobMeta, y.JobMeta) || !maps.Equal(x.GroupMeta, y.GroupMeta) ||
-			!maps.EqualFunc(x.TaskMeta, y.TaskMeta, maps.Equal) {
+		if y, ok := b[id]; !ok || !allocEqual(x, y) {
 			return false
 		}
 	}
 	return true
+}
+
+// allocEqual reports whether two versions of an allocation give its
+// containers the same policy and state.
+func allocEqual(x, y Alloc) bool {
+	return x.Stopping == y.Stopping && x.Job == y.Job && x.Namespace == y.Namespace && x.Group == y.Group &&
+		maps.Equal(x.JobMeta, y.JobMeta) && maps.Equal(x.GroupMeta, y.GroupMeta) &&
+		maps.EqualFunc(x.TaskMeta, y.TaskMeta, maps.Equal)
 }

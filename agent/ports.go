@@ -44,7 +44,11 @@ func newPortCache(docker DockerAPI, finder BridgePorts, network string, log *slo
 // all of them. A container whose port is not found keeps Port 0 (the
 // firewall then binds its address to its MAC only) and is logged; it
 // never holds up the others or the reconcile.
-func (pc *portCache) fill(ctx context.Context, cs []Container, retryFailed bool) {
+//
+// sandbox, if not nil, gives the network namespace file an inspect already
+// read for a container's endpoint ("" if none): that container is not
+// inspected again.
+func (pc *portCache) fill(ctx context.Context, cs []Container, retryFailed bool, sandbox func(id, endpoint string) string) {
 	alive := make(map[string]bool, len(cs))
 	var todo []int // indexes into cs
 	for i, c := range cs {
@@ -63,7 +67,7 @@ func (pc *portCache) fill(ctx context.Context, cs []Container, retryFailed bool)
 		}
 	}
 	if len(todo) > 0 {
-		pc.lookup(ctx, cs, todo)
+		pc.lookup(ctx, cs, todo, sandbox)
 	}
 	for i := range cs {
 		if e, ok := pc.known[cs[i].ID]; ok && e.endpoint == cs[i].EndpointID {
@@ -77,11 +81,16 @@ func (pc *portCache) fill(ctx context.Context, cs []Container, retryFailed bool)
 // hundred inspects held the first apply for seconds (fault case 1).
 const inspectParallel = 16
 
-func (pc *portCache) lookup(ctx context.Context, cs []Container, todo []int) {
+func (pc *portCache) lookup(ctx context.Context, cs []Container, todo []int, sandbox func(id, endpoint string) string) {
 	sandboxes, errs := make([]string, len(todo)), make([]error, len(todo))
 	var g errgroup.Group
 	g.SetLimit(inspectParallel)
 	for j, i := range todo {
+		if sandbox != nil {
+			if sandboxes[j] = sandbox(cs[i].ID, cs[i].EndpointID); sandboxes[j] != "" {
+				continue
+			}
+		}
 		g.Go(func() error {
 			sandboxes[j], errs[j] = pc.sandbox(ctx, cs[i])
 			return nil // each container's error is its own

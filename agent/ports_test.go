@@ -93,10 +93,12 @@ func TestBridgePorts(t *testing.T) {
 	// a restarts: same ID, new endpoint, new veth.
 	fp.port["/ns/a"] = 12
 	r.docker.set(withEndpoint(summary(a, "a", addrN(10), nil), "ep-a2"), withEndpoint(summary(b, "b", addrN(11), nil), "ep-b"))
+	relist(r.agent)
 	want("a restarted", reconcile(false), 12, 9, a)
 
 	// a is removed: forgotten.
 	r.docker.set(withEndpoint(summary(b, "b", addrN(11), nil), "ep-b"))
+	relist(r.agent)
 	reconcile(false)
 	if _, ok := r.agent.ports.known[a]; ok || len(r.agent.ports.known) != 1 {
 		t.Errorf("after a's removal the cache holds %v", r.agent.ports.known)
