@@ -144,6 +144,12 @@ type Agent struct {
 	view *dockerView
 	memo *evalMemo
 
+	// regWork, while Run runs, hands the registrations to the registrar
+	// goroutine (nil: reconcile applies them itself); consulErr is the
+	// registrar's last error.
+	regWork   *regMailbox
+	consulErr atomic.Pointer[string]
+
 	snap atomic.Pointer[Snapshot]
 	// lastFW is the firewall state last applied successfully (readiness).
 	lastFW atomic.Pointer[firewall.State]
@@ -236,7 +242,13 @@ func (a *Agent) SetOperator(op policies.Operator) {
 }
 
 // Snapshot is the last reconcile's view, served by the status API.
-func (a *Agent) Snapshot() *Snapshot { return a.snap.Load() }
+func (a *Agent) Snapshot() *Snapshot {
+	s := *a.snap.Load()
+	// The registrar works beside the reconcile loop: its last result,
+	// not the one when the snapshot was taken.
+	s.ConsulErr = a.consulProblem()
+	return &s
+}
 
 // Run reconciles until ctx is done. ready is called once, after the first
 // reconcile that applied everything (systemd's READY=1). Run returns nil
@@ -251,11 +263,20 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer func() { a.regWork = nil }() // the loop has ended: a reconcile after Run applies Consul itself
 	if a.o.BridgeNetfilter != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			a.keepBridgeNetfilter(ctx, a.o.BridgeNetfilter)
+		}()
+	}
+	if a.reg != nil {
+		a.regWork = newRegMailbox()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.runRegistrar(ctx, a.regWork)
 		}()
 	}
 	wg.Add(1)
@@ -563,32 +584,24 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		snap.FirewallErr = errString(err)
 	}
 	if a.reg != nil {
-		// Bounded: a Consul that accepts connections but never answers
-		// (frozen, partitioned) must not hold the one reconcile loop, or
-		// the firewall would stop following containers. The firewall was
-		// applied above; registration catches up on the retries.
-		cctx, cancel := context.WithTimeout(ctx, consulApplyTimeout)
-		changes, drift, err := a.reg.apply(cctx, d.Registrations, d.regHashes, full || p.consul)
-		cancel()
-		for _, c := range changes {
-			a.logConsul(c)
-		}
-		if full && drift > 0 {
-			a.o.Metrics.ResyncDrift.WithLabelValues("consul").Add(float64(drift))
-			a.log.Warn("resync found consul registrations that the incremental passes had not kept", "registrations", drift)
-		}
-		if err != nil {
+		job := regJob{want: d.Registrations, hashes: d.regHashes, list: full || p.consul, full: full, events: p.containers}
+		if a.regWork != nil {
+			// Consul's agent takes each registration in a time that
+			// grows with the services it holds (several ms at 2,000):
+			// the firewall must not wait for it. The registrar works
+			// beside this loop, always on the newest desired state.
+			a.regWork.post(job)
+		} else if err := a.applyConsul(ctx, &job); err != nil {
 			consulOK = false
-			a.o.Metrics.Errors.WithLabelValues("consul").Inc()
 			errs = append(errs, err)
-		} else {
-			a.observe(OutputConsul, p.containers, a.o.Metrics.EventToConsul)
 		}
-		snap.ConsulErr = errString(err)
 	}
-	if !fwOK || !consulOK {
+	snap.ConsulErr = a.consulProblem()
+	if !fwOK {
 		// The retry must still report these events when it applies them.
 		a.requeue(pendingWork{containers: p.containers})
+	} else if !consulOK {
+		a.requeue(pendingWork{containers: p.containers, consul: true})
 	}
 	if full && a.o.IPAM != nil {
 		if err := a.o.IPAM.ReconcileWithDocker(ctx); err != nil {

@@ -367,9 +367,10 @@ func TestRunWithRecordedNomad(t *testing.T) {
 	r.docker.set(inspectSummary(t, "docker-inspect.cerebro.json"), inspectSummary(t, "docker-inspect.worker.json"))
 	defer r.run(t)()
 	cerebroID := "v6reg-n1-ff6736ad00b9-cerebro-9000"
-	if ids := r.consul.ids(); !slices.Contains(ids, cerebroID) || len(ids) != 3 {
-		t.Fatalf("consul holds %v, want cerebro and two v6reg-jobs", ids)
-	}
+	eventually(t, "cerebro and two v6reg-jobs in consul", func() bool {
+		ids := r.consul.ids()
+		return slices.Contains(ids, cerebroID) && len(ids) == 3
+	})
 	s := r.agent.Snapshot()
 	if s.Nomad != "ok" || len(s.Containers) != 2 {
 		t.Fatalf("snapshot = %+v", s)
