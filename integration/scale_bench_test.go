@@ -143,7 +143,7 @@ func (d *replayDocker) ContainerInspect(ctx context.Context, id string) (contain
 	}, nil
 }
 
-func (d *replayDocker) Events(ctx context.Context, _ events.ListOptions) (<-chan events.Message, <-chan error) {
+func (d *replayDocker) Events(_ context.Context, _ events.ListOptions) (<-chan events.Message, <-chan error) {
 	ch := make(chan events.Message, 4096)
 	d.mu.Lock()
 	d.subs = append(d.subs, ch)
