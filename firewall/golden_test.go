@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 func TestGolden(t *testing.T) {

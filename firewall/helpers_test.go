@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.nft from the live table")
