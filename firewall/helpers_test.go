@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -12,8 +11,6 @@ import (
 	"github.com/google/nftables"
 	"github.com/v6reg/v6reg/internal/netns"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.nft from the live table")
 
 func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {
