@@ -52,6 +52,26 @@ type Firewall interface {
 	Counters(ctx context.Context) (map[string]firewall.DirCounters, error)
 }
 
+// Optional capabilities of a Firewall: the agent asks for them by type
+// assertion and does without the part they serve when they are missing
+// (fakes in tests). *firewall.Firewall has them all, and RepairingFirewall
+// (by startWatch) too.
+
+// RestoreCounter counts the Applies that found the table missing or its
+// rules edited by someone else, and repaired it; the agent exports the
+// count as v6reg_firewall_restores_total.
+type RestoreCounter interface {
+	Restores() uint64
+}
+
+// SpoofCounter reads the anti-spoofing drop counters split by the check
+// that counted them: the bridge port (a frame from another MAC than the
+// port's container) and the source (an unowned prefix address, the wrong
+// link or MAC); `v6reg status` shows both.
+type SpoofCounter interface {
+	SpoofDropsByCheck(ctx context.Context) (bridgePort, source firewall.Counter, err error)
+}
+
 // IPAM is the address side the agent keeps in step with Docker.
 type IPAM interface {
 	// ReconcileWithDocker makes the lease store match the addresses Docker
@@ -189,7 +209,7 @@ func New(o Options) *Agent {
 	if o.CoalesceMax == 0 {
 		o.CoalesceMax = 20 * time.Millisecond
 	}
-	if r, ok := o.Firewall.(interface{ Restores() uint64 }); ok {
+	if r, ok := o.Firewall.(RestoreCounter); ok {
 		o.Metrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "v6reg_firewall_restores_total",
 			Help: "Times the table was found deleted or altered by someone else and restored.",

@@ -19,7 +19,6 @@ import (
 
 	consul "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/v6reg/v6reg/firewall"
 )
 
 // Snapshot is what the status API serves: the desired and applied state
@@ -194,9 +193,7 @@ func (a *Agent) withDrops(ctx context.Context) (*Snapshot, error) {
 			s.Containers[i].Drops = &DropState{IngressPackets: dc.IngressDropped.Packets, EgressPackets: dc.EgressDropped.Packets}
 		}
 	}
-	if sf, ok := a.o.Firewall.(interface {
-		SpoofDropsByCheck(context.Context) (bridgePort, source firewall.Counter, err error)
-	}); ok {
+	if sf, ok := a.o.Firewall.(SpoofCounter); ok {
 		port, source, err := sf.SpoofDropsByCheck(ctx)
 		if err != nil {
 			return &s, fmt.Errorf("reading anti-spoofing counters: %w", err)

@@ -16,7 +16,7 @@ import (
 	"unicode/utf8"
 
 	consul "github.com/hashicorp/consul/api"
-	"github.com/v6reg/v6reg/integration/keepalive"
+	"github.com/v6reg/v6reg/internal/keepalive"
 )
 
 func TestStatusAPI(t *testing.T) {

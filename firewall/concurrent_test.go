@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 // The agent shares one lasting netlink conn between Apply (the reconcile

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 const (

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 // TestDockerUserAccept checks the rule in a fresh namespace where

@@ -2,11 +2,11 @@ package firewall
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/golden"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 func TestGolden(t *testing.T) {
@@ -21,19 +21,7 @@ func TestGolden(t *testing.T) {
 	}
 	for _, g := range []struct{ family, file string }{{"inet", "small.nft"}, {"bridge", "small_bridge.nft"}} {
 		got := nftList(t, ns, "list", "table", g.family, TableName)
-		path := filepath.Join("testdata", g.file)
-		if *update {
-			if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		want, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatalf("read golden (run with -update to create): %v", err)
-		}
-		if got != string(want) {
-			t.Errorf("nft list table %s differs from %s (rerun with -update if intended):\n--- got\n%s\n--- want\n%s", g.family, path, got, want)
-		}
+		golden.Check(t, filepath.Join("testdata", g.file), got)
 	}
 	ch, err = fw.Apply(context.Background(), smallState())
 	if err != nil || !ch.Empty() {

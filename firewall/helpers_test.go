@@ -1,7 +1,6 @@
 package firewall
 
 import (
-	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -10,10 +9,8 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
-
-var update = flag.Bool("update", false, "rewrite testdata/*.nft from the live table")
 
 func testLogger(t testing.TB) *slog.Logger {
 	if testing.Verbose() {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/google/nftables"
 
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 // gatedGen blocks the first generation read after arm until release: Apply

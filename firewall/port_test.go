@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/v6reg/v6reg/integration/ethframe"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/ethframe"
+	"github.com/v6reg/v6reg/internal/netns"
 	"golang.org/x/sys/unix"
 )
 

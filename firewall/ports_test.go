@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 // TestPortFinder finds the bridge ports of C1 and C2 from the node's

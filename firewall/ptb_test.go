@@ -6,7 +6,7 @@ import (
 	"net"
 	"net/netip"
 
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv6"
 )

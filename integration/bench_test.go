@@ -25,7 +25,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/v6reg/v6reg/firewall"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 // The end-to-end measurements of `make bench` (issue 9, figures 5 and 6):

@@ -36,7 +36,7 @@ import (
 	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/integration/consul"
 	"github.com/v6reg/v6reg/integration/dockerd"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 // Addresses of the topology. 2001:db8::/32 is the operator's own space

@@ -22,7 +22,7 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/v6reg/v6reg/firewall"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 	"github.com/v6reg/v6reg/policies/policytest"
 )
 

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -27,9 +26,8 @@ import (
 
 	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/integration/consul"
+	"github.com/v6reg/v6reg/internal/golden"
 )
-
-var updateGolden = flag.Bool("update", false, "rewrite the golden files in integration/testdata")
 
 // v6regCLI runs the real binary (as an operator would, outside the node
 // namespace: the API socket is a path, not a network address) and returns
@@ -102,28 +100,6 @@ func (n *normalizer) apply(s string) string {
 		out = append(out, indent+strings.TrimRight(reSpaces.ReplaceAllString(body, " "), " "))
 	}
 	return strings.Join(out, "\n")
-}
-
-// golden compares got with testdata/NAME, or rewrites it under -update.
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *updateGolden {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("golden %s: %v (run with -update to create it)", path, err)
-	}
-	if string(want) != got {
-		t.Errorf("%s differs from the golden file (run with -update if the change is intended)\n--- got:\n%s\n--- want:\n%s", path, got, want)
-	}
 }
 
 // sendDenied sends n HTTP requests that the firewall must drop, and fails
@@ -243,7 +219,7 @@ func TestOpsStatusExplain(t *testing.T) {
 				t.Errorf("status does not show %q:\n%s", want, raw)
 			}
 		}
-		golden(t, "status.golden", n.apply(raw))
+		golden.Check(t, "testdata/status.golden", n.apply(raw))
 	})
 
 	t.Run("status json parses", func(t *testing.T) {
@@ -283,7 +259,7 @@ func TestOpsStatusExplain(t *testing.T) {
 		if byID := v6regCLI(t, e, "explain", web.ID[:12]); reDropped.ReplaceAllString(byID, "") != reDropped.ReplaceAllString(raw, "") {
 			t.Errorf("explain by ID differs from explain by name:\n%s\n---\n%s", byID, raw)
 		}
-		golden(t, "explain-web.golden", n.apply(raw))
+		golden.Check(t, "testdata/explain-web.golden", n.apply(raw))
 	})
 
 	t.Run("explain allowed flow", func(t *testing.T) {
@@ -295,7 +271,7 @@ func TestOpsStatusExplain(t *testing.T) {
 		if !strings.Contains(raw, OfficeAddr.String()+" is in "+OfficePrefix.String()) {
 			t.Errorf("explain does not say which prefix the office address is in:\n%s", raw)
 		}
-		golden(t, "explain-web-allow.golden", n.apply(raw))
+		golden.Check(t, "testdata/explain-web-allow.golden", n.apply(raw))
 	})
 
 	t.Run("explain denied flow with drops", func(t *testing.T) {
@@ -310,7 +286,7 @@ func TestOpsStatusExplain(t *testing.T) {
 		if d, _ := strconv.Atoi(m[1]); d == 0 {
 			t.Errorf("explain shows 0 ingress drops after denied packets were sent:\n%s", raw)
 		}
-		golden(t, "explain-web-deny.golden", n.apply(raw))
+		golden.Check(t, "testdata/explain-web-deny.golden", n.apply(raw))
 
 		var ans agent.ExplainAnswer
 		js := v6regCLI(t, e, "explain", "-format", "json", web.Addr.String(), "from", InternetAddr.String(), "port", "8080/tcp")

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/v6reg/v6reg/integration/keepalive"
+	"github.com/v6reg/v6reg/internal/keepalive"
 )
 
 // pluginClient speaks the protocol to a unix socket, as dockerd does.

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/v6reg/v6reg/internal/golden"
 )
 
 func TestFromNomadMerge(t *testing.T) {
@@ -245,7 +247,7 @@ func TestEvaluateErrorsGolden(t *testing.T) {
 			fmt.Fprintf(&b, "%s\n", e)
 		}
 	}
-	golden(t, "evaluate-errors.golden", b.String())
+	golden.Check(t, "testdata/evaluate-errors.golden", b.String())
 }
 
 func TestEvaluateBoundsAllow(t *testing.T) {

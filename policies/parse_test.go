@@ -1,17 +1,14 @@
 package policies
 
 import (
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
-)
 
-var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
+	"github.com/v6reg/v6reg/internal/golden"
+)
 
 // stripCols zeroes the positions, which are not part of a rule's meaning.
 func stripCols(rules []Rule) []Rule {
@@ -234,24 +231,7 @@ func TestErrorMessagesGolden(t *testing.T) {
 			fmt.Fprintf(&b, "\t%s\n", e.Detail())
 		}
 	}
-	golden(t, "errors.golden", b.String())
-}
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("reading golden file (run with -update to create it): %v", err)
-	}
-	if got != string(want) {
-		t.Errorf("output differs from %s (run with -update if the change is intended):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	golden.Check(t, "testdata/errors.golden", b.String())
 }
 
 // checkRoundTrip asserts that whatever parses prints to a canonical form that

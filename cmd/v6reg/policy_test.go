@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -12,10 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/v6reg/v6reg/internal/golden"
 	"github.com/v6reg/v6reg/policies"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files (policy check, status table)")
 
 // The sample jobs and the expected outputs live with the policies package.
 const (
@@ -110,31 +108,8 @@ func TestPolicyCheck(t *testing.T) {
 				}
 			}
 			got := fmt.Sprintf("exit %d\n--- stdout\n%s--- stderr\n%s", exit, &stdout, &stderr)
-			checkGolden(t, tt.name+".golden", got)
+			golden.Check(t, filepath.Join(goldenDir, tt.name+".golden"), got)
 		})
-	}
-}
-
-func checkGolden(t *testing.T, name, got string) {
-	t.Helper()
-	goldenFile(t, filepath.Join(goldenDir, name), got)
-}
-
-// goldenFile compares got with the file at path, or rewrites it under
-// -update.
-func goldenFile(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("reading golden file (run with -update to create it): %v", err)
-	}
-	if got != string(want) {
-		t.Errorf("output differs from %s (run with -update if intended):\n--- got\n%s\n--- want\n%s", path, got, want)
 	}
 }
 

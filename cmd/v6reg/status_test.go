@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/v6reg/v6reg/agent"
+	"github.com/v6reg/v6reg/internal/golden"
 )
 
 // healthSnapshot is a node as the status API serves it: widest host parts
@@ -69,7 +70,7 @@ func TestPrintStatusHealth(t *testing.T) {
 	if strings.Contains(got, "consul cerebro:9000") {
 		t.Errorf("a passing service got a note:\n%s", got)
 	}
-	goldenFile(t, filepath.Join("testdata", "status-health.golden"), reAgo.ReplaceAllString(got, "reconciled <dur> ago"))
+	golden.Check(t, filepath.Join("testdata", "status-health.golden"), reAgo.ReplaceAllString(got, "reconciled <dur> ago"))
 }
 
 func TestPrintStatusConsulSilent(t *testing.T) {

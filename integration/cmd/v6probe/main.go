@@ -40,7 +40,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/v6reg/v6reg/integration/ethframe"
+	"github.com/v6reg/v6reg/internal/ethframe"
 	"golang.org/x/sys/unix"
 )
 

@@ -6,7 +6,7 @@ import (
 	"net"
 	"sync"
 
-	"github.com/v6reg/v6reg/integration/ethframe"
+	"github.com/v6reg/v6reg/internal/ethframe"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
