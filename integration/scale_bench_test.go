@@ -24,7 +24,7 @@ import (
 	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/integration/consul"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 	"github.com/v6reg/v6reg/policies"
 )
 
