@@ -184,13 +184,15 @@ func build(in buildInput) Desired {
 			NodePorts: in.NodePorts,
 			PeerSets:  map[string][]netip.Prefix{},
 		},
-		Registrations: map[string]Registration{},
+		Registrations: make(map[string]Registration, 2*len(in.Containers)),
 		PeerKeys:      map[PeerKey]bool{},
-		regHashes:     map[string]string{},
-		digests:       map[string]string{},
+		regHashes:     make(map[string]string, 2*len(in.Containers)),
+		digests:       make(map[string]string, len(in.Containers)),
 		peerUsers:     map[PeerKey][]string{},
+		Workloads:     make([]Workload, 0, len(in.Containers)),
 	}
-	seen := map[netip.Addr]string{}
+	d.Firewall.Containers = make([]firewall.Container, 0, len(in.Containers))
+	seen := make(map[netip.Addr]string, 2*len(in.Containers))
 	macOwner := macOwners(in.Containers, in.MACHolders)
 	for _, c := range in.Containers {
 		e := in.Memo.get(c, in)
@@ -246,7 +248,7 @@ func build(in buildInput) Desired {
 // cannot take its place: the one that held it in the last desired state
 // (holders), else the oldest, by creation then ID.
 func macOwners(cs []Container, holders map[string]string) map[string]Container {
-	owner := map[string]Container{}
+	owner := make(map[string]Container, len(cs))
 	for _, c := range cs {
 		if len(c.MAC) == 0 {
 			continue

@@ -218,3 +218,30 @@ func TestResyncCountsDrift(t *testing.T) {
 		t.Errorf("consul drift %v, want 1", d)
 	}
 }
+
+// benchBuild is one incremental pass's pure part at n containers: the
+// build of the desired state with every evaluation memoized but one
+// (the container an event named).
+func benchBuild(b *testing.B, n int) {
+	v := newDockerView()
+	for _, s := range manySummaries(n) {
+		v.put(newContainer(s.ID, s.Names[0], s.Labels, time.Unix(s.Created, 0), s.NetworkSettings.Networks[testNetwork]), "")
+	}
+	memo := newEvalMemo()
+	in := testInput(v.containers()...)
+	in.Memo, in.OperatorRev = memo, 1
+	build(in)
+	evals0 := memo.evals
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c := v.containers()[i%n]
+		c.Labels = map[string]string{"v6reg.ingress": fmt.Sprintf("tcp/%d from @traefik", 1000+i%1000)}
+		v.put(c, "")
+		in.Containers = v.containers()
+		build(in)
+	}
+	b.ReportMetric(float64(memo.evals-evals0)/float64(b.N), "evals/op")
+}
+
+func BenchmarkBuildOneChangedAt1000(b *testing.B)  { benchBuild(b, 1000) }
+func BenchmarkBuildOneChangedAt10000(b *testing.B) { benchBuild(b, 10000) }

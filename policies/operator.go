@@ -8,6 +8,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 	"text/template"
 )
 
@@ -291,6 +292,38 @@ func atNames(names []string) string {
 // compile parses the tag templates and runs them once over sample data, so
 // that a misspelt field fails at config validation, not at container start.
 func (t ServiceTemplates) compile() ([]*template.Template, error) {
+	// Parsing is most of an evaluation's cost (about 1 ms for the
+	// default tags), and the agent evaluates every container with the
+	// same few configurations: compiled templates are kept by their
+	// text. Executing a parsed template concurrently is safe.
+	key := t.Domain + "\x00" + strings.Join(t.Tags, "\x00")
+	compiledMu.Lock()
+	c, ok := compiledTemplates[key]
+	compiledMu.Unlock()
+	if ok {
+		return c.tpls, c.err
+	}
+	tpls, err := t.compileNow()
+	compiledMu.Lock()
+	if len(compiledTemplates) >= 16 { // configurations come and go by SIGHUP: keep the recent few
+		clear(compiledTemplates)
+	}
+	compiledTemplates[key] = compiledTags{tpls, err}
+	compiledMu.Unlock()
+	return tpls, err
+}
+
+type compiledTags struct {
+	tpls []*template.Template
+	err  error
+}
+
+var (
+	compiledMu        sync.Mutex
+	compiledTemplates = map[string]compiledTags{}
+)
+
+func (t ServiceTemplates) compileNow() ([]*template.Template, error) {
 	var errs []error
 	out := make([]*template.Template, 0, len(t.Tags))
 	sample := TagData{Namespace: "default", Job: "p-web", Group: "web", Task: "web", AllocID: "00000000-0000-0000-0000-000000000000",
