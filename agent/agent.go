@@ -27,6 +27,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/internal/backoff"
+
 	"context"
 	"errors"
 	"fmt"
@@ -319,7 +321,7 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	defer resync.Stop()
 	// Capped at 10 s: a failed output (Consul down) is retried at least
 	// that often, so it converges soon after coming back.
-	retry := newBackoff(500*time.Millisecond, 10*time.Second)
+	retry := backoff.New(500*time.Millisecond, 10*time.Second)
 	var retryC <-chan time.Time
 	readyDone := false
 	full := true
@@ -350,12 +352,12 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 			}
 		}
 		if err != nil {
-			d := retry.next()
+			d := retry.Next()
 			a.log.Error("reconcile failed; retrying", "err", err, "retry_in", d)
 			retryC = time.After(d)
 			continue
 		}
-		retry.reset()
+		retry.Reset()
 		retryC = nil
 		full = false
 	}

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/internal/backoff"
+
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -596,7 +598,7 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 	if !ok {
 		return
 	}
-	b := newBackoff(500*time.Millisecond, 30*time.Second)
+	b := backoff.New(500*time.Millisecond, 30*time.Second)
 	var index uint64
 	failing := false
 	for ctx.Err() == nil {
@@ -607,7 +609,7 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 			}
 			failing = true
 			w.onError()
-			d := b.next()
+			d := b.Next()
 			w.log.Warn("consul watch failed; keeping last known peers", "peer", key, "err", err, "retry_in", d)
 			select {
 			case <-ctx.Done():
@@ -616,7 +618,7 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 			}
 			continue
 		}
-		b.reset()
+		b.Reset()
 		if failing {
 			// Consul is back: registrations failed meanwhile may be
 			// missing there (a restarted dev agent has none), so

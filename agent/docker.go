@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/internal/backoff"
+
 	"context"
 
 	"errors"
@@ -168,7 +170,7 @@ type dockerSink interface {
 // without waiting it out).
 func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.Logger, sink dockerSink, onError func(), after func(time.Duration) <-chan time.Time) {
 	since := time.Now()
-	backoff := newBackoff(250*time.Millisecond, 10*time.Second)
+	retry := backoff.New(250*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
 		f := filters.NewArgs(
 			filters.Arg("type", string(events.ContainerEventType)),
@@ -199,7 +201,7 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 					if m.TimeNano > 0 {
 						since = time.Unix(0, m.TimeNano)
 					}
-					backoff.reset()
+					retry.Reset()
 					id := m.Actor.ID
 					if m.Type == events.NetworkEventType {
 						if m.Actor.Attributes["name"] != network {
@@ -226,7 +228,7 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 			return
 		}
 		onError()
-		d := backoff.next()
+		d := retry.Next()
 		log.Warn("docker event stream broke; reconnecting", "err", err, "retry_in", d)
 		select {
 		case <-ctx.Done():
@@ -235,24 +237,3 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 		}
 	}
 }
-
-// backoff is a capped exponential backoff.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func newBackoff(minD, maxD time.Duration) *backoff { return &backoff{min: minD, max: maxD} }
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur *= 2
-		if b.cur > b.max {
-			b.cur = b.max
-		}
-	}
-	return b.cur
-}
-
-func (b *backoff) reset() { b.cur = 0 }

@@ -116,24 +116,6 @@ func TestWatchDockerReconnects(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	b := newBackoff(time.Second, 5*time.Second)
-	var got []time.Duration
-	for range 5 {
-		got = append(got, b.next())
-	}
-	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Fatalf("backoff = %v, want %v", got, want)
-		}
-	}
-	b.reset()
-	if d := b.next(); d != time.Second {
-		t.Errorf("after reset %v", d)
-	}
-}
-
 // funcSink is a dockerSink of functions.
 type funcSink struct {
 	container func(id, reason string)

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/internal/backoff"
+
 	"context"
 	"errors"
 	"fmt"
@@ -194,7 +196,7 @@ func (s *nomadSource) state() (synced bool, lastOK time.Time, err error) {
 // run follows the node's allocation list with blocking queries until ctx
 // is done, calling trigger after every change.
 func (s *nomadSource) run(ctx context.Context, trigger func(string), onError func()) {
-	b := newBackoff(s.retryMin, s.retryMax)
+	b := backoff.New(s.retryMin, s.retryMax)
 	var index uint64
 	for ctx.Err() == nil {
 		if s.nodeID == "" {
@@ -217,7 +219,7 @@ func (s *nomadSource) run(ctx context.Context, trigger func(string), onError fun
 			s.fail(ctx, b, fmt.Errorf("reading allocations of node %s: %w", s.nodeID, err), onError)
 			continue
 		}
-		b.reset()
+		b.Reset()
 		// An index that goes backwards means the servers were restored or
 		// the node changed: start over rather than block forever.
 		if next < index {
@@ -231,13 +233,13 @@ func (s *nomadSource) run(ctx context.Context, trigger func(string), onError fun
 	}
 }
 
-func (s *nomadSource) fail(ctx context.Context, b *backoff, err error, onError func()) {
+func (s *nomadSource) fail(ctx context.Context, b *backoff.Backoff, err error, onError func()) {
 	s.mu.Lock()
 	first := s.err == nil
 	s.err = err
 	s.mu.Unlock()
 	onError()
-	d := b.next()
+	d := b.Next()
 	if first {
 		s.log.Warn("nomad unreachable; keeping the last known allocations", "err", err, "retry_in", d)
 	} else {

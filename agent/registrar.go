@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/internal/backoff"
+
 	"context"
 	"sync"
 	"time"
@@ -77,7 +79,7 @@ func (m *regMailbox) take() (regJob, bool) {
 // retried with backoff (capped at 10 s, like the reconcile loop) unless
 // a newer one arrives first, which then carries the failed one's events.
 func (a *Agent) runRegistrar(ctx context.Context, m *regMailbox) {
-	retry := newBackoff(500*time.Millisecond, 10*time.Second)
+	retry := backoff.New(500*time.Millisecond, 10*time.Second)
 	var failed *regJob
 	var retryC <-chan time.Time
 	for {
@@ -103,12 +105,12 @@ func (a *Agent) runRegistrar(ctx context.Context, m *regMailbox) {
 			}
 			j.list = true // what Consul holds is not known now
 			failed = &j
-			d := retry.next()
+			d := retry.Next()
 			a.log.Error("consul registration failed; retrying", "err", err, "retry_in", d)
 			retryC = time.After(d)
 			continue
 		}
-		retry.reset()
+		retry.Reset()
 	}
 }
 
