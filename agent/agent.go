@@ -429,6 +429,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	}
 	in := a.input(containers)
 	d := build(in)
+	a.holdLimits(&d, in)
 	if a.peers != nil {
 		// Wait only for watches this pass started: a peer whose Consul
 		// stays silent must not add the wait to every later reconcile.
@@ -437,6 +438,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		if started := a.peers.want(ctx, d.PeerKeys); len(started) > 0 {
 			a.waitPeers(ctx, started, a.peerWait)
 			d = build(in) // now with the peers' addresses
+			a.holdLimits(&d, in)
 		}
 	}
 	var errs []error
