@@ -93,6 +93,9 @@ type Options struct {
 	// StateFile persists the last known policies (Nomad's allocations and
 	// Consul's peer sets) across restarts; empty: not persisted.
 	StateFile string
+	// PeerWatch is the peer watches' own Consul client and connection
+	// budget (peerpool.go); zero: Consul and the default budget.
+	PeerWatch PeerWatchOptions
 }
 
 // Bounds on the calls one reconcile makes, so that a source or output that
@@ -172,6 +175,7 @@ func New(o Options) *Agent {
 					o.Metrics.PeerEntriesIgnored.WithLabelValues(r).Set(float64(c))
 				}
 			})
+		a.setupPeerWatches() // peerpool.go
 	}
 	a.snap.Store(&Snapshot{Node: o.Node, Prefix: o.Prefix.String()})
 	return a
