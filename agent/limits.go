@@ -137,7 +137,10 @@ func enforceLimits(d *Desired, in buildInput, prev *Desired) limitReport {
 		}
 		w.Errors = append(w.Errors, cutOutput(e.Error(), maxErrorLen))
 		w.Closed = true
-		w.Reason = fmt.Sprintf("refused by a size limit (%s); the container stays closed until its policy or the node's load changes", limit)
+		// The reason names the limit, its value and the count, so that
+		// explain (which shows the reason) says it all; the hint is in
+		// Errors.
+		w.Reason = "refused by a size limit: " + e.Msg
 		for _, r := range registrationsFor(*w, in) {
 			d.Registrations[r.ID] = r
 		}

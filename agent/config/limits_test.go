@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -47,5 +48,38 @@ func TestLimitsErrorsNameFileLineField(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: error %v, want %q", tc.src, err, tc.want)
 		}
+	}
+}
+
+// The limits block that packaging/v6reg.hcl shows, uncommented, is the
+// defaults: the documented values cannot drift from the code.
+func TestShippedLimitsAreTheDefaults(t *testing.T) {
+	src, err := os.ReadFile("../../packaging/v6reg.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block []string
+	in := false
+	for _, line := range strings.Split(string(src), "\n") {
+		if strings.HasPrefix(line, "# limits {") {
+			in = true
+		}
+		if in {
+			block = append(block, strings.TrimPrefix(strings.TrimPrefix(line, "#"), " "))
+			if line == "# }" {
+				break
+			}
+		}
+	}
+	if len(block) < 8 {
+		t.Fatalf("no commented limits block in packaging/v6reg.hcl: %q", block)
+	}
+	c, err := Parse("v6reg.hcl", []byte("node_prefix = \"fd00:1:2:3:4::/80\"\n"+strings.Join(block, "\n")+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy.Limits != policies.DefaultLimits() || c.Consul.WatchConnections != agent.DefaultWatchConnections {
+		t.Errorf("packaging/v6reg.hcl shows %+v and %d connections; the defaults are %+v and %d",
+			c.Policy.Limits, c.Consul.WatchConnections, policies.DefaultLimits(), agent.DefaultWatchConnections)
 	}
 }
