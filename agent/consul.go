@@ -387,11 +387,11 @@ func peerQueryOf(key string) (peerQuery, bool) {
 }
 
 // prefixes keeps the addresses of the entries that are peers, sorted, and
-// counts the others by reason (nil if none). With max > 0 and more peers
-// than that, it keeps the max registered first (lowest create index, then
+// counts the others by reason (nil if none). With limit > 0 and more peers
+// than that, it keeps the limit registered first (lowest create index, then
 // address: the same choice on every node, and stable while they stay)
 // and returns how many there were; else total is len(list).
-func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, max int) (list []netip.Prefix, ignored map[string]int, total int) {
+func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, limit int) (list []netip.Prefix, ignored map[string]int, total int) {
 	first := map[netip.Addr]uint64{} // address -> lowest create index
 	for _, e := range entries {
 		a, why := peerAddr(idPrefix, q.namespace, q.job, e)
@@ -411,14 +411,14 @@ func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, max
 		addrs = append(addrs, a)
 	}
 	total = len(addrs)
-	if max > 0 && total > max {
+	if limit > 0 && total > limit {
 		sort.Slice(addrs, func(i, j int) bool {
 			if first[addrs[i]] != first[addrs[j]] {
 				return first[addrs[i]] < first[addrs[j]]
 			}
 			return addrs[i].Less(addrs[j])
 		})
-		addrs = addrs[:max]
+		addrs = addrs[:limit]
 	}
 	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
 	list = make([]netip.Prefix, len(addrs))
@@ -633,11 +633,11 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 // key (stopped, or replaced by a newer watch of the same key): the answer
 // is not its to store.
 func (w *peerWatches) store(key string, me *peerWatch, q peerQuery, entries []*consul.ServiceEntry) bool {
-	max := 0
+	limit := 0
 	if w.maxAddrs != nil {
-		max = w.maxAddrs()
+		limit = w.maxAddrs()
 	}
-	list, ignored, total := q.prefixes(w.idPrefix, entries, max)
+	list, ignored, total := q.prefixes(w.idPrefix, entries, limit)
 	w.mu.Lock()
 	old, seen := w.addrs[key]
 	if w.running[key] != me {

@@ -51,7 +51,8 @@ import (
 // room for the agent's other calls and other clients on the node.
 const DefaultWatchConnections = 32
 
-// MinWatchConnections: the catalog query, one worker, one dedicated.
+// MinWatchConnections is the smallest budget: the catalog query, one
+// worker, one dedicated query.
 const MinWatchConnections = 3
 
 // MaxWatchConnections stays under Consul's default per-client limit

@@ -238,4 +238,3 @@ func consulSockets(pid, port int) (int, error) {
 	}
 	return n, nil
 }
-

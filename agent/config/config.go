@@ -140,7 +140,7 @@ func Default() Config {
 			PluginDir:     "/run/docker/plugins",
 		},
 		Consul: Consul{
-			Enabled:  true,
+			Enabled:          true,
 			Address:          "127.0.0.1:8500",
 			IDPrefix:         "v6reg",
 			WatchConnections: agent.DefaultWatchConnections,
