@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -237,4 +238,142 @@ func consulSockets(pid, port int) (int, error) {
 		_ = f.Close()
 	}
 	return n, nil
+}
+
+// TestLimitsNodeRealDockerd: the node limits with a real dockerd and
+// Consul. A container that would push the node over limits.node_elements
+// or limits.node_peer_sets waits, closed and saying so, while the older
+// one keeps working; it opens by itself once room is made. A peer set
+// larger than limits.peer_set_addresses is cut to its oldest
+// registrations.
+func TestLimitsNodeRealDockerd(t *testing.T) {
+	e, ctx := newTestEnv(t, "v6limn-", 6*time.Minute, agentBin)
+	base, err := os.ReadFile(e.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := "\nlimits {\n  container_elements = 300\n  node_elements = 400\n  container_peers = 2\n  node_peer_sets = 2\n  peer_set_addresses = 3\n}\n"
+	if err := os.WriteFile(e.Config, append(base, extra...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.StartAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	serve := "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p [::]:8100 -h /www"
+	// About 215 elements each: 200 ports, the fixed ones, @office.
+	older, err := e.Run(ctx, "older", map[string]string{"v6reg.ingress": "tcp/8000-8199 from @office"}, serve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, e, ctx, older)
+	time.Sleep(1100 * time.Millisecond) // Docker's creation times are whole seconds
+	newer, err := e.Run(ctx, "newer", map[string]string{"v6reg.ingress": "tcp/8000-8199 from @office"}, serve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := func(w Workload) (closed bool, errs string, err error) {
+		s, err := e.Status()
+		if err != nil {
+			return false, "", err
+		}
+		for _, c := range s.Containers {
+			if c.ID == w.ID {
+				return c.Closed, strings.Join(c.Errors, "\n"), nil
+			}
+		}
+		return false, "", fmt.Errorf("%s not in status", w.Name)
+	}
+	waitRefused := func(w Workload, want string) {
+		t.Helper()
+		err := WaitFor(ctx, 20*time.Second, func() error {
+			closed, errs, err := status(w)
+			if err != nil {
+				return err
+			}
+			if !closed || !strings.Contains(errs, want) {
+				return fmt.Errorf("%s: closed %v errors %q", w.Name, closed, errs)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitRefused(newer, "the node is full: this container adds")
+	waitRefused(newer, "the limit is 400 per node (limits.node_elements)")
+	if err := HTTPGet(e.Office, older.Addr, 8100, 3*time.Second); err != nil {
+		t.Errorf("the older container, in force, stopped working: %v", err)
+	}
+	if err := HTTPGet(e.Office, newer.Addr, 8100, 2*time.Second); err == nil {
+		t.Errorf("the newer container, over the node limit, answers the office")
+	}
+	// Room made: the waiting container opens by itself.
+	if err := e.Remove(ctx, older.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, e, ctx, newer)
+	if err := WaitFor(ctx, 10*time.Second, func() error { return HTTPGet(e.Office, newer.Addr, 8100, 2*time.Second) }); err != nil {
+		t.Errorf("the newer container did not open once the older was gone: %v", err)
+	}
+
+	// Peer sets: two in use; a third, new one is refused.
+	p1, err := e.Run(ctx, "p1", map[string]string{"v6reg.egress": "tcp/443 to service:a, service:b"}, "exec sleep 3600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitOpen(t, e, ctx, p1)
+	time.Sleep(1100 * time.Millisecond)
+	p2, err := e.Run(ctx, "p2", map[string]string{"v6reg.egress": "tcp/443 to service:a, service:c"}, "exec sleep 3600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRefused(p2, "names 1 service:/job: peers not yet watched here, the node's containers 2; the limit is 2 per node (limits.node_peer_sets)")
+
+	// Five v6reg registrations of a: the set keeps the 3 registered first.
+	cc, err := consulapi.NewClient(&consulapi.Config{Address: e.Consul.HTTPAddr, HttpClient: e.Node.HTTPClient()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		_, err = cc.Catalog().Register(&consulapi.CatalogRegistration{Node: "n2", Address: "192.0.2.2", Service: &consulapi.AgentService{
+			ID: fmt.Sprintf("v6reg-n2-aaaaaaaaaaa%d-a-443", i), Service: "a", Address: fmt.Sprintf("2001:db8:1:2:3:0:9:%x", 0x20-i), Port: 443,
+			Meta: map[string]string{"v6reg_node": "n2", "v6reg_hash": "0123456789abcdef", "v6reg_container": fmt.Sprintf("aaaaaaaaaaa%d", i),
+				"v6reg_prefix": NodePrefix.String(), "nomad_namespace": "default"}}}, (&consulapi.WriteOptions{}).WithContext(ctx))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	err = WaitFor(ctx, 15*time.Second, func() error {
+		m, err := e.Metrics()
+		if err != nil {
+			return err
+		}
+		if m["v6reg_peer_sets_truncated"] != 1 {
+			return fmt.Errorf("v6reg_peer_sets_truncated = %v", m["v6reg_peer_sets_truncated"])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// In the kernel: the first three registered (::1e to ::20, one range
+	// in set lists), not the later ones with lower addresses.
+	err = WaitFor(ctx, 10*time.Second, func() error {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", e.Node.Name, "nft", "list", "set", "inet", "v6reg", "lists").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("nft: %w: %s", err, out)
+		}
+		if !strings.Contains(string(out), "2001:db8:1:2:3:0:9:1e-2001:db8:1:2:3:0:9:20") {
+			return fmt.Errorf("set lists lacks the range ::1e-::20 (the first 3 registered):\n%s", out)
+		}
+		for _, a := range []string{"2001:db8:1:2:3:0:9:1d", "2001:db8:1:2:3:0:9:1c"} {
+			if strings.Contains(string(out), a) {
+				return fmt.Errorf("set lists holds %s, registered after the first 3 (limits.peer_set_addresses = 3):\n%s", a, out)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
