@@ -272,6 +272,8 @@ type peerWatches struct {
 	maxAddrs func() int
 	// onBounds reports the watches by mode and the sets cut.
 	onBounds func(dedicated, shared, truncated int)
+	// open reports the connections the watch client holds (nil: unknown).
+	open func() int64
 
 	mu      sync.Mutex
 	running map[string]*peerWatch
@@ -531,7 +533,7 @@ func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) []PeerKey
 		}
 		w.running[k] = &peerWatch{backoff: newBackoff(500*time.Millisecond, 30*time.Second)}
 		shared = append(shared, k)
-		w.enqueue(k)
+		w.enqueueAt(k, true)
 	}
 	if len(shared) > 0 && !w.sharedOn {
 		w.sharedOn = true

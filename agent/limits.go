@@ -264,6 +264,11 @@ func (a *Agent) holdLimits(d *Desired, in buildInput) {
 		m.LimitRefusals.WithLabelValues(l).Set(float64(rep.Refused[l]))
 	}
 	m.FirewallElements.Set(float64(rep.Elements))
+	if a.peers != nil && a.peers.open != nil {
+		// Sampled at each reconcile; the bound itself is the watch
+		// transport's MaxConnsPerHost.
+		m.WatchConnections.Set(float64(a.peers.open()))
+	}
 	for _, w := range d.Workloads {
 		if w.Closed && strings.HasPrefix(w.Reason, "refused by a size limit") {
 			a.log.Debug("container refused by a size limit", "container", w.Container.ShortID(), "job", w.Job, "alloc", w.Container.AllocID, "errors", w.Errors)

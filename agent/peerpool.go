@@ -188,23 +188,25 @@ func (a *Agent) setupPeerWatches() {
 		m.PeerWatches.WithLabelValues("shared").Set(float64(shared))
 		m.PeerSetsTruncated.Set(float64(truncated))
 	}
-	if o.Open != nil {
-		go func() {
-			// Sampled, not exact; the bound itself is MaxConnsPerHost.
-			for range time.Tick(time.Second) {
-				m.WatchConnections.Set(float64(o.Open()))
-			}
-		}()
-	}
+	a.peers.open = o.Open
 }
 
 // enqueue queues a shared key for a refresh, once. Called with w.mu held.
-func (w *peerWatches) enqueue(key string) {
+func (w *peerWatches) enqueue(key string) { w.enqueueAt(key, false) }
+
+// enqueueAt queues key at the back, or at the front: a key just
+// referenced is waited for by a reconcile (waitPeers), so it does not
+// wait behind a whole refresh round. Called with w.mu held.
+func (w *peerWatches) enqueueAt(key string, front bool) {
 	if w.queued[key] {
 		return
 	}
 	w.queued[key] = true
-	w.queue = append(w.queue, key)
+	if front {
+		w.queue = append([]string{key}, w.queue...)
+	} else {
+		w.queue = append(w.queue, key)
+	}
 	select {
 	case w.wake <- struct{}{}:
 	default:
