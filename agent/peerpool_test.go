@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +27,7 @@ type poolConsul struct {
 	inFlight int
 	maxIn    int
 	calls    int
+	fail     error // every query fails with it while set
 }
 
 func newPoolConsul() *poolConsul {
@@ -56,6 +59,9 @@ func (p *poolConsul) HealthService(ctx context.Context, service, _ string, waitI
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.fail != nil {
+		return nil, 0, p.fail
+	}
 	return p.entries[service], p.index, nil
 }
 
@@ -65,6 +71,9 @@ func (p *poolConsul) CatalogIndex(ctx context.Context, waitIndex uint64) (uint64
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.fail != nil {
+		return 0, p.fail
+	}
 	return p.index, nil
 }
 
@@ -215,5 +224,46 @@ func TestPeerSetTruncatedToOldest(t *testing.T) {
 	full, _, total := q.prefixes("v6reg", p.entries["db"], 0)
 	if len(full) != 102 || total != 102 {
 		t.Fatalf("uncut = %d of %d", len(full), total)
+	}
+}
+
+// A shared key keeps its persisted set while Consul fails, and takes
+// Consul's answer, with a reconcile, once it is back.
+func TestSharedPeerKeepsSeedWhileConsulFails(t *testing.T) {
+	p := newPoolConsul()
+	p.fail = errors.New("connection refused")
+	var trigMu sync.Mutex
+	var triggers []string
+	w := newPeerWatches(p, "v6reg", slog.New(slog.NewTextHandler(io.Discard, nil)),
+		func(r string) { trigMu.Lock(); triggers = append(triggers, r); trigMu.Unlock() }, func() {}, nil)
+	w.dedicatedMax, w.workers = 1, 1 // s0 dedicated, s1 shared
+	seed := []netip.Prefix{netip.MustParsePrefix("2001:db8:0:2:2::1/128")}
+	w.seedKnown(map[PeerKey][]netip.Prefix{"service:default/s1": seed})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	w.want(ctx, map[PeerKey]bool{"service:default/s0": true, "service:default/s1": true})
+	time.Sleep(300 * time.Millisecond)
+	if got, ok := w.get("service:default/s1"); !ok || !prefixesEqual(got, seed) {
+		t.Fatalf("while Consul fails: %v %v, want the persisted set", got, ok)
+	}
+	p.mu.Lock()
+	p.fail = nil
+	p.mu.Unlock()
+	p.register("s1", "2001:db8:0:2:2::2")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, _ := w.get("service:default/s1")
+		if len(got) == 1 && got[0].Addr() == netip.MustParseAddr("2001:db8:0:2:2::2") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Consul's answer never replaced the persisted set: %v", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	trigMu.Lock()
+	defer trigMu.Unlock()
+	if !slices.Contains(triggers, "consul: peer service:default/s1 changed") {
+		t.Errorf("triggers = %v", triggers)
 	}
 }
