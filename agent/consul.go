@@ -11,6 +11,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -677,14 +678,4 @@ func (w *peerWatches) store(key string, me *peerWatch, q peerQuery, entries []*c
 	return true
 }
 
-func prefixesEqual(a, b []netip.Prefix) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
+func prefixesEqual(a, b []netip.Prefix) bool { return slices.Equal(a, b) }
