@@ -129,6 +129,9 @@ type Options struct {
 	// for, with when the event arrived (benchmarks; the histograms
 	// v6reg_event_to_*_seconds say the same to operators).
 	Observe func(output, containerID string, eventAt time.Time)
+	// PeerWatch is the peer watches' own Consul client and connection
+	// budget (peerpool.go); zero: Consul and the default budget.
+	PeerWatch PeerWatchOptions
 }
 
 // Outputs, as Options.Observe names them.
@@ -233,6 +236,7 @@ func New(o Options) *Agent {
 					o.Metrics.PeerEntriesIgnored.WithLabelValues(r).Set(float64(c))
 				}
 			})
+		a.setupPeerWatches() // peerpool.go
 	}
 	a.snap.Store(&Snapshot{Node: o.Node, Prefix: o.Prefix.String()})
 	return a
@@ -575,6 +579,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	a.memo.forget(keep)
 	in := a.input(containers)
 	d := build(in)
+	a.holdLimits(&d, in)
 	if a.peers != nil {
 		// Wait only for watches this pass started: a peer whose Consul
 		// stays silent must not add the wait to every later reconcile.
@@ -583,7 +588,8 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		// evaluates nothing again: only the peer sets are looked up.
 		if started := a.peers.want(ctx, d.PeerKeys); len(started) > 0 {
 			a.waitPeers(ctx, started, a.peerWait)
-			d = build(in)
+			d = build(in) // now with the peers' addresses
+			a.holdLimits(&d, in)
 		}
 	}
 	var errs []error

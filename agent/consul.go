@@ -362,8 +362,13 @@ func (r *consulRegistrar) each(ctx context.Context, ids []string, f func(id stri
 	return errs
 }
 
-// peerWatches follows, by blocking query, the instances of every
-// service:NAME and job:NAME peer that a local policy uses, and only those.
+// peerWatches follows the instances of every service:NAME and job:NAME
+// peer that a local policy uses, and only those, with a bounded number of
+// connections to Consul however many peers there are (see peerpool.go):
+// up to dedicatedMax keys get a blocking query each; the others are
+// "shared": one blocking query on the catalog's service index says when
+// anything in the catalog changed, and a few workers refresh the shared
+// keys with non-blocking queries, each key queued at most once.
 type peerWatches struct {
 	api ConsulAPI
 	// idPrefix is the service ID prefix of v6reg's registrations: only
@@ -376,6 +381,17 @@ type peerWatches struct {
 	// are ignored across all watches, by reason.
 	onIgnored func(map[string]int)
 
+	// Bounds (peerpool.go): keys with a blocking query of their own, and
+	// workers refreshing the shared ones. One more connection holds the
+	// catalog index query.
+	dedicatedMax, workers int
+	// maxAddrs is limits.peer_set_addresses (nil or 0: no cut).
+	maxAddrs func() int
+	// onBounds reports the watches by mode and the sets cut.
+	onBounds func(dedicated, shared, truncated int)
+	// open reports the connections the watch client holds (nil: unknown).
+	open func() int64
+
 	mu      sync.Mutex
 	running map[string]*peerWatch
 	addrs   map[string][]netip.Prefix // by peer key; absent until first answer
@@ -387,6 +403,17 @@ type peerWatches struct {
 	// ignored counts, per peer key and reason, the entries of the last
 	// answer that are not v6reg's registrations.
 	ignored map[string]map[string]int
+	// truncated holds, per key cut to maxAddrs, how many peers it had.
+	truncated map[string]int
+	// shared keys waiting for a refresh, in order, each at most once.
+	queue  []string
+	queued map[string]bool
+	wake   chan struct{}
+	// sharedOn is set once the catalog watch and the workers run.
+	sharedOn bool
+	// sharedFailing: the last shared refresh failed (to say when Consul
+	// is back).
+	sharedFailing bool
 }
 
 // seedKnown starts the watches with the sets persisted by the last run.
@@ -415,8 +442,11 @@ func (w *peerWatches) known() (map[PeerKey][]netip.Prefix, uint64) {
 }
 
 func newPeerWatches(api ConsulAPI, idPrefix string, log *slog.Logger, trigger func(string), onError func(), onIgnored func(map[string]int)) *peerWatches {
+	dedicated, workers := peerWatchSplit(DefaultWatchConnections)
 	return &peerWatches{api: api, idPrefix: idPrefix, log: log, trigger: trigger, onError: onError, onIgnored: onIgnored,
-		running: map[string]*peerWatch{}, addrs: map[string][]netip.Prefix{}, ignored: map[string]map[string]int{}}
+		dedicatedMax: dedicated, workers: workers,
+		running: map[string]*peerWatch{}, addrs: map[string][]netip.Prefix{}, ignored: map[string]map[string]int{},
+		truncated: map[string]int{}, queued: map[string]bool{}, wake: make(chan struct{}, peerWatchWorkers)}
 }
 
 // Reasons a catalog entry is not a peer, as the ignored-entries metric
@@ -476,10 +506,12 @@ func peerQueryOf(key string) (peerQuery, bool) {
 }
 
 // prefixes keeps the addresses of the entries that are peers, sorted, and
-// counts the others by reason (nil if none).
-func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry) ([]netip.Prefix, map[string]int) {
-	set := map[netip.Prefix]bool{}
-	var ignored map[string]int
+// counts the others by reason (nil if none). With limit > 0 and more peers
+// than that, it keeps the limit registered first (lowest create index, then
+// address: the same choice on every node, and stable while they stay)
+// and returns how many there were; else total is len(list).
+func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, limit int) (list []netip.Prefix, ignored map[string]int, total int) {
+	first := map[netip.Addr]uint64{} // address -> lowest create index
 	for _, e := range entries {
 		a, why := peerAddr(idPrefix, q.namespace, q.job, e)
 		if why != "" {
@@ -489,14 +521,30 @@ func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry) ([]
 			ignored[why]++
 			continue
 		}
-		set[netip.PrefixFrom(a, 128)] = true
+		if ci, ok := first[a]; !ok || e.Service.CreateIndex < ci {
+			first[a] = e.Service.CreateIndex
+		}
 	}
-	list := make([]netip.Prefix, 0, len(set))
-	for p := range set {
-		list = append(list, p)
+	addrs := make([]netip.Addr, 0, len(first))
+	for a := range first {
+		addrs = append(addrs, a)
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].Addr().Less(list[j].Addr()) })
-	return list, ignored
+	total = len(addrs)
+	if limit > 0 && total > limit {
+		sort.Slice(addrs, func(i, j int) bool {
+			if first[addrs[i]] != first[addrs[j]] {
+				return first[addrs[i]] < first[addrs[j]]
+			}
+			return addrs[i].Less(addrs[j])
+		})
+		addrs = addrs[:limit]
+	}
+	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
+	list = make([]netip.Prefix, len(addrs))
+	for i, a := range addrs {
+		list[i] = netip.PrefixFrom(a, 128)
+	}
+	return list, ignored, total
 }
 
 // ResolvePeer answers, once, what a peer key (service:NAMESPACE/NAME or
@@ -511,7 +559,7 @@ func ResolvePeer(ctx context.Context, api ConsulAPI, idPrefix string, key PeerKe
 	if err != nil {
 		return nil, nil, fmt.Errorf("consul query for %s: %w", key, err)
 	}
-	list, ignored := q.prefixes(idPrefix, entries)
+	list, ignored, _ := q.prefixes(idPrefix, entries, 0)
 	return list, ignored, nil
 }
 
@@ -543,15 +591,21 @@ func (w *peerWatches) setIgnored(key string, counts map[string]int) {
 type PeerKey string
 
 // want starts watches for keys not yet followed and stops the others. It
-// returns the keys it started.
+// returns the keys it started. New keys get a blocking query of their own
+// while fewer than dedicatedMax run (in key order, so the choice is
+// stable), the rest are shared; a dedicated slot freed goes to a shared
+// key.
 func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) []PeerKey {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for k, pw := range w.running {
 		if !keys[PeerKey(k)] {
-			pw.cancel()
+			if pw.cancel != nil {
+				pw.cancel()
+			}
 			delete(w.running, k)
 			delete(w.addrs, k)
+			delete(w.truncated, k)
 			w.setIgnored(k, nil)
 			w.gen++
 		}
@@ -562,18 +616,71 @@ func (w *peerWatches) want(ctx context.Context, keys map[PeerKey]bool) []PeerKey
 			w.gen++
 		}
 	}
+	dedicated := 0
+	var shared []string
+	for k, pw := range w.running {
+		if pw.cancel != nil {
+			dedicated++
+		} else {
+			shared = append(shared, k)
+		}
+	}
+	// Promote shared keys into free dedicated slots.
+	sort.Strings(shared)
+	for len(shared) > 0 && dedicated < w.dedicatedMax {
+		k := shared[0]
+		shared = shared[1:]
+		w.startDedicated(ctx, k)
+		dedicated++
+	}
 	var started []PeerKey
+	var fresh []string
 	for k := range keys {
-		if _, ok := w.running[string(k)]; ok {
+		if _, ok := w.running[string(k)]; !ok {
+			fresh = append(fresh, string(k))
+		}
+	}
+	sort.Strings(fresh)
+	for _, k := range fresh {
+		started = append(started, PeerKey(k))
+		if dedicated < w.dedicatedMax {
+			w.startDedicated(ctx, k)
+			dedicated++
 			continue
 		}
-		cctx, cancel := context.WithCancel(ctx)
-		pw := &peerWatch{cancel: cancel}
-		w.running[string(k)] = pw
-		started = append(started, k)
-		go w.follow(cctx, string(k), pw)
+		w.running[k] = &peerWatch{backoff: backoff.New(500*time.Millisecond, 30*time.Second)}
+		shared = append(shared, k)
+		w.enqueueAt(k, true)
 	}
+	if len(shared) > 0 && !w.sharedOn {
+		w.sharedOn = true
+		w.startShared(ctx)
+	}
+	w.reportBounds()
 	return started
+}
+
+// startDedicated runs a blocking query for key. Called with w.mu held.
+func (w *peerWatches) startDedicated(ctx context.Context, key string) {
+	cctx, cancel := context.WithCancel(ctx)
+	pw := &peerWatch{cancel: cancel}
+	w.running[key] = pw
+	go w.follow(cctx, key, pw)
+}
+
+// reportBounds reports the watches by mode and the sets cut. Called with
+// w.mu held.
+func (w *peerWatches) reportBounds() {
+	if w.onBounds == nil {
+		return
+	}
+	dedicated := 0
+	for _, pw := range w.running {
+		if pw.cancel != nil {
+			dedicated++
+		}
+	}
+	w.onBounds(dedicated, len(w.running)-dedicated, len(w.truncated))
 }
 
 // get returns the addresses of a peer and whether they are known: Consul
@@ -590,8 +697,12 @@ func (w *peerWatches) get(k PeerKey) ([]netip.Prefix, bool) {
 }
 
 // peerWatch is one running watch; its identity tells a stopped watch from
-// a newer one of the same key.
-type peerWatch struct{ cancel context.CancelFunc }
+// a newer one of the same key. A dedicated watch has cancel; a shared one
+// has the backoff of its retries.
+type peerWatch struct {
+	cancel  context.CancelFunc
+	backoff *backoff.Backoff
+}
 
 func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 	q, ok := peerQueryOf(key)
@@ -630,44 +741,57 @@ func (w *peerWatches) follow(ctx context.Context, key string, me *peerWatch) {
 			next = 0
 		}
 		index = next
-		list, ignored := q.prefixes(w.idPrefix, entries)
-		w.mu.Lock()
-		old, seen := w.addrs[key]
-		if w.running[key] != me {
-			// Stopped (maybe replaced by a newer watch of the same key)
-			// while Consul answered: this answer is not ours to store.
-			w.mu.Unlock()
+		if !w.store(key, me, q, entries) {
 			return
-		}
-		w.addrs[key] = list
-		if !maps.Equal(ignored, w.ignored[key]) {
-			w.log.Warn("consul: entries ignored for peer; only v6reg's own registrations are peers", "peer", key, "ignored", ignored)
-		}
-		w.setIgnored(key, ignored)
-		seed, seeded := w.seed[key]
-		delete(w.seed, key)
-		changed := !seen || !prefixesEqual(old, list)
-		if changed {
-			w.gen++
-		}
-		w.mu.Unlock()
-		if seeded && !seen && prefixesEqual(seed, list) {
-			changed = false // the set in force already
-		}
-		if changed {
-			w.trigger("consul: peer " + key + " changed")
 		}
 	}
 }
 
-func prefixesEqual(a, b []netip.Prefix) bool {
-	if len(a) != len(b) {
+// store records an answer for key from watch me, and triggers a
+// reconcile if the set changed. It returns false if me no longer watches
+// key (stopped, or replaced by a newer watch of the same key): the answer
+// is not its to store.
+func (w *peerWatches) store(key string, me *peerWatch, q peerQuery, entries []*consul.ServiceEntry) bool {
+	limit := 0
+	if w.maxAddrs != nil {
+		limit = w.maxAddrs()
+	}
+	list, ignored, total := q.prefixes(w.idPrefix, entries, limit)
+	w.mu.Lock()
+	old, seen := w.addrs[key]
+	if w.running[key] != me {
+		w.mu.Unlock()
 		return false
 	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
+	w.addrs[key] = list
+	if !maps.Equal(ignored, w.ignored[key]) {
+		w.log.Warn("consul: entries ignored for peer; only v6reg's own registrations are peers", "peer", key, "ignored", ignored)
+	}
+	w.setIgnored(key, ignored)
+	if total > len(list) {
+		if w.truncated[key] != total {
+			w.log.Warn("consul: peer set truncated to limits.peer_set_addresses; the registrations that came first are kept",
+				"peer", key, "registrations", total, "kept", len(list))
 		}
+		w.truncated[key] = total
+	} else {
+		delete(w.truncated, key)
+	}
+	w.reportBounds()
+	seed, seeded := w.seed[key]
+	delete(w.seed, key)
+	changed := !seen || !prefixesEqual(old, list)
+	if changed {
+		w.gen++
+	}
+	w.mu.Unlock()
+	if seeded && !seen && prefixesEqual(seed, list) {
+		changed = false // the set in force already
+	}
+	if changed {
+		w.trigger("consul: peer " + key + " changed")
 	}
 	return true
 }
+
+func prefixesEqual(a, b []netip.Prefix) bool { return slices.Equal(a, b) }

@@ -32,6 +32,13 @@ type Metrics struct {
 	BridgeNetfilterRestored prometheus.Counter
 	// PeerEntriesIgnored: see peerAddr.
 	PeerEntriesIgnored *prometheus.GaugeVec
+	// LimitRefusals, FirewallElements, PeerSetsTruncated: see limits.go;
+	// PeerWatches, WatchConnections: see peerpool.go.
+	LimitRefusals     *prometheus.GaugeVec
+	FirewallElements  prometheus.Gauge
+	PeerSetsTruncated prometheus.Gauge
+	PeerWatches       *prometheus.GaugeVec
+	WatchConnections  prometheus.Gauge
 }
 
 // NewMetrics registers every metric on a new registry.
@@ -69,6 +76,24 @@ func NewMetrics() *Metrics {
 		PeerEntriesIgnored: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_peer_entries_ignored",
 			Help: "Consul catalog entries under a service: or job: peer in use that are not peers: reason=foreign (not a v6reg registration), outside_prefix (an address outside its node's prefix), namespace (another namespace's or job's)."},
 			[]string{"reason"}),
+		LimitRefusals: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_limit_refusals",
+			Help: "Containers closed by a size limit: limit=container_elements, container_peers (their policy is over a per-container limit), node_elements, node_peer_sets (the node is full)."},
+			[]string{"limit"}),
+		FirewallElements: prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_firewall_elements",
+			Help: "Set and map elements the desired table holds for containers and their peer lists (what limits.node_elements bounds)."}),
+		PeerSetsTruncated: prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_peer_sets_truncated",
+			Help: "Consul-backed peer sets in use that have more peers than limits.peer_set_addresses and were cut to the oldest registrations."}),
+		PeerWatches: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "v6reg_peer_watches",
+			Help: "Consul-backed peer sets watched: mode=dedicated (a blocking query each), shared (refreshed when the catalog changes)."},
+			[]string{"mode"}),
+		WatchConnections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_consul_watch_connections",
+			Help: "TCP connections the peer watches hold open to Consul (at most consul.watch_connections)."}),
+	}
+	for _, l := range LimitNames {
+		m.LimitRefusals.WithLabelValues(l)
+	}
+	for _, mode := range []string{"dedicated", "shared"} {
+		m.PeerWatches.WithLabelValues(mode)
 	}
 	for _, r := range IgnoredReasons {
 		m.PeerEntriesIgnored.WithLabelValues(r)
@@ -81,6 +106,7 @@ func NewMetrics() *Metrics {
 	}
 	m.Registry.MustRegister(m.Containers, m.Closed, m.PolicyErrors, m.Leases, m.HeldDown, m.Registrations, m.FirewallRules,
 		m.ReconcileSeconds, m.EventToApplied, m.EventToFirewall, m.EventToConsul, m.ResyncDrift, m.Errors, m.Drops, m.SpoofDrops, m.BridgeNetfilterOK, m.BridgeNetfilterRestored, m.PeerEntriesIgnored,
+		m.LimitRefusals, m.FirewallElements, m.PeerSetsTruncated, m.PeerWatches, m.WatchConnections,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -114,6 +114,22 @@ namespace "*" {
   # tiers = ["d", "t"]
 }
 
+# Size limits: no job can blow up the node's table, its reconcile or its
+# Consul connections for the other tenants (see policies/README.md, "Size
+# limits"). A container over a per-container limit is refused like a bad
+# policy (closed, the error in `v6reg status` and its Consul check); over a
+# node limit, the containers already running keep their place and the new
+# one waits, closed, naming the limit. The policy limits apply on SIGHUP;
+# consul_watch_connections needs a restart.
+# limits {
+#   container_elements       = 4096    # firewall elements of one container (a tcp/udp port = 1 per direction)
+#   container_peers          = 32      # distinct service:/job: peers one container names
+#   node_elements            = 100000  # firewall elements of the whole node
+#   node_peer_sets           = 512     # distinct service:/job: peers of the whole node
+#   peer_set_addresses       = 2048    # addresses taken from one service:/job: set (the oldest registrations)
+#   consul_watch_connections = 32      # connections the peer watches hold to Consul (3..150; Consul allows 200)
+# }
+
 services {
   domain = "cloud.example"
   # Tags for every v6reg_services entry: Go templates over .Job .Group .Task

@@ -31,6 +31,9 @@ type Operator struct {
 	// bounds (not listed and no "*") may declare no rules at all.
 	Namespaces map[string]Bounds
 	Services   ServiceTemplates
+	// Limits bound the firewall elements and Consul-backed peers of one
+	// container and of the node (see limits.go).
+	Limits Limits
 	// LabelsNamespace is the namespace of containers started without
 	// Nomad (policy from labels); empty means "default". Their
 	// v6reg.namespace label may name another only if LabelsChooseNamespace:
@@ -140,6 +143,7 @@ func DefaultOperator() Operator {
 				Prefixes:      []netip.Prefix{GlobalUnicast, netip.MustParsePrefix("fc00::/7")},
 			},
 		},
+		Limits: DefaultLimits(),
 		Services: ServiceTemplates{
 			Domain: "cloud.example",
 			Tags: []string{
@@ -209,6 +213,7 @@ func (o Operator) Validate() error {
 		checkPrefixes(fmt.Sprintf("peers %q", name), o.Peers[name])
 	}
 	checkPrefixes("internal", o.Internal)
+	errs = append(errs, o.Limits.Validate()...)
 	if o.LabelsNamespace != "" && !ValidNamespace(o.LabelsNamespace) {
 		add("docker: labels_namespace: %q is not a namespace name; use letters, digits and '-'", o.LabelsNamespace)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
+	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/policies"
 )
@@ -89,6 +90,9 @@ type Consul struct {
 	KeyFile    string
 	IDPrefix   string // prefix of every service ID v6reg owns
 	Datacenter string
+	// WatchConnections bounds the connections the peer watches hold to
+	// Consul (limits.consul_watch_connections).
+	WatchConnections int
 }
 
 // Nomad configures the read of this node's allocations.
@@ -136,9 +140,10 @@ func Default() Config {
 			PluginDir:     "/run/docker/plugins",
 		},
 		Consul: Consul{
-			Enabled:  true,
-			Address:  "127.0.0.1:8500",
-			IDPrefix: "v6reg",
+			Enabled:          true,
+			Address:          "127.0.0.1:8500",
+			IDPrefix:         "v6reg",
+			WatchConnections: agent.DefaultWatchConnections,
 		},
 		Nomad: Nomad{
 			Enabled: false,
@@ -191,6 +196,19 @@ type raw struct {
 	Peers            []rawPeer   `hcl:"peer,block"`
 	Namespaces       []rawNS     `hcl:"namespace,block"`
 	Services         *rawService `hcl:"services,block"`
+	Limits           *rawLimits  `hcl:"limits,block"`
+}
+
+// rawLimits is the limits block: policies.Limits and the peer watches'
+// connection budget. Numbers are read as strings (HCL converts) so that a
+// bad one is reported with its field.
+type rawLimits struct {
+	ContainerElements      *string `hcl:"container_elements"`
+	ContainerPeers         *string `hcl:"container_peers"`
+	NodeElements           *string `hcl:"node_elements"`
+	NodePeerSets           *string `hcl:"node_peer_sets"`
+	PeerSetAddresses       *string `hcl:"peer_set_addresses"`
+	ConsulWatchConnections *string `hcl:"consul_watch_connections"`
 }
 
 type rawDocker struct {
@@ -549,6 +567,41 @@ func (c *Config) parse(filename string, src []byte) error {
 		}
 		if s.Tiers != nil {
 			c.Policy.Services.Tiers = *s.Tiers
+		}
+	}
+	if l := r.Limits; l != nil {
+		for _, f := range []struct {
+			name     string
+			v        *string
+			dst      *int
+			min, max int
+			fix      string
+		}{
+			{"container_elements", l.ContainerElements, &c.Policy.Limits.ContainerElements, 1, 10_000_000, "e.g. 4096: the firewall elements one container's policy may compile to"},
+			{"container_peers", l.ContainerPeers, &c.Policy.Limits.ContainerPeers, 1, 10_000_000, "e.g. 32: the service:/job: peers one container may name"},
+			{"node_elements", l.NodeElements, &c.Policy.Limits.NodeElements, 1, 10_000_000, "e.g. 100000: the firewall elements of the whole node"},
+			{"node_peer_sets", l.NodePeerSets, &c.Policy.Limits.NodePeerSets, 1, 10_000_000, "e.g. 512: the service:/job: peers of the whole node"},
+			{"peer_set_addresses", l.PeerSetAddresses, &c.Policy.Limits.PeerSetAddresses, 1, 10_000_000, "e.g. 2048: the addresses taken from one service:/job: peer"},
+			{"consul_watch_connections", l.ConsulWatchConnections, &c.Consul.WatchConnections, agent.MinWatchConnections, agent.MaxWatchConnections,
+				fmt.Sprintf("use %d to %d (default %d): Consul refuses a client more than 200 connections", agent.MinWatchConnections, agent.MaxWatchConnections, agent.DefaultWatchConnections)},
+		} {
+			if f.v == nil {
+				continue
+			}
+			fix := f.fix
+			if !strings.HasPrefix(fix, "use ") {
+				fix = fmt.Sprintf("use %d to %d, %s", f.min, f.max, fix)
+			}
+			n, err := strconv.Atoi(strings.TrimSpace(*f.v))
+			if err != nil {
+				fail(p.at("limits", f.name), "limits."+f.name, fmt.Sprintf("%q is not a whole number", *f.v), fix)
+				continue
+			}
+			if n < f.min || n > f.max {
+				fail(p.at("limits", f.name), "limits."+f.name, fmt.Sprintf("%d is out of range", n), fix)
+				continue
+			}
+			*f.dst = n
 		}
 	}
 	c.pos = p

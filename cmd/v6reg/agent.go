@@ -291,6 +291,12 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 		}
 		if cc != nil {
 			opts.Consul = agent.ConsulClient{C: cc}
+			// The peer watches' own client: pooled, capped at the budget.
+			wc, open, err := agent.NewConsulWatchClient(cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.CAFile, cfg.Consul.CertFile, cfg.Consul.KeyFile, cfg.Consul.Datacenter, cfg.Consul.WatchConnections)
+			if err != nil {
+				return err
+			}
+			opts.PeerWatch = agent.PeerWatchOptions{API: agent.ConsulClient{C: wc}, Connections: cfg.Consul.WatchConnections, Open: open}
 		}
 	}
 	a := agent.New(opts)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/nomad/api"
 
+	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/policies"
 )
 
@@ -298,6 +299,9 @@ func checkJob(job *api.Job, namespace string, op policies.Operator) checkReport 
 			}
 			meta := policies.FromNomad(job.Meta, tg.Meta, task.Meta)
 			pol, errs := policies.Evaluate(meta, policies.Context{Namespace: namespace, Job: name, Group: deref(tg.Name), Task: task.Name}, op)
+			// The per-container limits, as the agent holds them (with
+			// service:/job: peers counted empty: their size is the node's).
+			errs = append(errs, agent.ContainerLimitErrors(pol, namespace, op, deref(tg.Name), task.Name)...)
 			for _, e := range errs {
 				text := e.Error()
 				if seen[text] {

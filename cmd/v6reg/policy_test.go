@@ -35,6 +35,13 @@ func restrictedOperator(string) (policies.Operator, error) {
 	return op, nil
 }
 
+// limitsOperator stands in for a config file with a limits block.
+func limitsOperator(string) (policies.Operator, error) {
+	op := policies.DefaultOperator()
+	op.Limits = policies.Limits{ContainerElements: 50, ContainerPeers: 1, NodeElements: 1000, NodePeerSets: 10, PeerSetAddresses: 10}
+	return op, nil
+}
+
 func TestPolicyCheck(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -65,6 +72,9 @@ func TestPolicyCheck(t *testing.T) {
 				op.Services.Tags = []string{"{{.Nope}}"}
 				return op, nil
 			}, wantExit: 2},
+		{name: "limits-default", args: []string{"check", jobsDir + "/limits.json"}, wantExit: 1},
+		{name: "limits-config", args: []string{"check", "-config", "v6reg.hcl", jobsDir + "/limits.json"}, config: limitsOperator, wantExit: 1},
+		{name: "limits-config-json", args: []string{"check", "-format", "json", "-config", "v6reg.hcl", jobsDir + "/limits.json"}, config: limitsOperator, wantExit: 1},
 		{name: "broken-json", args: []string{"check", jobsDir + "/broken.json"}, wantExit: 2},
 		{name: "wrong-type", args: []string{"check", jobsDir + "/wrong-type.json"}, wantExit: 2},
 		{name: "hcl", args: []string{"check", jobsDir + "/job.nomad.hcl"}, wantExit: 2},

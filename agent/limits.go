@@ -1,0 +1,278 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/v6reg/v6reg/firewall"
+	"github.com/v6reg/v6reg/policies"
+)
+
+// Size limits (policies.Limits), held after build: build says what each
+// policy asks for, enforceLimits decides what the node can hold. It runs
+// on the desired state, not inside build, so a limit sees the firewall
+// exactly as it will be compiled (firewall.CountElements) and the peer
+// sets as Consul answered them.
+//
+// Per container: a policy naming more distinct service:/job: peers than
+// limits.container_peers, or compiling to more elements than
+// limits.container_elements, is refused like any bad policy: the
+// container is closed, Errors say which limit, its value, the count and
+// what to do, and its Consul registrations carry the critical check.
+// Its peers are not watched: refusing happens before the watches start.
+//
+// Per node: containers are admitted in a stable order (those open in the
+// last applied desired state first, then by creation time, then ID) while
+// the node's elements (peer lists counted once) and distinct peer sets
+// stay within limits.node_elements and limits.node_peer_sets; the rest
+// are closed, naming the node limit. So a new container can never push
+// out one that is in force. A closed container keeps its base elements
+// (address, counters, bindings): they are what keeps it closed, and they
+// count towards the node's total.
+
+// Limit names, as the refusal metric labels them.
+const (
+	limitContainerElements = "container_elements"
+	limitContainerPeers    = "container_peers"
+	limitNodeElements      = "node_elements"
+	limitNodePeerSets      = "node_peer_sets"
+)
+
+// LimitNames are the label values of v6reg_limit_refusals.
+var LimitNames = []string{limitContainerElements, limitContainerPeers, limitNodeElements, limitNodePeerSets}
+
+// limitReport is what enforceLimits did, for metrics and status.
+type limitReport struct {
+	Refused  map[string]int // containers closed, by limit
+	Elements int            // the node's elements after enforcing
+	PeerSets int            // distinct Consul-backed peer sets in use
+}
+
+// isConsulPeer says whether a firewall peer name is a Consul-backed set
+// (its name is its PeerKey).
+func isConsulPeer(name string) bool {
+	return strings.HasPrefix(name, "service:") || strings.HasPrefix(name, "job:")
+}
+
+// consulPeersOf lists the distinct Consul-backed peers of a container's rules, sorted.
+func consulPeersOf(c firewall.Container) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, rs := range [][]firewall.Rule{c.Ingress, c.Egress} {
+		for _, r := range rs {
+			if isConsulPeer(r.Peer) && !seen[r.Peer] {
+				seen[r.Peer] = true
+				out = append(out, r.Peer)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ContainerLimitErrors checks one container's policy against the
+// per-container limits, as the agent does, for `v6reg policy check`.
+// Consul-backed peers count as empty sets there (their size is only
+// known on a node), so the element count is a lower bound.
+func ContainerLimitErrors(pol policies.Policy, namespace string, op policies.Operator, group, task string) []*policies.Error {
+	lim := op.Limits.OrDefault()
+	sets, keys := map[string][]netip.Prefix{}, map[PeerKey]bool{}
+	// A stand-in container with both families, as on a node with IPv4 egress.
+	fc := firewall.Container{ID: "policy-check", Addr: netip.MustParseAddr("2001:db8::1"), Addr4: netip.MustParseAddr("172.30.0.2"),
+		MAC: []byte{2, 0, 0, 0, 0, 1}, Port: 1}
+	fc.Ingress = firewallRules(pol.Ingress, namespace, sets, keys)
+	fc.Egress = firewallRules(pol.Egress, namespace, sets, keys)
+	var errs []*policies.Error
+	if e := containerLimitError(fc, lim, func(n string) []netip.Prefix { return sets[n] }, true); e != nil {
+		e.Group, e.Task = group, task
+		errs = append(errs, e)
+	}
+	return errs
+}
+
+// containerLimitError is the per-container limit fc breaks, if any: too
+// many Consul-backed peers first (its sets are then never fetched), else
+// too many elements.
+func containerLimitError(fc firewall.Container, lim policies.Limits, sets func(string) []netip.Prefix, atLeast bool) *policies.Error {
+	if n := len(consulPeersOf(fc)); n > lim.ContainerPeers {
+		return lim.ContainerPeersError(n)
+	}
+	if n := firewall.CountElements(fc, sets).Total(); n > lim.ContainerElements {
+		return lim.ContainerElementsError(n, atLeast)
+	}
+	return nil
+}
+
+// enforceLimits closes the workloads of d that break a limit, strips their
+// rules and gives them the critical registrations of a refused policy,
+// and drops the peer sets and peer keys no open container names any more
+// (so a refused policy starts no watch). prev is the desired state last
+// applied (nil at start): the containers open there are admitted first.
+func enforceLimits(d *Desired, in buildInput, prev *Desired) limitReport {
+	lim := in.Operator.Limits.OrDefault()
+	rep := limitReport{Refused: map[string]int{}}
+	sets := func(n string) []netip.Prefix { return d.Firewall.PeerSets[n] }
+	wl := make(map[string]int, len(d.Workloads)) // container ID -> index in d.Workloads
+	for i, w := range d.Workloads {
+		wl[w.Container.ID] = i
+	}
+	refuse := func(fc *firewall.Container, limit string, e *policies.Error) {
+		rep.Refused[limit]++
+		fc.Ingress, fc.Egress = nil, nil
+		i, ok := wl[fc.ID]
+		if !ok {
+			return
+		}
+		delete(d.digests, fc.ID)
+		w := &d.Workloads[i]
+		for _, r := range registrationsFor(*w, in) {
+			delete(d.Registrations, r.ID)
+			delete(d.regHashes, r.ID) // the registrar hashes what replaces it
+		}
+		if w.Source == "labels" {
+			e.Level = policies.LevelLabel
+		} else {
+			e.Level, e.Job, e.Group, e.Task = policies.LevelTask, w.Job, w.Group, w.Task
+		}
+		w.Errors = append(w.Errors, cutOutput(e.Error(), maxErrorLen))
+		w.Closed = true
+		// The reason names the limit, its value and the count, so that
+		// explain (which shows the reason) says it all; the hint is in
+		// Errors.
+		w.Reason = "refused by a size limit: " + e.Msg
+		for _, r := range registrationsFor(*w, in) {
+			d.Registrations[r.ID] = r
+		}
+	}
+
+	// Per container.
+	for i := range d.Firewall.Containers {
+		fc := &d.Firewall.Containers[i]
+		if len(fc.Ingress)+len(fc.Egress) == 0 {
+			continue
+		}
+		if e := containerLimitError(*fc, lim, sets, false); e != nil {
+			limit := limitContainerElements
+			if strings.Contains(e.Msg, policies.FieldContainerPeers) {
+				limit = limitContainerPeers
+			}
+			refuse(fc, limit, e)
+		}
+	}
+
+	// Per node, in a stable order.
+	wasOpen := map[string]bool{}
+	if prev != nil {
+		for _, w := range prev.Workloads {
+			if !w.Closed {
+				wasOpen[w.Container.ID] = true
+			}
+		}
+	}
+	order := make([]int, len(d.Firewall.Containers))
+	created := map[string]int64{}
+	for i := range order {
+		order[i] = i
+		if j, ok := wl[d.Firewall.Containers[i].ID]; ok {
+			created[d.Firewall.Containers[i].ID] = d.Workloads[j].Container.Created.UnixNano()
+		}
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		x, y := d.Firewall.Containers[order[a]].ID, d.Firewall.Containers[order[b]].ID
+		if wasOpen[x] != wasOpen[y] {
+			return wasOpen[x]
+		}
+		if created[x] != created[y] {
+			return created[x] < created[y]
+		}
+		return x < y
+	})
+	lists := map[string]bool{}
+	keys := map[string]bool{}
+	for _, i := range order {
+		fc := &d.Firewall.Containers[i]
+		n := firewall.CountElements(*fc, sets)
+		cost := n.Own
+		for k, v := range n.Lists {
+			if !lists[k] {
+				cost += v
+			}
+		}
+		var newKeys []string
+		for _, k := range consulPeersOf(*fc) {
+			if !keys[k] {
+				newKeys = append(newKeys, k)
+			}
+		}
+		switch {
+		case len(fc.Ingress)+len(fc.Egress) == 0:
+		case rep.Elements+cost > lim.NodeElements:
+			refuse(fc, limitNodeElements, &policies.Error{
+				Msg: fmt.Sprintf("the node is full: this container adds %d firewall elements to the node's %d; the limit is %d per node (%s)",
+					cost, rep.Elements, lim.NodeElements, policies.FieldNodeElements),
+				Hint: "the containers already running keep their place; run it on another node, or ask the operator to raise " + policies.FieldNodeElements,
+			})
+		case len(keys)+len(newKeys) > lim.NodePeerSets:
+			refuse(fc, limitNodePeerSets, &policies.Error{
+				Msg: fmt.Sprintf("the node is full: this container names %d service:/job: peers not yet watched here, the node's containers %d; the limit is %d per node (%s)",
+					len(newKeys), len(keys), lim.NodePeerSets, policies.FieldNodePeerSets),
+				Hint: "the containers already running keep their place; run it on another node, or ask the operator to raise " + policies.FieldNodePeerSets,
+			})
+		default:
+			rep.Elements += cost
+			for k := range n.Lists {
+				lists[k] = true
+			}
+			for _, k := range newKeys {
+				keys[k] = true
+			}
+			continue
+		}
+		rep.Elements += firewall.CountElements(*fc, sets).Own // refused or closed: its base elements
+	}
+
+	// Only what open containers name stays: peer sets and watches.
+	named := map[string]bool{}
+	for _, fc := range d.Firewall.Containers {
+		for _, rs := range [][]firewall.Rule{fc.Ingress, fc.Egress} {
+			for _, r := range rs {
+				named[r.Peer] = true
+			}
+		}
+	}
+	for name := range d.Firewall.PeerSets {
+		if !named[name] {
+			delete(d.Firewall.PeerSets, name)
+		}
+	}
+	for k := range d.PeerKeys {
+		if !named[string(k)] {
+			delete(d.PeerKeys, k)
+		}
+	}
+	rep.PeerSets = len(d.PeerKeys)
+	return rep
+}
+
+// holdLimits enforces the limits on d (see enforceLimits) against the
+// last applied desired state and reports them in the metrics.
+func (a *Agent) holdLimits(d *Desired, in buildInput) {
+	rep := enforceLimits(d, in, a.lastDesired.Load())
+	m := a.o.Metrics
+	for _, l := range LimitNames {
+		m.LimitRefusals.WithLabelValues(l).Set(float64(rep.Refused[l]))
+	}
+	m.FirewallElements.Set(float64(rep.Elements))
+	if a.peers != nil && a.peers.open != nil {
+		// Sampled at each reconcile; the bound itself is the watch
+		// transport's MaxConnsPerHost.
+		m.WatchConnections.Set(float64(a.peers.open()))
+	}
+	for _, w := range d.Workloads {
+		if w.Closed && strings.HasPrefix(w.Reason, "refused by a size limit") {
+			a.log.Debug("container refused by a size limit", "container", w.Container.ShortID(), "job", w.Job, "alloc", w.Container.AllocID, "errors", w.Errors)
+		}
+	}
+}

@@ -1,0 +1,269 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	consul "github.com/hashicorp/consul/api"
+)
+
+// poolConsul is a catalog with one index, blocking queries that wait for
+// it to move, and a count of queries in flight (each one a connection
+// in the real client).
+type poolConsul struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	index    uint64
+	entries  map[string][]*consul.ServiceEntry // by service name
+	inFlight int
+	maxIn    int
+	calls    int
+	fail     error // every query fails with it while set
+}
+
+func newPoolConsul() *poolConsul {
+	p := &poolConsul{index: 1, entries: map[string][]*consul.ServiceEntry{}}
+	p.cond = sync.NewCond(&p.mu)
+	return p
+}
+
+// wait blocks until the index passes waitIndex or ctx ends, counting the
+// query in flight meanwhile.
+func (p *poolConsul) wait(ctx context.Context, waitIndex uint64) error {
+	p.mu.Lock()
+	p.inFlight++
+	p.calls++
+	p.maxIn = max(p.maxIn, p.inFlight)
+	stop := context.AfterFunc(ctx, func() { p.mu.Lock(); p.cond.Broadcast(); p.mu.Unlock() })
+	defer stop()
+	for waitIndex != 0 && p.index <= waitIndex && ctx.Err() == nil {
+		p.cond.Wait()
+	}
+	p.inFlight--
+	p.mu.Unlock()
+	return ctx.Err()
+}
+
+func (p *poolConsul) HealthService(ctx context.Context, service, _ string, waitIndex uint64) ([]*consul.ServiceEntry, uint64, error) {
+	if err := p.wait(ctx, waitIndex); err != nil {
+		return nil, 0, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fail != nil {
+		return nil, 0, p.fail
+	}
+	return p.entries[service], p.index, nil
+}
+
+func (p *poolConsul) CatalogIndex(ctx context.Context, waitIndex uint64) (uint64, error) {
+	if err := p.wait(ctx, waitIndex); err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fail != nil {
+		return 0, p.fail
+	}
+	return p.index, nil
+}
+
+func (p *poolConsul) Services(context.Context) (map[string]*consul.AgentService, error) {
+	return nil, nil
+}
+func (p *poolConsul) Register(context.Context, *consul.AgentServiceRegistration) error { return nil }
+func (p *poolConsul) Deregister(context.Context, string) error                         { return nil }
+func (p *poolConsul) Checks(context.Context) (map[string]*consul.AgentCheck, error)    { return nil, nil }
+
+// register adds a v6reg registration of service at addr (node n2's
+// prefix), created at the next index.
+func (p *poolConsul) register(service, addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.index++
+	p.entries[service] = append(p.entries[service], &consul.ServiceEntry{Service: &consul.AgentService{
+		ID: fmt.Sprintf("v6reg-n2-%012d-%s-0", p.index, service), Service: service, Address: addr, CreateIndex: p.index,
+		Meta: map[string]string{metaOwner: "n2", metaContainer: "c", metaPrefix: "2001:db8:0:2:2::/80", metaNamespace: "default"},
+	}})
+	p.cond.Broadcast()
+}
+
+func (p *poolConsul) stats() (inFlight, maxIn, calls int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.inFlight, p.maxIn, p.calls
+}
+
+func TestPeerWatchSplit(t *testing.T) {
+	for _, tc := range []struct{ conns, dedicated, workers int }{
+		{32, 27, 4}, {3, 1, 1}, {8, 6, 1}, {16, 12, 3}, {150, 145, 4}, {0, 1, 1},
+	} {
+		d, w := peerWatchSplit(tc.conns)
+		if d != tc.dedicated || w != tc.workers || (tc.conns >= MinWatchConnections && d+w+1 != tc.conns) {
+			t.Errorf("split(%d) = %d dedicated %d workers, want %d %d", tc.conns, d, w, tc.dedicated, tc.workers)
+		}
+	}
+}
+
+// 300 keys on a budget of 16 queries: never more in flight, every key
+// answered, and a change to a key without a query of its own reaches
+// its set and triggers a reconcile.
+func TestPeerWatchesBoundedQueries(t *testing.T) {
+	const budget, keys = 16, 300
+	p := newPoolConsul()
+	var trigMu sync.Mutex
+	var triggers []string
+	w := newPeerWatches(p, "v6reg", slog.New(slog.NewTextHandler(io.Discard, nil)),
+		func(r string) { trigMu.Lock(); triggers = append(triggers, r); trigMu.Unlock() }, func() {}, nil)
+	w.dedicatedMax, w.workers = peerWatchSplit(budget)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	want := map[PeerKey]bool{}
+	for i := range keys {
+		want[PeerKey(fmt.Sprintf("service:default/s%03d", i))] = true
+	}
+	started := w.want(ctx, want)
+	if len(started) != keys {
+		t.Fatalf("started %d keys", len(started))
+	}
+	waitAll := func(cond func() bool, what string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitAll(func() bool {
+		for k := range want {
+			if _, ok := w.get(k); !ok {
+				return false
+			}
+		}
+		return true
+	}, "every key's first answer")
+	// s299 is last in key order: shared.
+	last := PeerKey("service:default/s299")
+	if pw := w.running[string(last)]; pw == nil || pw.cancel != nil {
+		t.Fatalf("%s should be shared", last)
+	}
+	p.register("s299", "2001:db8:0:2:2::99")
+	waitAll(func() bool { a, _ := w.get(last); return len(a) == 1 }, "the change to a shared key")
+	trigMu.Lock()
+	found := false
+	for _, r := range triggers {
+		found = found || r == "consul: peer "+string(last)+" changed"
+	}
+	trigMu.Unlock()
+	if !found {
+		t.Errorf("no trigger for %s", last)
+	}
+	// And a dedicated one.
+	p.register("s000", "2001:db8:0:2:2::10")
+	waitAll(func() bool { a, _ := w.get("service:default/s000"); return len(a) == 1 }, "the change to a dedicated key")
+	// Churn: many changes while the queue drains.
+	for i := range 50 {
+		p.register(fmt.Sprintf("s%03d", 100+i), "2001:db8:0:2:2::5")
+	}
+	waitAll(func() bool { a, _ := w.get("service:default/s149"); return len(a) == 1 }, "churn")
+	_, maxIn, calls := p.stats()
+	t.Logf("%d keys, budget %d: at most %d queries in flight, %d queries in all", keys, budget, maxIn, calls)
+	if maxIn > budget {
+		t.Fatalf("%d queries in flight at once, budget %d", maxIn, budget)
+	}
+	// Dropping keys frees dedicated slots for shared ones.
+	less := map[PeerKey]bool{}
+	for k := range want {
+		if !strings.HasPrefix(string(k), "service:default/s00") {
+			less[k] = true
+		}
+	}
+	w.want(ctx, less)
+	w.mu.Lock()
+	dedicated := 0
+	for _, pw := range w.running {
+		if pw.cancel != nil {
+			dedicated++
+		}
+	}
+	n := len(w.running)
+	w.mu.Unlock()
+	if n != keys-10 || dedicated != w.dedicatedMax {
+		t.Errorf("after dropping 10 keys: %d running, %d dedicated; want %d, %d", n, dedicated, keys-10, w.dedicatedMax)
+	}
+	if a, ok := w.get(last); !ok || len(a) != 1 {
+		t.Errorf("a shared key lost its set: %v %v", a, ok)
+	}
+}
+
+// A set over limits.peer_set_addresses keeps the registrations that came
+// first, whatever their addresses: a flood cannot displace them.
+func TestPeerSetTruncatedToOldest(t *testing.T) {
+	p := newPoolConsul()
+	p.register("db", "2001:db8:0:2:2::ff") // first
+	p.register("db", "2001:db8:0:2:2::fe") // second
+	for i := range 100 {                   // a flood of lower addresses
+		p.register("db", fmt.Sprintf("2001:db8:0:2:2::%x", i+1))
+	}
+	q, _ := peerQueryOf("service:default/db")
+	list, _, total := q.prefixes("v6reg", p.entries["db"], 2)
+	if total != 102 || len(list) != 2 || list[0].Addr() != netip.MustParseAddr("2001:db8:0:2:2::fe") || list[1].Addr() != netip.MustParseAddr("2001:db8:0:2:2::ff") {
+		t.Fatalf("cut = %v of %d, want ::fe and ::ff of 102", list, total)
+	}
+	full, _, total := q.prefixes("v6reg", p.entries["db"], 0)
+	if len(full) != 102 || total != 102 {
+		t.Fatalf("uncut = %d of %d", len(full), total)
+	}
+}
+
+// A shared key keeps its persisted set while Consul fails, and takes
+// Consul's answer, with a reconcile, once it is back.
+func TestSharedPeerKeepsSeedWhileConsulFails(t *testing.T) {
+	p := newPoolConsul()
+	p.fail = errors.New("connection refused")
+	var trigMu sync.Mutex
+	var triggers []string
+	w := newPeerWatches(p, "v6reg", slog.New(slog.NewTextHandler(io.Discard, nil)),
+		func(r string) { trigMu.Lock(); triggers = append(triggers, r); trigMu.Unlock() }, func() {}, nil)
+	w.dedicatedMax, w.workers = 1, 1 // s0 dedicated, s1 shared
+	seed := []netip.Prefix{netip.MustParsePrefix("2001:db8:0:2:2::1/128")}
+	w.seedKnown(map[PeerKey][]netip.Prefix{"service:default/s1": seed})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	w.want(ctx, map[PeerKey]bool{"service:default/s0": true, "service:default/s1": true})
+	time.Sleep(300 * time.Millisecond)
+	if got, ok := w.get("service:default/s1"); !ok || !prefixesEqual(got, seed) {
+		t.Fatalf("while Consul fails: %v %v, want the persisted set", got, ok)
+	}
+	p.mu.Lock()
+	p.fail = nil
+	p.mu.Unlock()
+	p.register("s1", "2001:db8:0:2:2::2")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, _ := w.get("service:default/s1")
+		if len(got) == 1 && got[0].Addr() == netip.MustParseAddr("2001:db8:0:2:2::2") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Consul's answer never replaced the persisted set: %v", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	trigMu.Lock()
+	defer trigMu.Unlock()
+	if !slices.Contains(triggers, "consul: peer service:default/s1 changed") {
+		t.Errorf("triggers = %v", triggers)
+	}
+}
