@@ -166,8 +166,9 @@ type Agent struct {
 
 	// view and memo are the reconcile loop's: Docker's containers as
 	// events left them, and each one's evaluated policy.
-	view *dockerView
-	memo *evalMemo
+	view     *dockerView
+	memo     *evalMemo
+	elements *firewall.ElementCounter
 
 	// regWork, while Run runs, hands the registrations to the registrar
 	// goroutine (nil: reconcile applies them itself); consulErr is the
@@ -221,7 +222,7 @@ func New(o Options) *Agent {
 		}, func() float64 { return float64(r.Restores()) }))
 	}
 	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator, opRev: 1, peerWait: 5 * time.Second,
-		view: newDockerView(), memo: newEvalMemo()}
+		view: newDockerView(), memo: newEvalMemo(), elements: firewall.NewElementCounter()}
 	if o.Ports != nil && o.Firewall != nil {
 		a.ports = newPortCache(o.Docker, o.Ports, o.Network, o.Log.With("source", "docker"))
 	}
@@ -507,7 +508,7 @@ func (a *Agent) input(containers []Container) buildInput {
 	a.opMu.RUnlock()
 	in := buildInput{
 		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, Bridge: a.o.Bridge, NodePorts: a.o.NodePorts,
-		Operator: op, OperatorRev: opRev, Memo: a.memo, Containers: containers, Nomad: a.nomad != nil,
+		Operator: op, OperatorRev: opRev, Memo: a.memo, Elements: a.elements, Containers: containers, Nomad: a.nomad != nil,
 		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
 		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
 	}

@@ -76,6 +76,9 @@ type buildInput struct {
 	// (see evalMemo); OperatorRev names the version of Operator in it.
 	Memo        *evalMemo
 	OperatorRev uint64
+	// Elements, if not nil, counts firewall elements for the size limits
+	// across passes (see enforceLimits).
+	Elements *firewall.ElementCounter
 }
 
 // evaluated is what one container's policy gives, on its own: everything

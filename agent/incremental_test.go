@@ -9,6 +9,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/v6reg/v6reg/firewall"
 )
 
 // manySummaries are n labelled containers with a typical policy.
@@ -245,3 +246,21 @@ func benchBuild(b *testing.B, n int) {
 
 func BenchmarkBuildOneChangedAt1000(b *testing.B)  { benchBuild(b, 1000) }
 func BenchmarkBuildOneChangedAt10000(b *testing.B) { benchBuild(b, 10000) }
+
+// BenchmarkLimitsAt1000 is what holding the size limits adds to a pass.
+func BenchmarkLimitsAt1000(b *testing.B) {
+	v := newDockerView()
+	for _, s := range manySummaries(1000) {
+		v.put(newContainer(s.ID, s.Names[0], s.Labels, time.Unix(s.Created, 0), s.NetworkSettings.Networks[testNetwork]), "")
+	}
+	in := testInput(v.containers()...)
+	in.Memo, in.OperatorRev, in.Elements = newEvalMemo(), 1, firewall.NewElementCounter()
+	prev := build(in)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		d := build(in)
+		b.StartTimer()
+		enforceLimits(&d, in, &prev)
+	}
+}

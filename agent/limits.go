@@ -85,7 +85,10 @@ func ContainerLimitErrors(pol policies.Policy, namespace string, op policies.Ope
 	fc.Ingress = firewallRules(pol.Ingress, namespace, sets, keys)
 	fc.Egress = firewallRules(pol.Egress, namespace, sets, keys)
 	var errs []*policies.Error
-	if e := containerLimitError(fc, lim, func(n string) []netip.Prefix { return sets[n] }, true); e != nil {
+	count := func(c firewall.Container) firewall.ElementCount {
+		return firewall.CountElements(c, func(n string) []netip.Prefix { return sets[n] })
+	}
+	if e := containerLimitError(fc, lim, count, true); e != nil {
 		e.Group, e.Task = group, task
 		errs = append(errs, e)
 	}
@@ -95,11 +98,11 @@ func ContainerLimitErrors(pol policies.Policy, namespace string, op policies.Ope
 // containerLimitError is the per-container limit fc breaks, if any: too
 // many Consul-backed peers first (its sets are then never fetched), else
 // too many elements.
-func containerLimitError(fc firewall.Container, lim policies.Limits, sets func(string) []netip.Prefix, atLeast bool) *policies.Error {
+func containerLimitError(fc firewall.Container, lim policies.Limits, count func(firewall.Container) firewall.ElementCount, atLeast bool) *policies.Error {
 	if n := len(consulPeersOf(fc)); n > lim.ContainerPeers {
 		return lim.ContainerPeersError(n)
 	}
-	if n := firewall.CountElements(fc, sets).Total(); n > lim.ContainerElements {
+	if n := count(fc).Total(); n > lim.ContainerElements {
 		return lim.ContainerElementsError(n, atLeast)
 	}
 	return nil
@@ -114,6 +117,14 @@ func enforceLimits(d *Desired, in buildInput, prev *Desired) limitReport {
 	lim := in.Operator.Limits.OrDefault()
 	rep := limitReport{Refused: map[string]int{}}
 	sets := func(n string) []netip.Prefix { return d.Firewall.PeerSets[n] }
+	// Counted by compiling each container; the counter keeps the
+	// compilations of unchanged containers from pass to pass.
+	counter := in.Elements
+	if counter == nil {
+		counter = firewall.NewElementCounter()
+	}
+	counter.StartPass()
+	count := func(c firewall.Container) firewall.ElementCount { return counter.Count(c, sets) }
 	wl := make(map[string]int, len(d.Workloads)) // container ID -> index in d.Workloads
 	for i, w := range d.Workloads {
 		wl[w.Container.ID] = i
@@ -153,7 +164,7 @@ func enforceLimits(d *Desired, in buildInput, prev *Desired) limitReport {
 		if len(fc.Ingress)+len(fc.Egress) == 0 {
 			continue
 		}
-		if e := containerLimitError(*fc, lim, sets, false); e != nil {
+		if e := containerLimitError(*fc, lim, count, false); e != nil {
 			limit := limitContainerElements
 			if strings.Contains(e.Msg, policies.FieldContainerPeers) {
 				limit = limitContainerPeers
@@ -193,7 +204,7 @@ func enforceLimits(d *Desired, in buildInput, prev *Desired) limitReport {
 	keys := map[string]bool{}
 	for _, i := range order {
 		fc := &d.Firewall.Containers[i]
-		n := firewall.CountElements(*fc, sets)
+		n := count(*fc)
 		cost := n.Own
 		for k, v := range n.Lists {
 			if !lists[k] {
@@ -230,7 +241,7 @@ func enforceLimits(d *Desired, in buildInput, prev *Desired) limitReport {
 			}
 			continue
 		}
-		rep.Elements += firewall.CountElements(*fc, sets).Own // refused or closed: its base elements
+		rep.Elements += count(*fc).Own // refused or closed: its base elements
 	}
 
 	// Only what open containers name stays: peer sets and watches.

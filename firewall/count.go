@@ -42,3 +42,56 @@ func CountElements(c Container, peerSets func(name string) []netip.Prefix) Eleme
 	}
 	return out
 }
+
+// ElementCounter counts like CountElements for a node's containers pass
+// after pass: it keeps each container's compilation (by ID, until the
+// container changes), so counting an unchanged container again costs a
+// comparison instead of a compile, and it counts each peer list once per
+// pass (StartPass) however many containers name it. Not safe for
+// concurrent use.
+type ElementCounter struct {
+	cp    *compiler
+	byID  map[string]*compiled
+	seen  map[string]bool
+	lists map[string]int // this pass's list counts, by identity
+}
+
+// NewElementCounter is an empty counter.
+func NewElementCounter() *ElementCounter {
+	return &ElementCounter{cp: newCompiler(), byID: map[string]*compiled{}, seen: map[string]bool{}, lists: map[string]int{}}
+}
+
+// StartPass starts counting a new state: peer sets may have changed since
+// the last pass, and the containers not counted in the last pass are
+// forgotten.
+func (ec *ElementCounter) StartPass() {
+	for id := range ec.byID {
+		if !ec.seen[id] {
+			delete(ec.byID, id)
+		}
+	}
+	clear(ec.seen)
+	clear(ec.lists)
+}
+
+// Count is CountElements(c, peerSets), with peerSets the same for every
+// call of a pass.
+func (ec *ElementCounter) Count(c Container, peerSets func(name string) []netip.Prefix) ElementCount {
+	comp, ok := ec.byID[c.ID]
+	if !ok || !sameContainer(&comp.c, &c) {
+		comp = ec.cp.container(c)
+		ec.byID[c.ID] = comp
+	}
+	ec.seen[c.ID] = true
+	out := ElementCount{Own: len(comp.elems), Lists: make(map[string]int, len(comp.lists))}
+	for _, pl := range comp.lists {
+		id := strings.Join(pl.peers, "\x00")
+		n, ok := ec.lists[id]
+		if !ok {
+			n = len(listElems(pl, peerSets))
+			ec.lists[id] = n
+		}
+		out.Lists[id] = n
+	}
+	return out
+}

@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"maps"
 	"net/netip"
 	"testing"
 )
@@ -40,4 +41,28 @@ func TestCountElementsMatchesCompiledTable(t *testing.T) {
 	if n.Own != 3+100 || n.Total() != 3+100+2 {
 		t.Fatalf("100 ports from any: own %d total %d, want 103 and 105 (addresses, counters; ::/0 and 0.0.0.0/0)", n.Own, n.Total())
 	}
+}
+
+// TestElementCounterCountsAsCountElements: pass after pass, with
+// containers and peer sets changing in between, the counter gives what
+// CountElements gives.
+func TestElementCounterCountsAsCountElements(t *testing.T) {
+	s := bigStateOf(50, boundContainer)
+	ec := NewElementCounter()
+	check := func(pass string) {
+		t.Helper()
+		ec.StartPass()
+		sets := func(n string) []netip.Prefix { return s.PeerSets[n] }
+		for _, c := range s.Containers {
+			got, want := ec.Count(c, sets), CountElements(c, sets)
+			if got.Own != want.Own || !maps.Equal(got.Lists, want.Lists) {
+				t.Fatalf("%s: container %s counted %+v, want %+v", pass, c.ID, got, want)
+			}
+		}
+	}
+	check("first")
+	check("unchanged")
+	s.Containers[3].Egress = append(s.Containers[3].Egress, Rule{Peer: "@mon", Proto: UDP, Ports: ports(161, 162)})
+	s.PeerSets["@traefik"] = append(s.PeerSets["@traefik"], pfx("2001:db8:c::/64"), pfx("10.9.0.0/16"))
+	check("a container and a peer set changed")
 }
