@@ -28,6 +28,7 @@ package agent
 
 import (
 	"github.com/v6reg/v6reg/internal/backoff"
+	"github.com/v6reg/v6reg/nomad"
 
 	"context"
 	"errors"
@@ -102,7 +103,7 @@ type Options struct {
 	Log            *slog.Logger
 
 	Docker   DockerAPI
-	Nomad    NomadAPI
+	Nomad    nomad.API
 	NomadID  string // this node's Nomad ID; empty asks the local agent
 	Consul   ConsulAPI
 	Firewall Firewall
@@ -151,7 +152,7 @@ var (
 type Agent struct {
 	o     Options
 	log   *slog.Logger
-	nomad *nomadSource
+	nomad *nomad.Source
 	reg   *consulRegistrar
 	peers *peerWatches
 	ports *portCache // nil without Options.Ports
@@ -227,7 +228,7 @@ func New(o Options) *Agent {
 		a.ports = newPortCache(o.Docker, o.Ports, o.Network, o.Log.With("source", "docker"))
 	}
 	if o.Nomad != nil {
-		a.nomad = newNomadSource(o.Nomad, o.NomadID, o.Log.With("source", "nomad"))
+		a.nomad = nomad.NewSource(o.Nomad, o.NomadID, o.Log.With("source", "nomad"))
 	}
 	if o.Consul != nil {
 		a.reg = &consulRegistrar{api: o.Consul, prefix: o.IDPrefix, node: o.Node, log: o.Log}
@@ -316,7 +317,7 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.nomad.run(ctx, a.Trigger, func() { a.o.Metrics.Errors.WithLabelValues("nomad").Inc() })
+			a.nomad.Run(ctx, a.Trigger, func() { a.o.Metrics.Errors.WithLabelValues("nomad").Inc() })
 		}()
 		if !seeded {
 			a.waitNomad(ctx, 15*time.Second)
@@ -412,7 +413,7 @@ func (a *Agent) loadKnown() bool {
 	}
 	seeded := false
 	if a.nomad != nil && k.Nomad {
-		a.nomad.seed(k.Allocs, k.NomadIndex, k.NomadAt)
+		a.nomad.Seed(k.Allocs, k.NomadIndex, k.NomadAt)
 		seeded = true
 	}
 	if a.peers != nil {
@@ -432,7 +433,7 @@ func (a *Agent) saveKnown() {
 	var k knownState
 	var ngen, pgen uint64
 	if a.nomad != nil {
-		k.Allocs, k.NomadIndex, k.NomadAt, k.Nomad, ngen = a.nomad.known()
+		k.Allocs, k.NomadIndex, k.NomadAt, k.Nomad, ngen = a.nomad.Known()
 	}
 	if a.peers != nil {
 		k.Peers, pgen = a.peers.known()
@@ -456,7 +457,7 @@ func (a *Agent) saveKnown() {
 func (a *Agent) waitNomad(ctx context.Context, limit time.Duration) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if synced, _, _ := a.nomad.state(); synced {
+		if synced, _, _ := a.nomad.State(); synced {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -509,11 +510,11 @@ func (a *Agent) input(containers []Container) buildInput {
 	in := buildInput{
 		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, Bridge: a.o.Bridge, NodePorts: a.o.NodePorts,
 		Operator: op, OperatorRev: opRev, Memo: a.memo, Elements: a.elements, Containers: containers, Nomad: a.nomad != nil,
-		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
+		Lookup: func(string) (nomad.Alloc, bool) { return nomad.Alloc{}, false },
 		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
 	}
 	if a.nomad != nil {
-		in.Lookup = a.nomad.lookup
+		in.Lookup = a.nomad.Lookup
 	}
 	if last := a.lastDesired.Load(); last != nil {
 		in.MACHolders = last.MACHolders()

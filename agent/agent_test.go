@@ -12,9 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/internal/testwait"
+
+	"github.com/v6reg/v6reg/nomad"
+
 	"github.com/docker/docker/api/types/events"
 	consul "github.com/hashicorp/consul/api"
-	nomad "github.com/hashicorp/nomad/api"
+	napi "github.com/hashicorp/nomad/api"
 
 	"github.com/v6reg/v6reg/firewall"
 )
@@ -27,7 +31,7 @@ type rig struct {
 	agent  *Agent
 }
 
-func newRig(t *testing.T, nomadAPI NomadAPI) *rig {
+func newRig(t *testing.T, nomadAPI nomad.API) *rig {
 	r := &rig{docker: &fakeDocker{}, fw: &fakeFirewall{}, consul: newFakeConsul(), ipam: &fakeIPAM{}}
 	o := Options{
 		Node: "n1", Prefix: testPrefix, Gateway: testGateway, Network: testNetwork, IDPrefix: "v6reg",
@@ -49,8 +53,8 @@ func (r *rig) run(t *testing.T) (stop func()) {
 	done := make(chan error)
 	ready := make(chan struct{})
 	go func() { done <- r.agent.Run(ctx, func() { close(ready) }) }()
-	wait(t, ready, "the first reconcile")
-	return func() { cancel(); wait(t, done, "Run to return") }
+	testwait.Recv(t, ready, "the first reconcile")
+	return func() { cancel(); testwait.Recv(t, done, "Run to return") }
 }
 
 func webSummary(tag string) (string, map[string]string) {
@@ -198,15 +202,15 @@ func TestReconcileConsulErrorSurfacesAndRetries(t *testing.T) {
 	}()
 	defer func() {
 		cancel()
-		if err := wait(t, done, "Run to return"); err != nil {
+		if err := testwait.Recv(t, done, "Run to return"); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	}()
 	// The first reconcile fails on Consul: it is reported, the firewall is
 	// applied, and so the agent is ready (the containers are protected; a
 	// Consul that is down must not keep systemd waiting and restarting).
-	wait(t, readyCh, "ready with the firewall applied while Consul fails")
-	eventually(t, "the consul error in the snapshot", func() bool {
+	testwait.Recv(t, readyCh, "ready with the firewall applied while Consul fails")
+	testwait.Until(t, "the consul error in the snapshot", func() bool {
 		s := r.agent.Snapshot()
 		return strings.Contains(s.ConsulErr, "registering consul service v6reg-n1-"+id1[:12]) && strings.Contains(s.ConsulErr, "connection refused")
 	})
@@ -218,13 +222,13 @@ func TestReconcileConsulErrorSurfacesAndRetries(t *testing.T) {
 	r.consul.registerErr = nil
 	r.consul.mu.Unlock()
 	// The registrar retries on its own: no event, no reconcile needed.
-	eventually(t, "the retry registering both services", func() bool { return len(r.consul.ids()) == 2 })
+	testwait.Until(t, "the retry registering both services", func() bool { return len(r.consul.ids()) == 2 })
 	// The services are in Consul while that reconcile runs; its snapshot
 	// is stored when it ends.
-	eventually(t, "the consul error cleared from the snapshot", func() bool { return r.agent.Snapshot().ConsulErr == "" })
+	testwait.Until(t, "the consul error cleared from the snapshot", func() bool { return r.agent.Snapshot().ConsulErr == "" })
 	n := len(r.fw.states())
 	r.agent.Trigger("test")
-	eventually(t, "one more reconcile", func() bool { return len(r.fw.states()) > n })
+	testwait.Until(t, "one more reconcile", func() bool { return len(r.fw.states()) > n })
 	if readyCalls.Load() != 1 {
 		t.Errorf("ready called %d times", readyCalls.Load())
 	}
@@ -253,7 +257,7 @@ func TestTriggersCoalesce(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- r.agent.Run(ctx, func() { ready.Add(1) }) }()
 
-	wait(t, entered, "the first reconcile")
+	testwait.Recv(t, entered, "the first reconcile")
 	// 200 container starts while the first reconcile is slow.
 	var wg sync.WaitGroup
 	for range 200 {
@@ -262,13 +266,13 @@ func TestTriggersCoalesce(t *testing.T) {
 	}
 	wg.Wait()
 	release <- struct{}{}
-	if n := wait(t, entered, "the coalesced reconcile"); n != 2 {
+	if n := testwait.Recv(t, entered, "the coalesced reconcile"); n != 2 {
 		t.Fatalf("reconcile %d, want 2", n)
 	}
 	release <- struct{}{}
-	eventually(t, "the second apply", func() bool { return len(r.fw.states()) == 2 })
+	testwait.Until(t, "the second apply", func() bool { return len(r.fw.states()) == 2 })
 	cancel()
-	if err := wait(t, done, "Run to return"); err != nil {
+	if err := testwait.Recv(t, done, "Run to return"); err != nil {
 		t.Fatal(err)
 	}
 	if n := r.docker.calls(); n != 2 {
@@ -283,14 +287,14 @@ func TestTriggersCoalesce(t *testing.T) {
 func TestReconcileStoppingAllocDeregistersFirst(t *testing.T) {
 	job := "p-shop"
 	group := "web"
-	task := &nomad.Task{Name: "api", Meta: map[string]string{"v6reg_services": "shop:9000", "v6reg_ingress": "tcp/9000 from @traefik"}}
-	alloc := &nomad.Allocation{ID: allocA, Namespace: "default", TaskGroup: group, DesiredStatus: "run", ClientStatus: "running",
-		Job: &nomad.Job{ID: &job, TaskGroups: []*nomad.TaskGroup{{Name: &group, Tasks: []*nomad.Task{task}}}}}
-	fn := &fakeNomad{allocs: []*nomad.Allocation{alloc}}
+	task := &napi.Task{Name: "api", Meta: map[string]string{"v6reg_services": "shop:9000", "v6reg_ingress": "tcp/9000 from @traefik"}}
+	alloc := &napi.Allocation{ID: allocA, Namespace: "default", TaskGroup: group, DesiredStatus: "run", ClientStatus: "running",
+		Job: &napi.Job{ID: &job, TaskGroups: []*napi.TaskGroup{{Name: &group, Tasks: []*napi.Task{task}}}}}
+	fn := &fakeNomad{allocs: []*napi.Allocation{alloc}}
 	r := newRig(t, fn)
 	r.docker.set(summary(cid("b1"), "api-"+allocA, addrN(30), map[string]string{labelNomadAlloc: allocA}))
 	src := r.agent.nomad
-	src.store(fn.allocs, 1)
+	src.Store(fn.allocs, 1)
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -298,8 +302,8 @@ func TestReconcileStoppingAllocDeregistersFirst(t *testing.T) {
 		t.Fatalf("registered %v", got)
 	}
 	stopping := *alloc
-	stopping.DesiredStatus = nomad.AllocDesiredStatusStop
-	src.store([]*nomad.Allocation{&stopping}, 2)
+	stopping.DesiredStatus = napi.AllocDesiredStatusStop
+	src.Store([]*napi.Allocation{&stopping}, 2)
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -343,13 +347,13 @@ func TestPeerWatchWaitsOnceAndFollowsChanges(t *testing.T) {
 	r.agent.peerWait = time.Hour
 	done := make(chan error)
 	go func() { done <- r.agent.reconcile(ctx, false) }()
-	if err := wait(t, done, "a reconcile that must not wait for a silent peer again"); err != nil {
+	if err := testwait.Recv(t, done, "a reconcile that must not wait for a silent peer again"); err != nil {
 		t.Fatal(err)
 	}
 	// Consul answers: the watch asks for a reconcile, which fills the set.
-	drain(r.agent.trig)
+	testwait.Drain(r.agent.trig)
 	r.consul.setHealth("postgres", entry("fd00:1::5"), entry("fd00:1::6"))
-	wait(t, r.agent.trig, "the watch's trigger")
+	testwait.Recv(t, r.agent.trig, "the watch's trigger")
 	if err := r.agent.reconcile(ctx, false); err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +362,7 @@ func TestPeerWatchWaitsOnceAndFollowsChanges(t *testing.T) {
 	}
 	// An instance goes away.
 	r.consul.setHealth("postgres", entry("fd00:1::6"))
-	wait(t, r.agent.trig, "the watch's trigger")
+	testwait.Recv(t, r.agent.trig, "the watch's trigger")
 	if err := r.agent.reconcile(ctx, false); err != nil {
 		t.Fatal(err)
 	}
@@ -376,16 +380,6 @@ func TestPeerWatchWaitsOnceAndFollowsChanges(t *testing.T) {
 	r.agent.peers.mu.Unlock()
 	if n != 0 {
 		t.Errorf("%d watches still running", n)
-	}
-}
-
-func drain(ch chan struct{}) {
-	for {
-		select {
-		case <-ch:
-		default:
-			return
-		}
 	}
 }
 
@@ -413,10 +407,10 @@ func TestSetOperatorAndWatch(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
 	go func() { done <- r.agent.Run(ctx, nil) }()
-	defer func() { cancel(); wait(t, done, "Run to return") }()
+	defer func() { cancel(); testwait.Recv(t, done, "Run to return") }()
 
 	// The watch starts after the first apply.
-	wait(t, wf.watching, "the firewall watch to start")
+	testwait.Recv(t, wf.watching, "the firewall watch to start")
 	if len(r.fw.states()) == 0 {
 		t.Fatal("the watch started before the first apply")
 	}
@@ -436,7 +430,7 @@ func TestSetOperatorAndWatch(t *testing.T) {
 	moved := netip.MustParsePrefix("fd00:ab::/64")
 	op.Peers["traefik"] = []netip.Prefix{moved}
 	r.agent.SetOperator(op)
-	eventually(t, "the new operator config applied", func() bool {
+	testwait.Until(t, "the new operator config applied", func() bool {
 		st := r.fw.states()
 		return slices.Equal(traefikSet(st[len(st)-1]), []netip.Prefix{moved})
 	})

@@ -12,6 +12,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/v6reg/v6reg/nomad"
+
 	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/policies"
 )
@@ -64,7 +66,7 @@ type buildInput struct {
 	Containers []Container
 	// Nomad says whether Nomad is enabled, and looks allocations up.
 	Nomad  bool
-	Lookup func(allocID string) (Alloc, bool)
+	Lookup func(allocID string) (nomad.Alloc, bool)
 	// MACHolders are, by MAC, the containers that had it in the last
 	// desired state: the one in force keeps it (Docker lists creation
 	// times in whole seconds, too coarse to tell two starts apart).
@@ -152,7 +154,7 @@ func (m *evalMemo) get(c Container, in buildInput) *evaluated {
 	k := memoEntry{crev: c.rev, oprev: in.OperatorRev}
 	if c.AllocID != "" && in.Nomad {
 		if a, ok := in.Lookup(c.AllocID); ok {
-			k.alloc, k.arev = true, a.rev
+			k.alloc, k.arev = true, a.Rev
 		}
 	}
 	if old, ok := m.m[c.ID]; ok && old.crev == k.crev && old.oprev == k.oprev && old.alloc == k.alloc && old.arev == k.arev && (!k.alloc || k.arev != 0) {

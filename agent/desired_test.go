@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/v6reg/v6reg/nomad"
+
 	"github.com/v6reg/v6reg/firewall"
 )
 
@@ -26,8 +28,8 @@ func nomadContainer(tag, task, alloc string, n int) Container {
 // shopAlloc has meta at every level: egress from the job, ingress from the
 // group (dotted map form), services per task, and a task that closes the
 // group's ingress with an empty value.
-func shopAlloc(stopping bool) Alloc {
-	return Alloc{
+func shopAlloc(stopping bool) nomad.Alloc {
+	return nomad.Alloc{
 		ID: allocA, Namespace: "team", Job: "p-shop", Group: "web", Stopping: stopping,
 		JobMeta:   map[string]string{"v6reg_egress": "tcp/443 to 2001:db8::/32", "tier": "x"},
 		GroupMeta: map[string]string{"v6reg.ingress": "tcp/9000 from @traefik"},
@@ -38,14 +40,14 @@ func shopAlloc(stopping bool) Alloc {
 	}
 }
 
-func lookupOf(allocs ...Alloc) func(string) (Alloc, bool) {
-	return func(id string) (Alloc, bool) {
+func lookupOf(allocs ...nomad.Alloc) func(string) (nomad.Alloc, bool) {
+	return func(id string) (nomad.Alloc, bool) {
 		for _, a := range allocs {
 			if a.ID == id {
 				return a, true
 			}
 		}
-		return Alloc{}, false
+		return nomad.Alloc{}, false
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/internal/testwait"
+
 	"github.com/docker/docker/api/types/events"
 )
 
@@ -69,13 +71,13 @@ func TestWatchDockerReconnects(t *testing.T) {
 		}, func() { errCount++ }, after)
 	}()
 
-	first := wait(t, calls, "the first subscription")
+	first := testwait.Recv(t, calls, "the first subscription")
 	if first.since == "" {
 		t.Errorf("first subscription has no since")
 	}
 	wantSince := fmt.Sprintf("%d.%09d", t1.Unix(), t1.Nanosecond())
 	for i := 2; i <= 4; i++ {
-		c := wait(t, calls, fmt.Sprintf("subscription %d", i))
+		c := testwait.Recv(t, calls, fmt.Sprintf("subscription %d", i))
 		if c.since != wantSince {
 			t.Errorf("subscription %d since %q, want the last event's time %q", i, c.since, wantSince)
 		}
@@ -90,7 +92,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 	var got []string
 	subs, starts := 0, 0
 	for subs < 4 {
-		r := wait(t, triggers, "a trigger")
+		r := testwait.Recv(t, triggers, "a trigger")
 		got = append(got, r)
 		switch {
 		case strings.Contains(r, "subscribed"):
@@ -102,7 +104,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 		}
 	}
 	cancel()
-	wait(t, done, "watchDocker to return after cancel")
+	testwait.Recv(t, done, "watchDocker to return after cancel")
 	if starts != 1 || len(triggers) != 0 {
 		t.Errorf("triggers %q (and %d more): want 4 subscriptions and one start", got, len(triggers))
 	}

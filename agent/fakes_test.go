@@ -3,8 +3,9 @@ package agent
 import (
 	"context"
 
+	"github.com/v6reg/v6reg/nomad"
+
 	"fmt"
-	cerrdefs "github.com/containerd/errdefs"
 	"io"
 	"log/slog"
 	"maps"
@@ -15,11 +16,13 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/network"
 	consul "github.com/hashicorp/consul/api"
-	nomad "github.com/hashicorp/nomad/api"
+	napi "github.com/hashicorp/nomad/api"
 
 	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/policies"
@@ -78,7 +81,7 @@ func testInput(cs ...Container) buildInput {
 	return buildInput{
 		Node: "n1", IDPrefix: "v6reg", Prefix: testPrefix, Gateway: testGateway,
 		Operator: testOperator(), Containers: cs, Nomad: true,
-		Lookup: func(string) (Alloc, bool) { return Alloc{}, false },
+		Lookup: func(string) (nomad.Alloc, bool) { return nomad.Alloc{}, false },
 		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
 	}
 }
@@ -447,10 +450,10 @@ func foreignEntry(addr string) *consul.ServiceEntry {
 
 // fakeNomad answers NodeAllocations from a fixed list once, then blocks.
 type fakeNomad struct {
-	allocs []*nomad.Allocation
+	allocs []*napi.Allocation
 }
 
-func (f *fakeNomad) NodeAllocations(ctx context.Context, _ string, waitIndex uint64, _ time.Duration) ([]*nomad.Allocation, uint64, error) {
+func (f *fakeNomad) NodeAllocations(ctx context.Context, _ string, waitIndex uint64, _ time.Duration) ([]*napi.Allocation, uint64, error) {
 	if waitIndex > 0 {
 		<-ctx.Done()
 		return nil, 0, ctx.Err()
@@ -476,29 +479,3 @@ func (f *fakeIPAM) ReconcileWithDocker(context.Context) error {
 }
 
 func (f *fakeIPAM) Counts() (int, int) { return 3, 1 }
-
-// wait receives from ch or fails the test after a generous deadline (the
-// deadline is only hit when the code under test is broken).
-func wait[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(10 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
-}
-
-// eventually polls cond until it holds (the deadline is only reached when
-// the code under test is broken).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}

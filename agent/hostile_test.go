@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/nomad"
+
 	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/policies"
 	"github.com/v6reg/v6reg/policies/policytest"
@@ -69,7 +71,7 @@ func labelCase(r *rand.Rand) hostileCase {
 // meta, under either spelling of the key.
 func nomadCase(r *rand.Rand) hostileCase {
 	hc := hostileCase{source: "nomad"}
-	a := Alloc{ID: allocA, Namespace: "default", Job: "p-shop", Group: "web",
+	a := nomad.Alloc{ID: allocA, Namespace: "default", Job: "p-shop", Group: "web",
 		JobMeta: map[string]string{}, GroupMeta: map[string]string{}, TaskMeta: map[string]map[string]string{"api": {}}}
 	if ns := hostileNamespace(r); ns != "" {
 		a.Namespace = ns

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/v6reg/v6reg/nomad"
 )
 
 // KnownFile is the name of the file, in the state dir, that holds the
@@ -29,10 +31,10 @@ const knownFormat = 1
 type knownState struct {
 	// Nomad is set once Nomad has answered; before that Allocs means
 	// nothing and is not used.
-	Nomad      bool      `json:"nomad"`
-	NomadIndex uint64    `json:"nomad_index"`
-	NomadAt    time.Time `json:"nomad_at"` // when Nomad gave that answer
-	Allocs     []Alloc   `json:"allocs"`
+	Nomad      bool          `json:"nomad"`
+	NomadIndex uint64        `json:"nomad_index"`
+	NomadAt    time.Time     `json:"nomad_at"` // when Nomad gave that answer
+	Allocs     []nomad.Alloc `json:"allocs"`
 	// Peers are the last known addresses of each service:/job: peer set.
 	Peers   map[PeerKey][]netip.Prefix `json:"peers"`
 	SavedAt time.Time                  `json:"saved_at"`

@@ -12,8 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/internal/testwait"
+
+	"github.com/v6reg/v6reg/nomad"
+	"github.com/v6reg/v6reg/nomad/nomadtest"
+
 	consul "github.com/hashicorp/consul/api"
-	nomad "github.com/hashicorp/nomad/api"
+	napi "github.com/hashicorp/nomad/api"
 
 	"github.com/v6reg/v6reg/policies"
 )
@@ -26,7 +31,7 @@ func TestKnownStateRoundTripAndCorruption(t *testing.T) {
 	}
 	want := knownState{
 		Nomad: true, NomadIndex: 27, NomadAt: time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC),
-		Allocs: []Alloc{{ID: "a1", Namespace: "default", Job: "j", Group: "g",
+		Allocs: []nomad.Alloc{{ID: "a1", Namespace: "default", Job: "j", Group: "g",
 			JobMeta: map[string]string{"v6reg_egress": "tcp/443 to @internet"}, TaskMeta: map[string]map[string]string{"web": {"v6reg_services": "w:80"}}}},
 		Peers:   map[PeerKey][]netip.Prefix{"service:pg": {netip.MustParsePrefix("fd00::5/128")}},
 		SavedAt: time.Date(2026, 12, 3, 9, 0, 1, 0, time.UTC),
@@ -87,8 +92,8 @@ func TestKnownStateRoundTripAndCorruption(t *testing.T) {
 func TestRestartWhileNomadAndConsulDown(t *testing.T) {
 	t.Setenv("NOMAD_TOKEN", "")
 	state := filepath.Join(t.TempDir(), KnownFile)
-	rp := newNomadReplay(t)
-	r := newRig(t, rp.client(t))
+	rp := nomadtest.New(t)
+	r := newRig(t, nomad.Client{C: rp.API(t)})
 	pg := netip.MustParsePrefix("fd00:1::5/128")
 	r.consul.health["postgres"] = []*consul.ServiceEntry{entry(pg.Addr().String())}
 	r.docker.set(inspectSummary(t, "docker-inspect.cerebro.json"), inspectSummary(t, "docker-inspect.worker.json"))
@@ -99,7 +104,7 @@ func TestRestartWhileNomadAndConsulDown(t *testing.T) {
 		return r.run(t)
 	}
 	stop := start(r)
-	eventually(t, "the policies persisted", func() bool {
+	testwait.Until(t, "the policies persisted", func() bool {
 		k, _ := loadKnown(state)
 		return k != nil && k.Nomad && len(k.Allocs) == 3 && slices.Equal(k.Peers["service:default/postgres"], []netip.Prefix{pg})
 	})
@@ -111,8 +116,8 @@ func TestRestartWhileNomadAndConsulDown(t *testing.T) {
 	stop()
 
 	// Nomad and Consul's catalog stop answering; the agent restarts.
-	rp.stop()
-	r2 := newRig(t, rp.client(t))
+	rp.Stop()
+	r2 := newRig(t, nomad.Client{C: rp.API(t)})
 	r2.docker = r.docker
 	r2.agent.o.Docker = r.docker
 	r2.consul = r.consul // the local agent keeps the registrations
@@ -153,10 +158,10 @@ func TestRestartWhileNomadAndConsulDown(t *testing.T) {
 	}
 
 	// Nomad answers, with the allocations stopping: the agent converges.
-	rp.set("node-allocations.stopping.json", fixtureIndex(t, "node-allocations.blocking-after-stop.headers"))
-	rp.start(rp.addr)
-	eventually(t, "the registrations to go once Nomad answers", func() bool { return len(r.consul.ids()) == 0 })
-	eventually(t, "the status to say nomad ok", func() bool { return r2.agent.Snapshot().Nomad == "ok" })
+	rp.Set("node-allocations.stopping.json", nomadtest.FixtureIndex(t, "node-allocations.blocking-after-stop.headers"))
+	rp.Start(rp.Addr)
+	testwait.Until(t, "the registrations to go once Nomad answers", func() bool { return len(r.consul.ids()) == 0 })
+	testwait.Until(t, "the status to say nomad ok", func() bool { return r2.agent.Snapshot().Nomad == "ok" })
 }
 
 // A container whose allocation the persisted copy does not hold stays
@@ -197,7 +202,7 @@ func TestCorruptKnownStateReported(t *testing.T) {
 // downNomad never answers: every call fails as a refused connection.
 type downNomad struct{}
 
-func (downNomad) NodeAllocations(_ context.Context, _ string, _ uint64, _ time.Duration) ([]*nomad.Allocation, uint64, error) {
+func (downNomad) NodeAllocations(_ context.Context, _ string, _ uint64, _ time.Duration) ([]*napi.Allocation, uint64, error) {
 	return nil, 0, errors.New("connection refused")
 }
 func (downNomad) LocalNodeID(context.Context) (string, error) {

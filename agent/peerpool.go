@@ -3,11 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
-	"github.com/v6reg/v6reg/internal/backoff"
 	"net"
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/v6reg/v6reg/internal/backoff"
 
 	consul "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-cleanhttp"

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/docker/docker/api/types/container"
+
 	"github.com/v6reg/v6reg/firewall"
 )
 

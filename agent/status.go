@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/nomad"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -110,29 +112,10 @@ type DropState struct {
 	EgressPackets  uint64 `json:"egress_packets"`
 }
 
-func (s *Snapshot) fill(d Desired, n *nomadSource) {
-	switch n {
-	case nil:
-		s.Nomad = "disabled"
-	default:
-		synced, lastOK, err := n.state()
-		seeded, at := n.seeded()
-		switch {
-		case seeded:
-			why := "waiting for first answer"
-			if err != nil {
-				why = "unreachable: " + err.Error()
-			}
-			s.Nomad = fmt.Sprintf("%s; using the allocations persisted from its answer of %s", why, at.UTC().Format(time.RFC3339))
-		case err != nil && synced:
-			s.Nomad = fmt.Sprintf("unreachable (last answer %s ago): %v", time.Since(lastOK).Round(time.Second), err)
-		case err != nil:
-			s.Nomad = fmt.Sprintf("unreachable: %v", err)
-		case synced:
-			s.Nomad = "ok"
-		default:
-			s.Nomad = "waiting for first answer"
-		}
+func (s *Snapshot) fill(d Desired, n *nomad.Source) {
+	s.Nomad = "disabled"
+	if n != nil {
+		s.Nomad = n.Status()
 	}
 	regs := map[string][]ServiceState{}
 	for _, r := range d.Registrations {

@@ -15,7 +15,10 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/v6reg/v6reg/internal/testwait"
+
 	consul "github.com/hashicorp/consul/api"
+
 	"github.com/v6reg/v6reg/internal/keepalive"
 )
 
@@ -168,7 +171,7 @@ func TestListenAPIIsRootOnly(t *testing.T) {
 		t.Errorf("status over the socket = %d", resp.StatusCode)
 	}
 	cancel()
-	wait(t, done, "Serve to return")
+	testwait.Recv(t, done, "Serve to return")
 }
 
 // TestServeClosesIdleConnections: a client that keeps a connection open
@@ -187,7 +190,7 @@ func TestServeClosesIdleConnections(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { defer close(done); Serve(ctx, l, r.agent.APIHandler(), quietLog()) }()
-	defer func() { cancel(); wait(t, done, "Serve to return") }()
+	defer func() { cancel(); testwait.Recv(t, done, "Serve to return") }()
 	took, err := keepalive.ClosedWhenIdle(path, "GET /v1/status HTTP/1.1\r\nHost: v6reg\r\n\r\n", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)

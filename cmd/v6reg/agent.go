@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/v6reg/v6reg/nomad"
 	"io"
 	"log/slog"
 	"net"
@@ -19,7 +20,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	docker "github.com/docker/docker/client"
 	"github.com/google/nftables"
-	nomad "github.com/hashicorp/nomad/api"
+	napi "github.com/hashicorp/nomad/api"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -269,14 +270,14 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 		log.Warn("firewall disabled in config: every address of the prefix is reachable")
 	}
 	if cfg.Nomad.Enabled {
-		nc, err := nomad.NewClient(&nomad.Config{
+		nc, err := napi.NewClient(&napi.Config{
 			Address: cfg.Nomad.Address, SecretID: cfg.Nomad.Token, Region: cfg.Nomad.Region,
-			TLSConfig: &nomad.TLSConfig{CACert: cfg.Nomad.CAFile, ClientCert: cfg.Nomad.CertFile, ClientKey: cfg.Nomad.KeyFile},
+			TLSConfig: &napi.TLSConfig{CACert: cfg.Nomad.CAFile, ClientCert: cfg.Nomad.CertFile, ClientKey: cfg.Nomad.KeyFile},
 		})
 		if err != nil {
 			return fmt.Errorf("nomad client: %w", err)
 		}
-		opts.Nomad, opts.NomadID = agent.NomadClient{C: nc}, cfg.Nomad.NodeID
+		opts.Nomad, opts.NomadID = nomad.Client{C: nc}, cfg.Nomad.NodeID
 	}
 	if cfg.Consul.Enabled {
 		cc, err := agent.NewConsulClient(cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.CAFile, cfg.Consul.CertFile, cfg.Consul.KeyFile, cfg.Consul.Datacenter)

@@ -1,4 +1,6 @@
-package agent
+// Package nomad follows this node's allocations in Nomad: the source of
+// every Nomad job's policy (its meta), kept through Nomad's outages.
+package nomad
 
 import (
 	"github.com/v6reg/v6reg/internal/backoff"
@@ -13,23 +15,23 @@ import (
 	"sync"
 	"time"
 
-	nomad "github.com/hashicorp/nomad/api"
+	napi "github.com/hashicorp/nomad/api"
 )
 
-// NomadAPI is what the agent asks of Nomad: this node's allocations, by
-// blocking query, and the node ID of the local agent. *NomadClient adapts
+// API is what the agent asks of Nomad: this node's allocations, by
+// blocking query, and the node ID of the local agent. *Client adapts
 // the real client.
-type NomadAPI interface {
-	NodeAllocations(ctx context.Context, nodeID string, waitIndex uint64, wait time.Duration) ([]*nomad.Allocation, uint64, error)
+type API interface {
+	NodeAllocations(ctx context.Context, nodeID string, waitIndex uint64, wait time.Duration) ([]*napi.Allocation, uint64, error)
 	LocalNodeID(ctx context.Context) (string, error)
 }
 
-// NomadClient adapts *nomad.Client to NomadAPI.
-type NomadClient struct{ C *nomad.Client }
+// Client adapts *napi.Client to API.
+type Client struct{ C *napi.Client }
 
 // NodeAllocations runs one blocking query on the node's allocation list.
-func (n NomadClient) NodeAllocations(ctx context.Context, nodeID string, waitIndex uint64, wait time.Duration) ([]*nomad.Allocation, uint64, error) {
-	q := (&nomad.QueryOptions{WaitIndex: waitIndex, WaitTime: wait, AllowStale: true}).WithContext(ctx)
+func (n Client) NodeAllocations(ctx context.Context, nodeID string, waitIndex uint64, wait time.Duration) ([]*napi.Allocation, uint64, error) {
+	q := (&napi.QueryOptions{WaitIndex: waitIndex, WaitTime: wait, AllowStale: true}).WithContext(ctx)
 	allocs, meta, err := n.C.Nodes().Allocations(nodeID, q)
 	if err != nil {
 		return nil, 0, err
@@ -38,11 +40,11 @@ func (n NomadClient) NodeAllocations(ctx context.Context, nodeID string, waitInd
 }
 
 // LocalNodeID asks the local Nomad agent for its client node ID.
-func (n NomadClient) LocalNodeID(ctx context.Context) (string, error) {
+func (n Client) LocalNodeID(ctx context.Context) (string, error) {
 	// Agent().Self takes no context; Raw does, so a hung Nomad cannot
 	// hold the agent's shutdown.
-	var self nomad.AgentSelf
-	if _, err := n.C.Raw().Query("/v1/agent/self", &self, (&nomad.QueryOptions{}).WithContext(ctx)); err != nil {
+	var self napi.AgentSelf
+	if _, err := n.C.Raw().Query("/v1/agent/self", &self, (&napi.QueryOptions{}).WithContext(ctx)); err != nil {
 		return "", err
 	}
 	if id := self.Stats["client"]["node_id"]; id != "" {
@@ -65,19 +67,19 @@ type Alloc struct {
 	JobMeta, GroupMeta map[string]string
 	TaskMeta           map[string]map[string]string
 
-	// rev changes whenever the source stores a different version of the
+	// Rev changes whenever the source stores a different version of the
 	// allocation (0: not from the source), so that the agent evaluates
 	// a container's policy again only when its allocation changed.
-	rev uint64
+	Rev uint64 `json:"-"`
 }
 
 // allocFrom reduces a Nomad allocation to what the agent needs.
-func allocFrom(a *nomad.Allocation) Alloc {
+func allocFrom(a *napi.Allocation) Alloc {
 	out := Alloc{
 		ID:        a.ID,
 		Namespace: a.Namespace,
 		Group:     a.TaskGroup,
-		Stopping:  a.DesiredStatus == nomad.AllocDesiredStatusStop || a.DesiredStatus == nomad.AllocDesiredStatusEvict,
+		Stopping:  a.DesiredStatus == napi.AllocDesiredStatusStop || a.DesiredStatus == napi.AllocDesiredStatusEvict,
 		TaskMeta:  map[string]map[string]string{},
 	}
 	if a.Job == nil {
@@ -101,10 +103,10 @@ func allocFrom(a *nomad.Allocation) Alloc {
 	return out
 }
 
-// nomadSource follows this node's allocations. It keeps the last answer
+// Source follows this node's allocations. It keeps the last answer
 // when Nomad is unreachable, so running containers keep their policy.
-type nomadSource struct {
-	api    NomadAPI
+type Source struct {
+	api    API
 	nodeID string
 	wait   time.Duration
 	log    *slog.Logger
@@ -128,25 +130,27 @@ type nomadSource struct {
 	seededAt time.Time
 }
 
-func newNomadSource(api NomadAPI, nodeID string, log *slog.Logger) *nomadSource {
-	return &nomadSource{api: api, nodeID: nodeID, wait: 5 * time.Minute, log: log, allocs: map[string]Alloc{},
+// NewSource follows the allocations of node nodeID (empty: the local
+// agent's node, asked when Run starts).
+func NewSource(api API, nodeID string, log *slog.Logger) *Source {
+	return &Source{api: api, nodeID: nodeID, wait: 5 * time.Minute, log: log, allocs: map[string]Alloc{},
 		retryMin: 500 * time.Millisecond, retryMax: 10 * time.Second}
 }
 
-// lookup returns the allocation and whether it is known; known is false
+// Lookup returns the allocation and whether it is known; known is false
 // until Nomad has answered once, and for an allocation Nomad did not list.
-func (s *nomadSource) lookup(id string) (Alloc, bool) {
+func (s *Source) Lookup(id string) (Alloc, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a, ok := s.allocs[id]
 	return a, ok
 }
 
-// seed starts the source with the allocations persisted by the agent's last
+// Seed starts the source with the allocations persisted by the agent's last
 // run: they are looked up until Nomad answers, and then replaced by its
 // answer. The kernel table and the registrations already hold what they
 // describe, so a restart while Nomad is down changes nothing.
-func (s *nomadSource) seed(allocs []Alloc, index uint64, at time.Time) {
+func (s *Source) Seed(allocs []Alloc, index uint64, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.synced {
@@ -155,23 +159,23 @@ func (s *nomadSource) seed(allocs []Alloc, index uint64, at time.Time) {
 	s.allocs = make(map[string]Alloc, len(allocs))
 	for _, a := range allocs {
 		s.revs++
-		a.rev = s.revs
+		a.Rev = s.revs
 		s.allocs[a.ID] = a
 	}
 	s.index, s.seededAt = index, at
 }
 
-// seeded reports whether the allocations in use are the persisted ones:
+// Seeded reports whether the allocations in use are the persisted ones:
 // Nomad has not answered since start.
-func (s *nomadSource) seeded() (bool, time.Time) {
+func (s *Source) Seeded() (bool, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return !s.synced && !s.seededAt.IsZero(), s.seededAt
 }
 
-// known returns what the agent persists of the source, and its change
+// Known returns what the agent persists of the source, and its change
 // count.
-func (s *nomadSource) known() (allocs []Alloc, index uint64, at time.Time, answered bool, gen uint64) {
+func (s *Source) Known() (allocs []Alloc, index uint64, at time.Time, answered bool, gen uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	allocs = make([]Alloc, 0, len(s.allocs))
@@ -186,16 +190,16 @@ func (s *nomadSource) known() (allocs []Alloc, index uint64, at time.Time, answe
 	return allocs, s.index, at, s.synced || !s.seededAt.IsZero(), s.gen
 }
 
-// state reports whether Nomad answered at least once and the last error.
-func (s *nomadSource) state() (synced bool, lastOK time.Time, err error) {
+// State reports whether Nomad answered at least once and the last error.
+func (s *Source) State() (synced bool, lastOK time.Time, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.synced, s.lastOK, s.err
 }
 
-// run follows the node's allocation list with blocking queries until ctx
+// Run follows the node's allocation list with blocking queries until ctx
 // is done, calling trigger after every change.
-func (s *nomadSource) run(ctx context.Context, trigger func(string), onError func()) {
+func (s *Source) Run(ctx context.Context, trigger func(string), onError func()) {
 	b := backoff.New(s.retryMin, s.retryMax)
 	var index uint64
 	for ctx.Err() == nil {
@@ -225,7 +229,7 @@ func (s *nomadSource) run(ctx context.Context, trigger func(string), onError fun
 		if next < index {
 			next = 0
 		}
-		changed := s.store(allocs, next)
+		changed := s.Store(allocs, next)
 		index = next
 		if changed {
 			trigger("nomad: allocations changed")
@@ -233,7 +237,7 @@ func (s *nomadSource) run(ctx context.Context, trigger func(string), onError fun
 	}
 }
 
-func (s *nomadSource) fail(ctx context.Context, b *backoff.Backoff, err error, onError func()) {
+func (s *Source) fail(ctx context.Context, b *backoff.Backoff, err error, onError func()) {
 	s.mu.Lock()
 	first := s.err == nil
 	s.err = err
@@ -251,11 +255,14 @@ func (s *nomadSource) fail(ctx context.Context, b *backoff.Backoff, err error, o
 	}
 }
 
-func (s *nomadSource) store(list []*nomad.Allocation, index uint64) bool {
+// Store takes one answer of Nomad's allocation list (Run calls it with
+// each; tests feed recorded answers) and reports whether it changed
+// anything.
+func (s *Source) Store(list []*napi.Allocation, index uint64) bool {
 	next := make(map[string]Alloc, len(list))
 	for _, a := range list {
 		// Terminal allocations have no running containers to serve.
-		if a.ClientStatus == nomad.AllocClientStatusComplete || a.ClientStatus == nomad.AllocClientStatusFailed || a.ClientStatus == nomad.AllocClientStatusLost {
+		if a.ClientStatus == napi.AllocClientStatusComplete || a.ClientStatus == napi.AllocClientStatusFailed || a.ClientStatus == napi.AllocClientStatusLost {
 			continue
 		}
 		next[a.ID] = allocFrom(a)
@@ -264,10 +271,10 @@ func (s *nomadSource) store(list []*nomad.Allocation, index uint64) bool {
 	defer s.mu.Unlock()
 	for id, a := range next {
 		if old, ok := s.allocs[id]; ok && allocEqual(old, a) {
-			a.rev = old.rev
+			a.Rev = old.Rev
 		} else {
 			s.revs++
-			a.rev = s.revs
+			a.Rev = s.revs
 		}
 		next[id] = a
 	}
@@ -308,4 +315,26 @@ func allocEqual(x, y Alloc) bool {
 	return x.Stopping == y.Stopping && x.Job == y.Job && x.Namespace == y.Namespace && x.Group == y.Group &&
 		maps.Equal(x.JobMeta, y.JobMeta) && maps.Equal(x.GroupMeta, y.GroupMeta) &&
 		maps.EqualFunc(x.TaskMeta, y.TaskMeta, maps.Equal)
+}
+
+// Status says in a few words how the source stands, for `v6reg status`:
+// "ok", waiting, unreachable (since when), or using the persisted copy.
+func (s *Source) Status() string {
+	synced, lastOK, err := s.State()
+	seeded, at := s.Seeded()
+	switch {
+	case seeded:
+		why := "waiting for first answer"
+		if err != nil {
+			why = "unreachable: " + err.Error()
+		}
+		return fmt.Sprintf("%s; using the allocations persisted from its answer of %s", why, at.UTC().Format(time.RFC3339))
+	case err != nil && synced:
+		return fmt.Sprintf("unreachable (last answer %s ago): %v", time.Since(lastOK).Round(time.Second), err)
+	case err != nil:
+		return fmt.Sprintf("unreachable: %v", err)
+	case synced:
+		return "ok"
+	}
+	return "waiting for first answer"
 }
