@@ -27,6 +27,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/docker"
 	"github.com/v6reg/v6reg/internal/backoff"
 	"github.com/v6reg/v6reg/nomad"
 
@@ -102,14 +103,14 @@ type Options struct {
 	Operator       policies.Operator
 	Log            *slog.Logger
 
-	Docker   DockerAPI
+	Docker   docker.API
 	Nomad    nomad.API
 	NomadID  string // this node's Nomad ID; empty asks the local agent
 	Consul   ConsulAPI
 	Firewall Firewall
 	// Ports finds containers' bridge ports, so the firewall binds each
 	// address to its container's port (nil: to its MAC only).
-	Ports BridgePorts
+	Ports docker.BridgePorts
 	// BridgeNetfilter, if set, is checked every second: while it fails,
 	// status, /healthz and v6reg_bridge_netfilter_ok say the node is
 	// unhealthy.
@@ -145,7 +146,6 @@ const (
 // hangs delays the loop by at most this much instead of stopping it.
 var (
 	consulApplyTimeout = 5 * time.Second
-	dockerListTimeout  = 30 * time.Second
 )
 
 // Agent is the reconcile loop and its state.
@@ -155,7 +155,7 @@ type Agent struct {
 	nomad *nomad.Source
 	reg   *consulRegistrar
 	peers *peerWatches
-	ports *portCache // nil without Options.Ports
+	ports *docker.PortCache // nil without Options.Ports
 
 	trig   chan struct{}
 	pendMu sync.Mutex
@@ -167,7 +167,7 @@ type Agent struct {
 
 	// view and memo are the reconcile loop's: Docker's containers as
 	// events left them, and each one's evaluated policy.
-	view     *dockerView
+	view     *docker.View
 	memo     *evalMemo
 	elements *firewall.ElementCounter
 
@@ -223,9 +223,9 @@ func New(o Options) *Agent {
 		}, func() float64 { return float64(r.Restores()) }))
 	}
 	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator, opRev: 1, peerWait: 5 * time.Second,
-		view: newDockerView(), memo: newEvalMemo(), elements: firewall.NewElementCounter()}
+		view: docker.NewView(), memo: newEvalMemo(), elements: firewall.NewElementCounter()}
 	if o.Ports != nil && o.Firewall != nil {
-		a.ports = newPortCache(o.Docker, o.Ports, o.Network, o.Log.With("source", "docker"))
+		a.ports = docker.NewPortCache(o.Docker, o.Ports, o.Network, o.Log.With("source", "docker"))
 	}
 	if o.Nomad != nil {
 		a.nomad = nomad.NewSource(o.Nomad, o.NomadID, o.Log.With("source", "nomad"))
@@ -310,7 +310,7 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		watchDocker(ctx, a.o.Docker, a.o.Network, a.log.With("source", "docker"), dockerIntake{a},
+		docker.Watch(ctx, a.o.Docker, a.o.Network, a.log.With("source", "docker"), dockerIntake{a},
 			func() { a.o.Metrics.Errors.WithLabelValues("docker").Inc() }, time.After)
 	}()
 	if a.nomad != nil {
@@ -503,7 +503,7 @@ func (a *Agent) consulTrigger(reason string) {
 	a.Trigger(reason)
 }
 
-func (a *Agent) input(containers []Container) buildInput {
+func (a *Agent) input(containers []docker.Container) buildInput {
 	a.opMu.RLock()
 	op, opRev := a.operator, a.opRev
 	a.opMu.RUnlock()
@@ -539,19 +539,19 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	a.pend = pendingWork{}
 	a.pendMu.Unlock()
 
-	list := full || p.relist || !a.view.listed
+	list := full || p.relist || !a.view.Listed
 	if !list && len(p.containers) > 0 {
 		ids := slices.Sorted(maps.Keys(p.containers))
-		if err := a.view.refresh(ctx, a.o.Docker, a.o.Network, ids); err != nil {
+		if err := a.view.Refresh(ctx, a.o.Docker, a.o.Network, ids); err != nil {
 			a.o.Metrics.Errors.WithLabelValues("docker").Inc()
 			a.log.Warn("inspecting a container failed; listing all of them instead", "err", err)
 			list = true
 		}
 	}
 	if list {
-		wasListed := a.view.listed
-		lctx, cancel := context.WithTimeout(ctx, dockerListTimeout)
-		containers, err := listContainers(lctx, a.o.Docker, a.o.Network)
+		wasListed := a.view.Listed
+		lctx, cancel := context.WithTimeout(ctx, docker.CallTimeout)
+		containers, err := docker.List(lctx, a.o.Docker, a.o.Network)
 		cancel()
 		if err != nil {
 			a.o.Metrics.Errors.WithLabelValues("docker").Inc()
@@ -562,17 +562,17 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 			a.requeue(p)
 			return err
 		}
-		drift := a.view.replace(containers)
+		drift := a.view.Replace(containers)
 		if full && wasListed && !p.relist {
 			a.countDockerDrift(drift, p)
 		}
 	}
-	containers := slices.Clone(a.view.containers())
+	containers := slices.Clone(a.view.Containers())
 	if a.ports != nil {
 		// New endpoints only; the periodic full reconcile retries the
 		// ones whose port was not found. The inspect an event caused
 		// gave the network namespace already.
-		a.ports.fill(ctx, containers, full, a.view.sandboxOf)
+		a.ports.Fill(ctx, containers, full, a.view.SandboxOf)
 	}
 	keep := make(map[string]bool, len(containers))
 	for _, c := range containers {
@@ -752,7 +752,7 @@ func (a *Agent) logFirewall(d Desired, ch firewall.Changes) {
 		if w != nil && w.Closed {
 			verb = "firewall closed"
 		}
-		attrs := []any{"container", shortID(c.ID), "address", c.Addr, "ingress_rules", len(c.Ingress), "egress_rules", len(c.Egress)}
+		attrs := []any{"container", docker.ShortID(c.ID), "address", c.Addr, "ingress_rules", len(c.Ingress), "egress_rules", len(c.Egress)}
 		if w != nil {
 			attrs = append(attrs, "alloc", w.Container.AllocID, "job", w.Job, "task", w.Task)
 			if w.Closed {
@@ -763,18 +763,11 @@ func (a *Agent) logFirewall(d Desired, ch firewall.Changes) {
 	}
 	for id := range a.applied {
 		if _, ok := next[id]; !ok {
-			a.log.Info("firewall removed", "container", shortID(id))
+			a.log.Info("firewall removed", "container", docker.ShortID(id))
 		}
 	}
 	a.applied = next
 	a.log.Debug("firewall batch", "changes", fmt.Sprintf("%+v", ch))
-}
-
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
 
 func (a *Agent) logConsul(c ConsulChange) {

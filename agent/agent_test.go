@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/docker"
+
 	"github.com/v6reg/v6reg/internal/testwait"
 
 	"github.com/v6reg/v6reg/nomad"
@@ -292,7 +294,7 @@ func TestReconcileStoppingAllocDeregistersFirst(t *testing.T) {
 		Job: &napi.Job{ID: &job, TaskGroups: []*napi.TaskGroup{{Name: &group, Tasks: []*napi.Task{task}}}}}
 	fn := &fakeNomad{allocs: []*napi.Allocation{alloc}}
 	r := newRig(t, fn)
-	r.docker.set(summary(cid("b1"), "api-"+allocA, addrN(30), map[string]string{labelNomadAlloc: allocA}))
+	r.docker.set(summary(cid("b1"), "api-"+allocA, addrN(30), map[string]string{docker.LabelNomadAlloc: allocA}))
 	src := r.agent.nomad
 	src.Store(fn.allocs, 1)
 	if err := r.agent.reconcile(t.Context(), false); err != nil {

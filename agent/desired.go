@@ -12,6 +12,8 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/v6reg/v6reg/docker"
+
 	"github.com/v6reg/v6reg/nomad"
 
 	"github.com/v6reg/v6reg/firewall"
@@ -21,7 +23,7 @@ import (
 // Workload is one container as the agent understands it: where its policy
 // came from, what it evaluated to, and what each output should hold for it.
 type Workload struct {
-	Container Container
+	Container docker.Container
 	// Source is "nomad" or "labels".
 	Source                      string
 	Namespace, Job, Group, Task string
@@ -63,7 +65,7 @@ type buildInput struct {
 	Bridge     string // the network's bridge: the firewall filters all it carries
 	NodePorts  []firewall.Rule
 	Operator   policies.Operator
-	Containers []Container
+	Containers []docker.Container
 	// Nomad says whether Nomad is enabled, and looks allocations up.
 	Nomad  bool
 	Lookup func(allocID string) (nomad.Alloc, bool)
@@ -100,7 +102,7 @@ type evaluated struct {
 }
 
 // evaluate computes one container's evaluation. Pure, like build.
-func evaluate(c Container, in buildInput) *evaluated {
+func evaluate(c docker.Container, in buildInput) *evaluated {
 	w := workloadFor(c, in)
 	e := &evaluated{w: w}
 	if !w.Closed {
@@ -147,11 +149,11 @@ func newEvalMemo() *evalMemo { return &evalMemo{m: map[string]memoEntry{}} }
 
 // get returns c's evaluation, from the memo when nothing it depends on
 // changed. Without versions (rev 0: tests' inputs) it always evaluates.
-func (m *evalMemo) get(c Container, in buildInput) *evaluated {
-	if m == nil || c.rev == 0 || in.OperatorRev == 0 {
+func (m *evalMemo) get(c docker.Container, in buildInput) *evaluated {
+	if m == nil || c.Rev == 0 || in.OperatorRev == 0 {
 		return evaluate(c, in)
 	}
-	k := memoEntry{crev: c.rev, oprev: in.OperatorRev}
+	k := memoEntry{crev: c.Rev, oprev: in.OperatorRev}
 	if c.AllocID != "" && in.Nomad {
 		if a, ok := in.Lookup(c.AllocID); ok {
 			k.alloc, k.arev = true, a.Rev
@@ -252,8 +254,8 @@ func build(in buildInput) Desired {
 // has it first, so that a container started later with another's MAC
 // cannot take its place: the one that held it in the last desired state
 // (holders), else the oldest, by creation then ID.
-func macOwners(cs []Container, holders map[string]string) map[string]Container {
-	owner := make(map[string]Container, len(cs))
+func macOwners(cs []docker.Container, holders map[string]string) map[string]docker.Container {
+	owner := make(map[string]docker.Container, len(cs))
 	for _, c := range cs {
 		if len(c.MAC) == 0 {
 			continue
@@ -283,7 +285,7 @@ func (d Desired) MACHolders() map[string]string {
 	return out
 }
 
-func addrProblem(c Container, prefix netip.Prefix, gateway netip.Addr, seen map[netip.Addr]string) string {
+func addrProblem(c docker.Container, prefix netip.Prefix, gateway netip.Addr, seen map[netip.Addr]string) string {
 	switch {
 	case !c.Addr.IsValid():
 		return "no IPv6 address on the v6reg network"
@@ -313,14 +315,14 @@ var reNamespace = regexp.MustCompile(`^[a-zA-Z0-9-]{1,128}$`)
 // at most 256 bytes of UTF-8).
 func identityLabelErrors(labels map[string]string) []string {
 	var errs []string
-	if ns, ok := labels[labelNamespace]; ok && !reNamespace.MatchString(ns) {
-		errs = append(errs, fmt.Sprintf("label %q: %s is not a namespace name; use letters, digits and '-', at most 128 characters", labelNamespace, quoteCut(ns)))
+	if ns, ok := labels[docker.LabelNamespace]; ok && !reNamespace.MatchString(ns) {
+		errs = append(errs, fmt.Sprintf("label %q: %s is not a namespace name; use letters, digits and '-', at most 128 characters", docker.LabelNamespace, quoteCut(ns)))
 	}
-	if job, ok := labels[labelJob]; ok {
+	if job, ok := labels[docker.LabelJob]; ok {
 		bad := job == "" || len(job) > 256 || !utf8.ValidString(job) ||
 			strings.ContainsFunc(job, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) })
 		if bad {
-			errs = append(errs, fmt.Sprintf("label %q: %s is not a job ID; use at most 256 printable characters without spaces", labelJob, quoteCut(job)))
+			errs = append(errs, fmt.Sprintf("label %q: %s is not a job ID; use at most 256 printable characters without spaces", docker.LabelJob, quoteCut(job)))
 		}
 	}
 	return errs
@@ -336,13 +338,13 @@ func quoteCut(s string) string {
 
 // workloadFor finds the container's policy: from its Nomad allocation, or
 // from its v6reg.* labels when it has none.
-func workloadFor(c Container, in buildInput) Workload {
+func workloadFor(c docker.Container, in buildInput) Workload {
 	w := Workload{Container: c}
 	var meta policies.Meta
 	if c.AllocID != "" {
 		w.Source = "nomad"
 		if !in.Nomad {
-			w.Closed, w.Reason = true, "started by Nomad (label "+labelNomadAlloc+"), but nomad is disabled in the agent config"
+			w.Closed, w.Reason = true, "started by Nomad (label "+docker.LabelNomadAlloc+"), but nomad is disabled in the agent config"
 			return w
 		}
 		a, ok := in.Lookup(c.AllocID)
@@ -363,15 +365,15 @@ func workloadFor(c Container, in buildInput) Workload {
 		if w.Namespace == "" {
 			w.Namespace = "default"
 		}
-		w.Job = c.Labels[labelJob]
+		w.Job = c.Labels[docker.LabelJob]
 		w.Task = c.Name
 		errs := identityLabelErrors(c.Labels)
-		if ns, ok := c.Labels[labelNamespace]; ok && len(errs) == 0 {
+		if ns, ok := c.Labels[docker.LabelNamespace]; ok && len(errs) == 0 {
 			switch {
 			case in.Operator.LabelsChooseNamespace:
 				w.Namespace = ns
 			case ns != w.Namespace:
-				errs = append(errs, fmt.Sprintf("label %q: containers started without Nomad belong to namespace %q (docker.labels_namespace), not %s; remove the label, or ask the operator to set docker.labels_choose_namespace", labelNamespace, w.Namespace, quoteCut(ns)))
+				errs = append(errs, fmt.Sprintf("label %q: containers started without Nomad belong to namespace %q (docker.labels_namespace), not %s; remove the label, or ask the operator to set docker.labels_choose_namespace", docker.LabelNamespace, w.Namespace, quoteCut(ns)))
 			}
 		}
 		if len(errs) > 0 {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/v6reg/v6reg/docker"
+
 	"github.com/v6reg/v6reg/nomad"
 
 	"github.com/v6reg/v6reg/firewall"
@@ -16,13 +18,13 @@ const (
 	allocB = "c3cc5a34-9704-946d-259f-aa915569ff21"
 )
 
-func labelContainer(tag, name string, n int, labels map[string]string) Container {
-	return Container{ID: cid(tag), Name: name, Addr: addrN(n), Labels: labels}
+func labelContainer(tag, name string, n int, labels map[string]string) docker.Container {
+	return docker.Container{ID: cid(tag), Name: name, Addr: addrN(n), Labels: labels}
 }
 
-func nomadContainer(tag, task, alloc string, n int) Container {
-	return Container{ID: cid(tag), Name: task + "-" + alloc, Addr: addrN(n),
-		Labels: map[string]string{labelNomadAlloc: alloc}, AllocID: alloc, Task: task}
+func nomadContainer(tag, task, alloc string, n int) docker.Container {
+	return docker.Container{ID: cid(tag), Name: task + "-" + alloc, Addr: addrN(n),
+		Labels: map[string]string{docker.LabelNomadAlloc: alloc}, AllocID: alloc, Task: task}
 }
 
 // shopAlloc has meta at every level: egress from the job, ingress from the
@@ -58,7 +60,7 @@ func workloadOf(t *testing.T, d Desired, id string) Workload {
 			return w
 		}
 	}
-	t.Fatalf("no workload for container %s", shortID(id))
+	t.Fatalf("no workload for container %s", docker.ShortID(id))
 	return Workload{}
 }
 
@@ -74,7 +76,7 @@ func fwOf(d Desired, id string) (firewall.Container, bool) {
 func regsOf(d Desired, id string) []Registration {
 	var out []Registration
 	for _, r := range d.Registrations {
-		if r.Meta[metaContainer] == shortID(id) {
+		if r.Meta[metaContainer] == docker.ShortID(id) {
 			out = append(out, r)
 		}
 	}
@@ -493,7 +495,7 @@ func assertClosed(t *testing.T, d Desired, id string) {
 	t.Helper()
 	fc, ok := fwOf(d, id)
 	if !ok {
-		t.Errorf("container %s has no firewall element; a closed container with an address keeps one (default deny)", shortID(id))
+		t.Errorf("container %s has no firewall element; a closed container with an address keeps one (default deny)", docker.ShortID(id))
 	}
 	if len(fc.Ingress)+len(fc.Egress) != 0 {
 		t.Errorf("closed container has rules: %+v", fc)

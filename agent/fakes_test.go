@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/docker"
+
 	"context"
 
 	"github.com/v6reg/v6reg/nomad"
@@ -77,7 +79,7 @@ func testOperator() policies.Operator {
 	return op
 }
 
-func testInput(cs ...Container) buildInput {
+func testInput(cs ...docker.Container) buildInput {
 	return buildInput{
 		Node: "n1", IDPrefix: "v6reg", Prefix: testPrefix, Gateway: testGateway,
 		Operator: testOperator(), Containers: cs, Nomad: true,
@@ -134,13 +136,13 @@ func (f *fakeDocker) ContainerInspect(_ context.Context, id string) (container.I
 
 // relist tells the agent, as a broken event stream does, that Docker
 // changed in ways no event named: the next reconcile lists everything.
-func relist(a *Agent) { dockerIntake{a}.relistEvent("test: docker changed") }
+func relist(a *Agent) { dockerIntake{a}.RelistEvent("test: docker changed") }
 
 // started tells the agent, as Docker's events do, that these containers
 // changed: the next reconcile inspects them.
 func started(a *Agent, ids ...string) {
 	for _, id := range ids {
-		dockerIntake{a}.containerEvent(id, "test: container event")
+		dockerIntake{a}.ContainerEvent(id, "test: container event")
 	}
 }
 

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"testing"
+
+	"github.com/v6reg/v6reg/docker"
 )
 
 // FuzzBuildLabels: whatever a container's labels say, build gives a state
@@ -16,9 +18,9 @@ func FuzzBuildLabels(f *testing.F) {
 	f.Add("tcp/1-1024,2000-2001 from fd00:aa::1", "", "x:1:https;y:2", "open")
 	want, _ := fwOf(build(testInput(neighbour)), neighbour.ID)
 	f.Fuzz(func(t *testing.T, ingress, egress, services, namespace string) {
-		labels := map[string]string{"v6reg.ingress": ingress, "v6reg.egress": egress, "v6reg.services": services, labelJob: "p-x"}
+		labels := map[string]string{"v6reg.ingress": ingress, "v6reg.egress": egress, "v6reg.services": services, docker.LabelJob: "p-x"}
 		if namespace != "" {
-			labels[labelNamespace] = namespace
+			labels[docker.LabelNamespace] = namespace
 		}
 		c := labelContainer("f1", "fz", 10, labels)
 		checkHostile(t, hostileCase{

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/docker"
+
 	"github.com/v6reg/v6reg/nomad"
 
 	"github.com/v6reg/v6reg/firewall"
@@ -20,7 +22,7 @@ import (
 
 // hostileCase is one container's hostile input and where it was written.
 type hostileCase struct {
-	c      Container
+	c      docker.Container
 	in     buildInput
 	keys   []string // the keys the input set, as the errors must name them
 	anyOK  bool     // its namespace may use "any" (testOperator's "open")
@@ -45,7 +47,7 @@ func hostileNamespace(r *rand.Rand) string {
 
 // labelCase puts hostile values on a label-only container.
 func labelCase(r *rand.Rand) hostileCase {
-	labels := map[string]string{labelJob: "p-x"}
+	labels := map[string]string{docker.LabelJob: "p-x"}
 	hc := hostileCase{source: "labels"}
 	for _, k := range policytest.Keys {
 		if r.IntN(3) > 0 {
@@ -54,13 +56,13 @@ func labelCase(r *rand.Rand) hostileCase {
 		}
 	}
 	if ns := hostileNamespace(r); ns != "" {
-		labels[labelNamespace] = ns
+		labels[docker.LabelNamespace] = ns
 		hc.anyOK = ns == "open"
-		hc.keys = append(hc.keys, `label "`+labelNamespace+`"`)
+		hc.keys = append(hc.keys, `label "`+docker.LabelNamespace+`"`)
 	}
 	if r.IntN(6) == 0 {
-		labels[labelJob] = policytest.Mutate(r, "p-x")
-		hc.keys = append(hc.keys, `label "`+labelJob+`"`)
+		labels[docker.LabelJob] = policytest.Mutate(r, "p-x")
+		hc.keys = append(hc.keys, `label "`+docker.LabelJob+`"`)
 	}
 	hc.c = labelContainer("f1", "fz", 10, labels)
 	hc.in = testInput(hc.c, neighbour)
@@ -208,18 +210,18 @@ func TestIdentityLabels(t *testing.T) {
 		name, key, value string
 		refused          bool
 	}{
-		{"namespace ok", labelNamespace, "team-a", false},
-		{"namespace with commas", labelNamespace, "team" + strings.Repeat(",", 100000), true},
-		{"namespace empty", labelNamespace, "", true},
-		{"namespace too long", labelNamespace, strings.Repeat("a", 129), true},
-		{"job ok", labelJob, "p-web.v2", false},
-		{"job with a space", labelJob, "p web", true},
-		{"job with NUL", labelJob, "p\x00web", true},
-		{"job invalid UTF-8", labelJob, "p\xffweb", true},
-		{"job too long", labelJob, strings.Repeat("j", 257), true},
+		{"namespace ok", docker.LabelNamespace, "team-a", false},
+		{"namespace with commas", docker.LabelNamespace, "team" + strings.Repeat(",", 100000), true},
+		{"namespace empty", docker.LabelNamespace, "", true},
+		{"namespace too long", docker.LabelNamespace, strings.Repeat("a", 129), true},
+		{"job ok", docker.LabelJob, "p-web.v2", false},
+		{"job with a space", docker.LabelJob, "p web", true},
+		{"job with NUL", docker.LabelJob, "p\x00web", true},
+		{"job invalid UTF-8", docker.LabelJob, "p\xffweb", true},
+		{"job too long", docker.LabelJob, strings.Repeat("j", 257), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			labels := map[string]string{"v6reg.ingress": "tcp/80 from @traefik", labelJob: "p-x", tc.key: tc.value}
+			labels := map[string]string{"v6reg.ingress": "tcp/80 from @traefik", docker.LabelJob: "p-x", tc.key: tc.value}
 			c := labelContainer("f1", "fz", 10, labels)
 			w := workloadOf(t, build(testInput(c)), c.ID)
 			if w.Closed != tc.refused {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/docker"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -225,21 +227,21 @@ func TestResyncCountsDrift(t *testing.T) {
 // build of the desired state with every evaluation memoized but one
 // (the container an event named).
 func benchBuild(b *testing.B, n int) {
-	v := newDockerView()
+	v := docker.NewView()
 	for _, s := range manySummaries(n) {
-		v.put(newContainer(s.ID, s.Names[0], s.Labels, time.Unix(s.Created, 0), s.NetworkSettings.Networks[testNetwork]), "")
+		v.Put(docker.NewContainer(s.ID, s.Names[0], s.Labels, time.Unix(s.Created, 0), s.NetworkSettings.Networks[testNetwork]), "")
 	}
 	memo := newEvalMemo()
-	in := testInput(v.containers()...)
+	in := testInput(v.Containers()...)
 	in.Memo, in.OperatorRev = memo, 1
 	build(in)
 	evals0 := memo.evals
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		c := v.containers()[i%n]
+		c := v.Containers()[i%n]
 		c.Labels = map[string]string{"v6reg.ingress": fmt.Sprintf("tcp/%d from @traefik", 1000+i%1000)}
-		v.put(c, "")
-		in.Containers = v.containers()
+		v.Put(c, "")
+		in.Containers = v.Containers()
 		build(in)
 	}
 	b.ReportMetric(float64(memo.evals-evals0)/float64(b.N), "evals/op")
@@ -250,11 +252,11 @@ func BenchmarkBuildOneChangedAt10000(b *testing.B) { benchBuild(b, 10000) }
 
 // BenchmarkLimitsAt1000 is what holding the size limits adds to a pass.
 func BenchmarkLimitsAt1000(b *testing.B) {
-	v := newDockerView()
+	v := docker.NewView()
 	for _, s := range manySummaries(1000) {
-		v.put(newContainer(s.ID, s.Names[0], s.Labels, time.Unix(s.Created, 0), s.NetworkSettings.Networks[testNetwork]), "")
+		v.Put(docker.NewContainer(s.ID, s.Names[0], s.Labels, time.Unix(s.Created, 0), s.NetworkSettings.Networks[testNetwork]), "")
 	}
-	in := testInput(v.containers()...)
+	in := testInput(v.Containers()...)
 	in.Memo, in.OperatorRev, in.Elements = newEvalMemo(), 1, firewall.NewElementCounter()
 	prev := build(in)
 	b.ResetTimer()

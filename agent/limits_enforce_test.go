@@ -8,12 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/docker"
+
 	consul "github.com/hashicorp/consul/api"
 
 	"github.com/v6reg/v6reg/policies"
 )
 
-func limitedInput(lim policies.Limits, cs ...Container) buildInput {
+func limitedInput(lim policies.Limits, cs ...docker.Container) buildInput {
 	in := testInput(cs...)
 	in.Operator.Limits = lim
 	return in
@@ -31,12 +33,12 @@ func assertRefused(t *testing.T, d Desired, id, want string) {
 	t.Helper()
 	w := workloadOf(t, d, id)
 	if !w.Closed || len(w.Errors) == 0 || !strings.Contains(strings.Join(w.Errors, "\n"), want) {
-		t.Fatalf("workload %s = closed %v reason %q errors %q; want closed with %q", shortID(id), w.Closed, w.Reason, w.Errors, want)
+		t.Fatalf("workload %s = closed %v reason %q errors %q; want closed with %q", docker.ShortID(id), w.Closed, w.Reason, w.Errors, want)
 	}
 	assertNoRules(t, d, id)
 	regs := regsOf(d, id)
 	if len(regs) == 0 {
-		t.Fatalf("no registration for refused %s: the error must show in Consul", shortID(id))
+		t.Fatalf("no registration for refused %s: the error must show in Consul", docker.ShortID(id))
 	}
 	for _, r := range regs {
 		if r.Check.Kind != "critical" || !strings.Contains(r.Check.Notes, want) {
@@ -50,7 +52,7 @@ func assertOpen(t *testing.T, d Desired, id string) {
 	w := workloadOf(t, d, id)
 	fc, _ := fwOf(d, id)
 	if w.Closed || len(fc.Ingress)+len(fc.Egress) == 0 {
-		t.Fatalf("workload %s = closed %v errors %q rules %d; want open", shortID(id), w.Closed, w.Errors, len(fc.Ingress)+len(fc.Egress))
+		t.Fatalf("workload %s = closed %v errors %q rules %d; want open", docker.ShortID(id), w.Closed, w.Errors, len(fc.Ingress)+len(fc.Egress))
 	}
 }
 
@@ -104,7 +106,7 @@ func TestLimitsPerNodeKeepWhatIsInForce(t *testing.T) {
 	// Each container: 3 base + 100 ports + 1 list element (@ops, IPv6 only).
 	lim := policies.Limits{ContainerElements: 1000, ContainerPeers: 10, NodeElements: 250, NodePeerSets: 3, PeerSetAddresses: 100}
 	now := time.Unix(1_700_000_000, 0)
-	mk := func(tag string, n int, age time.Duration, labels map[string]string) Container {
+	mk := func(tag string, n int, age time.Duration, labels map[string]string) docker.Container {
 		c := labelContainer(tag, tag, n, labels)
 		c.Created = now.Add(-age)
 		return c

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/v6reg/v6reg/docker"
+
 	"github.com/v6reg/v6reg/internal/testwait"
 	"github.com/v6reg/v6reg/nomad"
 	"github.com/v6reg/v6reg/nomad/nomadtest"
@@ -35,7 +37,7 @@ func TestRecordedContainersMatchAllocations(t *testing.T) {
 	src := nomad.NewSource(&fakeNomad{}, nomadtest.FixtureNode, quietLog())
 	src.Store(allocs, 1)
 	d := &fakeDocker{list: []container.Summary{inspectSummary(t, "docker-inspect.cerebro.json"), inspectSummary(t, "docker-inspect.worker.json")}}
-	cs, err := listContainers(t.Context(), d, testNetwork)
+	cs, err := docker.List(t.Context(), d, testNetwork)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,12 +7,14 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/v6reg/v6reg/docker"
+
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/v6reg/v6reg/firewall"
 )
 
-// fakePorts is a BridgePorts that knows a port per namespace file.
+// fakePorts is a docker.BridgePorts that knows a port per namespace file.
 type fakePorts struct {
 	mu    sync.Mutex
 	port  map[string]int
@@ -101,10 +103,10 @@ func TestBridgePorts(t *testing.T) {
 	r.docker.set(withEndpoint(summary(b, "b", addrN(11), nil), "ep-b"))
 	relist(r.agent)
 	reconcile(false)
-	if _, ok := r.agent.ports.known[a]; ok || len(r.agent.ports.known) != 1 {
-		t.Errorf("after a's removal the cache holds %v", r.agent.ports.known)
+	if _, ok := r.agent.ports.Known(a); ok || r.agent.ports.Len() != 1 {
+		t.Errorf("after a's removal the cache holds %d containers, a among them: %v", r.agent.ports.Len(), ok)
 	}
 }
 
 // The firewall's finder satisfies the agent's interface.
-var _ BridgePorts = (*firewall.PortFinder)(nil)
+var _ docker.BridgePorts = (*firewall.PortFinder)(nil)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/docker"
 	"github.com/v6reg/v6reg/internal/backoff"
 
 	"context"
@@ -129,7 +130,7 @@ func (a *Agent) applyConsul(ctx context.Context, j *regJob) error {
 	first := make(map[string]time.Time, len(j.events))
 	byShort := make(map[string]string, len(j.events))
 	for id, t := range j.events {
-		first[shortID(id)], byShort[shortID(id)] = t, id
+		first[docker.ShortID(id)], byShort[docker.ShortID(id)] = t, id
 	}
 	reported := map[string]bool{}
 	report := func(short string) {

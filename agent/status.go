@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/docker"
 	"github.com/v6reg/v6reg/nomad"
 
 	"context"
@@ -304,8 +305,8 @@ func (a *Agent) refreshDrops(ctx context.Context) {
 		if c.Drops == nil {
 			continue
 		}
-		a.o.Metrics.Drops.WithLabelValues(shortID(c.ID), "ingress").Set(float64(c.Drops.IngressPackets))
-		a.o.Metrics.Drops.WithLabelValues(shortID(c.ID), "egress").Set(float64(c.Drops.EgressPackets))
+		a.o.Metrics.Drops.WithLabelValues(docker.ShortID(c.ID), "ingress").Set(float64(c.Drops.IngressPackets))
+		a.o.Metrics.Drops.WithLabelValues(docker.ShortID(c.ID), "egress").Set(float64(c.Drops.EgressPackets))
 	}
 	if s.Spoofed != nil {
 		a.o.Metrics.SpoofDrops.WithLabelValues("bridge_port").Set(float64(s.Spoofed.BridgePortPackets))

@@ -1,9 +1,10 @@
-package agent
+package docker
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/v6reg/v6reg/internal/testwait"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 )
 
@@ -25,7 +27,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 	calls := make(chan call, 10)
 	var mu sync.Mutex
 	n := 0
-	api := &fakeDocker{events: func(_ context.Context, o events.ListOptions) (<-chan events.Message, <-chan error) {
+	api := eventsOnly(func(_ context.Context, o events.ListOptions) (<-chan events.Message, <-chan error) {
 		mu.Lock()
 		n++
 		k := n
@@ -51,7 +53,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 			close(msgs)
 		}
 		return msgs, errs
-	}}
+	})
 	var backoffs []time.Duration
 	after := func(d time.Duration) <-chan time.Time {
 		backoffs = append(backoffs, d)
@@ -65,7 +67,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		watchDocker(ctx, api, testNetwork, testLog(t), funcSink{
+		Watch(ctx, api, testNetwork, testLog(t), funcSink{
 			container: func(id, r string) { triggers <- r + " " + id },
 			relist:    func(r string) { triggers <- r },
 		}, func() { errCount++ }, after)
@@ -84,7 +86,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 	}
 	select {
 	case <-done:
-		t.Fatal("watchDocker returned before its context ended")
+		t.Fatal("Watch returned before its context ended")
 	default:
 	}
 	// A relist per subscription (the 4th comes right after its Events
@@ -104,7 +106,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 		}
 	}
 	cancel()
-	testwait.Recv(t, done, "watchDocker to return after cancel")
+	testwait.Recv(t, done, "Watch to return after cancel")
 	if starts != 1 || len(triggers) != 0 {
 		t.Errorf("triggers %q (and %d more): want 4 subscriptions and one start", got, len(triggers))
 	}
@@ -118,11 +120,40 @@ func TestWatchDockerReconnects(t *testing.T) {
 	}
 }
 
-// funcSink is a dockerSink of functions.
+// funcSink is a Sink of functions.
 type funcSink struct {
 	container func(id, reason string)
 	relist    func(reason string)
 }
 
-func (f funcSink) containerEvent(id, reason string) { f.container(id, reason) }
-func (f funcSink) relistEvent(reason string)        { f.relist(reason) }
+func (f funcSink) ContainerEvent(id, reason string) { f.container(id, reason) }
+func (f funcSink) RelistEvent(reason string)        { f.relist(reason) }
+
+const testNetwork = "v6"
+
+func testLog(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// eventsOnly is an engine that only serves events.
+type eventsOnly func(ctx context.Context, o events.ListOptions) (<-chan events.Message, <-chan error)
+
+func (f eventsOnly) Events(ctx context.Context, o events.ListOptions) (<-chan events.Message, <-chan error) {
+	return f(ctx, o)
+}
+
+func (eventsOnly) ContainerList(context.Context, container.ListOptions) ([]container.Summary, error) {
+	return nil, errors.New("not in this test")
+}
+
+func (eventsOnly) ContainerInspect(context.Context, string) (container.InspectResponse, error) {
+	return container.InspectResponse{}, errors.New("not in this test")
+}

@@ -1,4 +1,4 @@
-package agent
+package docker
 
 import (
 	"context"
@@ -15,13 +15,13 @@ type BridgePorts interface {
 	Ports(netns []string) (ports []int, errs []error)
 }
 
-// portCache keeps each container's bridge port, so that a container is
+// PortCache keeps each container's bridge port, so that a container is
 // inspected once per start, not per reconcile. Entries are keyed by
 // container ID and remember the endpoint they were found for: a restarted
 // container keeps its ID but gets a new endpoint and a new veth, so a new
 // endpoint ID is looked up again. Only the reconcile goroutine uses it.
-type portCache struct {
-	docker  DockerAPI
+type PortCache struct {
+	docker  API
 	finder  BridgePorts
 	network string
 	log     *slog.Logger
@@ -34,11 +34,13 @@ type portEntry struct {
 	failed   bool // not found: Port 0, retried on the next full reconcile
 }
 
-func newPortCache(docker DockerAPI, finder BridgePorts, network string, log *slog.Logger) *portCache {
-	return &portCache{docker: docker, finder: finder, network: network, log: log, known: map[string]portEntry{}}
+// NewPortCache finds ports with finder, inspecting containers through
+// docker for their network namespaces.
+func NewPortCache(docker API, finder BridgePorts, network string, log *slog.Logger) *PortCache {
+	return &PortCache{docker: docker, finder: finder, network: network, log: log, known: map[string]portEntry{}}
 }
 
-// fill sets the Port of every container that has an address: from the
+// Fill sets the Port of every container that has an address: from the
 // cache, or by inspecting the containers whose endpoint is new (and, when
 // retryFailed, those whose lookup failed) and asking the finder once for
 // all of them. A container whose port is not found keeps Port 0 (the
@@ -48,7 +50,7 @@ func newPortCache(docker DockerAPI, finder BridgePorts, network string, log *slo
 // sandbox, if not nil, gives the network namespace file an inspect already
 // read for a container's endpoint ("" if none): that container is not
 // inspected again.
-func (pc *portCache) fill(ctx context.Context, cs []Container, retryFailed bool, sandbox func(id, endpoint string) string) {
+func (pc *PortCache) Fill(ctx context.Context, cs []Container, retryFailed bool, sandbox func(id, endpoint string) string) {
 	alive := make(map[string]bool, len(cs))
 	var todo []int // indexes into cs
 	for i, c := range cs {
@@ -81,7 +83,7 @@ func (pc *portCache) fill(ctx context.Context, cs []Container, retryFailed bool,
 // hundred inspects held the first apply for seconds (fault case 1).
 const inspectParallel = 16
 
-func (pc *portCache) lookup(ctx context.Context, cs []Container, todo []int, sandbox func(id, endpoint string) string) {
+func (pc *PortCache) lookup(ctx context.Context, cs []Container, todo []int, sandbox func(id, endpoint string) string) {
 	sandboxes, errs := make([]string, len(todo)), make([]error, len(todo))
 	var g errgroup.Group
 	g.SetLimit(inspectParallel)
@@ -127,8 +129,8 @@ func (pc *portCache) lookup(ctx context.Context, cs []Container, todo []int, san
 }
 
 // sandbox is the container's network namespace file, from Docker.
-func (pc *portCache) sandbox(ctx context.Context, c Container) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, dockerListTimeout)
+func (pc *PortCache) sandbox(ctx context.Context, c Container) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
 	info, err := pc.docker.ContainerInspect(ctx, c.ID)
 	if err != nil {
@@ -146,7 +148,7 @@ func (pc *portCache) sandbox(ctx context.Context, c Container) (string, error) {
 	return ns.SandboxKey, nil
 }
 
-func (pc *portCache) failed(c Container, err error) {
+func (pc *PortCache) failed(c Container, err error) {
 	prev, had := pc.known[c.ID]
 	pc.known[c.ID] = portEntry{endpoint: c.EndpointID, failed: true}
 	msg := "bridge port of container not found; its address is bound to its MAC only, which a container with NET_RAW or NET_ADMIN can forge"
@@ -156,3 +158,12 @@ func (pc *portCache) failed(c Container, err error) {
 	}
 	pc.log.Warn(msg, "container", c.ShortID(), "address", c.Addr, "err", err)
 }
+
+// Known returns the cached port of a container, if any.
+func (pc *PortCache) Known(id string) (port int, ok bool) {
+	e, ok := pc.known[id]
+	return e.port, ok
+}
+
+// Len is the number of containers cached.
+func (pc *PortCache) Len() int { return len(pc.known) }

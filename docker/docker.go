@@ -1,4 +1,7 @@
-package agent
+// Package docker is the agent's Docker source: the containers on the
+// v6reg network as the engine reports them (list, inspect, events), a
+// view of them kept by events, and each container's bridge port.
+package docker
 
 import (
 	"github.com/v6reg/v6reg/internal/backoff"
@@ -22,9 +25,9 @@ import (
 	nettypes "github.com/docker/docker/api/types/network"
 )
 
-// DockerAPI is the part of the Docker engine API the agent reads; the real
+// API is the part of the Docker engine API the agent reads; the real
 // *client.Client satisfies it.
-type DockerAPI interface {
+type API interface {
 	ContainerList(ctx context.Context, options container.ListOptions) ([]container.Summary, error)
 	// ContainerInspect is called once per container start, for its
 	// network namespace (NetworkSettings.SandboxKey).
@@ -34,15 +37,15 @@ type DockerAPI interface {
 
 // Label and env names that Nomad's docker driver sets.
 const (
-	labelNomadAlloc = "com.hashicorp.nomad.alloc_id"
-	labelNomadTask  = "com.hashicorp.nomad.task_name" // only with extra_labels
-	labelNomadJob   = "com.hashicorp.nomad.job_name"  // only with extra_labels
-	labelNomadNS    = "com.hashicorp.nomad.namespace" // only with extra_labels
-	labelNomadGroup = "com.hashicorp.nomad.task_group_name"
+	LabelNomadAlloc     = "com.hashicorp.nomad.alloc_id"
+	LabelNomadTask      = "com.hashicorp.nomad.task_name" // only with extra_labels
+	LabelNomadJob       = "com.hashicorp.nomad.job_name"  // only with extra_labels
+	LabelNomadNamespace = "com.hashicorp.nomad.namespace" // only with extra_labels
+	LabelNomadGroup     = "com.hashicorp.nomad.task_group_name"
 
 	// Labels for containers started without Nomad.
-	labelJob       = "v6reg.job"
-	labelNamespace = "v6reg.namespace"
+	LabelJob       = "v6reg.job"
+	LabelNamespace = "v6reg.namespace"
 )
 
 // Container is what the agent knows of one running container on the v6reg
@@ -59,7 +62,7 @@ type Container struct {
 	// start, so it tells when Port must be looked up again.
 	EndpointID string
 	// Port is the host-side veth ifindex of the container on the bridge,
-	// 0 if unknown (see portCache): the firewall binds Addr to it.
+	// 0 if unknown (see PortCache): the firewall binds Addr to it.
 	Port   int
 	Labels map[string]string
 	// AllocID is the Nomad allocation (empty for containers without Nomad).
@@ -68,19 +71,31 @@ type Container struct {
 	Task    string
 	Created time.Time
 
-	// rev changes whenever the agent's view of Docker stores a different
-	// version of the container (0: not from the view), so that its policy
-	// is evaluated again only when it changed.
-	rev uint64
+	// Rev changes whenever the View stores a different version of the
+	// container (0: not from a View), so that the agent evaluates its
+	// policy again only when it changed.
+	Rev uint64
 }
 
 // ShortID is the 12-character container ID Docker shows.
-func (c Container) ShortID() string { return shortID(c.ID) }
+func (c Container) ShortID() string { return ShortID(c.ID) }
 
-// listContainers reads every running container attached to network. One
+// ShortID is the 12-character form of a container ID, as Docker shows it.
+func ShortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// CallTimeout bounds one call to the engine (a list, an inspect), so that
+// a hung engine delays the agent instead of stopping it.
+const CallTimeout = 30 * time.Second
+
+// List reads every running container attached to network. One
 // list call carries names, labels and addresses, so a reconcile costs one
 // round trip to Docker however many containers run.
-func listContainers(ctx context.Context, api DockerAPI, network string) ([]Container, error) {
+func List(ctx context.Context, api API, network string) ([]Container, error) {
 	list, err := api.ContainerList(ctx, container.ListOptions{
 		Filters: filters.NewArgs(filters.Arg("network", network)),
 	})
@@ -97,16 +112,16 @@ func listContainers(ctx context.Context, api DockerAPI, network string) ([]Conta
 		if s.NetworkSettings != nil {
 			ep = s.NetworkSettings.Networks[network]
 		}
-		out = append(out, newContainer(s.ID, name, s.Labels, time.Unix(s.Created, 0), ep))
+		out = append(out, NewContainer(s.ID, name, s.Labels, time.Unix(s.Created, 0), ep))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
 
-// newContainer is what the agent keeps of a container, from what a list
+// NewContainer is what the agent keeps of a container, from what a list
 // or an inspect says of it (the same fields either way, so that a resync's
 // list finds no difference with what events brought).
-func newContainer(id, name string, labels map[string]string, created time.Time, ep *nettypes.EndpointSettings) Container {
+func NewContainer(id, name string, labels map[string]string, created time.Time, ep *nettypes.EndpointSettings) Container {
 	c := Container{ID: id, Name: strings.TrimPrefix(name, "/"), Labels: labels, Created: created}
 	if ep != nil {
 		c.Addr, _ = netip.ParseAddr(ep.GlobalIPv6Address)
@@ -114,9 +129,9 @@ func newContainer(id, name string, labels map[string]string, created time.Time, 
 		c.MAC, _ = net.ParseMAC(ep.MacAddress)
 		c.EndpointID = ep.EndpointID
 	}
-	c.AllocID = labels[labelNomadAlloc]
+	c.AllocID = labels[LabelNomadAlloc]
 	if c.AllocID != "" {
-		c.Task = labels[labelNomadTask]
+		c.Task = labels[LabelNomadTask]
 		if c.Task == "" {
 			// Nomad names task containers "<task>-<alloc id>".
 			c.Task = strings.TrimSuffix(c.Name, "-"+c.AllocID)
@@ -125,16 +140,16 @@ func newContainer(id, name string, labels map[string]string, created time.Time, 
 	return c
 }
 
-// inspectContainer reads one container, for the event that named it: the
+// Inspect reads one container, for the event that named it: the
 // container as a list would show it, its network namespace (for its bridge
 // port), and whether it is running on network at all (false: it left).
-func inspectContainer(ctx context.Context, api DockerAPI, network, id string) (c Container, sandbox string, present bool, err error) {
+func Inspect(ctx context.Context, api API, network, id string) (c Container, sandbox string, present bool, err error) {
 	info, err := api.ContainerInspect(ctx, id)
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {
 			return Container{}, "", false, nil
 		}
-		return Container{}, "", false, fmt.Errorf("inspecting container %s: %w", shortID(id), err)
+		return Container{}, "", false, fmt.Errorf("inspecting container %s: %w", ShortID(id), err)
 	}
 	if info.ContainerJSONBase == nil || info.State == nil || !info.State.Running || info.NetworkSettings == nil {
 		return Container{}, "", false, nil
@@ -150,18 +165,18 @@ func inspectContainer(ctx context.Context, api DockerAPI, network, id string) (c
 	// The list gives the creation time in whole seconds; so does this.
 	created, _ := time.Parse(time.RFC3339Nano, info.Created)
 	created = time.Unix(created.Unix(), 0)
-	return newContainer(info.ID, info.Name, labels, created, ep), info.NetworkSettings.SandboxKey, true, nil
+	return NewContainer(info.ID, info.Name, labels, created, ep), info.NetworkSettings.SandboxKey, true, nil
 }
 
-// dockerSink receives what watchDocker sees: a container an event names
+// Sink receives what Watch sees: a container an event names
 // (the agent inspects that one container), or a relist request when events
 // may have been missed (the agent lists every container).
-type dockerSink interface {
-	containerEvent(id, reason string)
-	relistEvent(reason string)
+type Sink interface {
+	ContainerEvent(id, reason string)
+	RelistEvent(reason string)
 }
 
-// watchDocker follows the engine's event stream and tells sink of every
+// Watch follows the engine's event stream and tells sink of every
 // event that can change the desired state. It never returns before ctx is
 // done: when the stream breaks it reconnects with backoff, resumes from the
 // last event it saw, and asks for a full relist (events lost in the gap are
@@ -169,7 +184,7 @@ type dockerSink interface {
 //
 // after is time.After outside tests (a seam, so tests see the backoff
 // without waiting it out).
-func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.Logger, sink dockerSink, onError func(), after func(time.Duration) <-chan time.Time) {
+func Watch(ctx context.Context, api API, network string, log *slog.Logger, sink Sink, onError func(), after func(time.Duration) <-chan time.Time) {
 	since := time.Now()
 	retry := backoff.New(250*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
@@ -187,7 +202,7 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 			Since:   fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond()),
 			Filters: f,
 		})
-		sink.relistEvent("docker: (re)subscribed to events")
+		sink.RelistEvent("docker: (re)subscribed to events")
 		err := func() error {
 			for {
 				select {
@@ -212,10 +227,10 @@ func watchDocker(ctx context.Context, api DockerAPI, network string, log *slog.L
 					}
 					if id == "" {
 						// Nothing names the container: only a relist tells.
-						sink.relistEvent("docker: " + string(m.Type) + " " + string(m.Action) + " without a container")
+						sink.RelistEvent("docker: " + string(m.Type) + " " + string(m.Action) + " without a container")
 						continue
 					}
-					sink.containerEvent(id, "docker: "+string(m.Type)+" "+string(m.Action))
+					sink.ContainerEvent(id, "docker: "+string(m.Type)+" "+string(m.Action))
 				case err, ok := <-errs:
 					if err == nil || !ok {
 						err = errors.New("event stream ended")
