@@ -31,8 +31,9 @@ type Firewall struct {
 	revoking      bool
 	noRevoke      bool // benchmarks of the table alone
 
-	log *slog.Logger
-	gen interface{ read() (uint32, error) } // a *genReader but in tests
+	log   *slog.Logger
+	gen   interface{ read() (uint32, error) } // a *genReader but in tests
+	elems []*elemReader                       // none: read elements through conn only
 
 	mu sync.Mutex
 	// m is what the table held after our last commit (nil: unknown).
@@ -76,7 +77,8 @@ func (c Changes) Restored() bool {
 // nsfd (0 for the current namespace) so the generation check reads the same
 // namespace.
 func New(conn *nftables.Conn, nsfd int, log *slog.Logger) *Firewall {
-	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}, nsfd: nsfd}
+	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}, nsfd: nsfd,
+		elems: []*elemReader{{nsfd: nsfd}, {nsfd: nsfd}}}
 }
 
 // Restores counts the Applies that found the table missing or a chain's
@@ -142,7 +144,7 @@ func (f *Firewall) apply(ctx context.Context, s State) (Changes, error) {
 	incremental := false
 	if f.m != nil && gerr == nil && g0 == f.liveGen {
 		var ok bool
-		if p, ok = f.m.update(s, f.comp, nil); ok {
+		if p, ok = f.m.update(s, f.comp, nil, true); ok {
 			incremental = true
 			f.target = &s // update validated every change
 		} else if err := s.Validate(); err != nil {
@@ -163,13 +165,13 @@ func (f *Firewall) apply(ctx context.Context, s State) (Changes, error) {
 			}
 		}
 		m := newModel(s)
-		if _, ok := m.update(s, f.comp, reuse); !ok {
+		if _, ok := m.update(s, f.comp, reuse, false); !ok {
 			return Changes{}, fmt.Errorf("firewall state: accepted by Validate but not by the model (a bug)")
 		}
 		f.m = nil // until the table is known to match
 		if live == nil {
 			var err error
-			if live, err = f.readLive(); err != nil {
+			if live, err = f.readLive(m.want); err != nil {
 				return Changes{}, err
 			}
 		}
@@ -230,15 +232,23 @@ type liveState struct {
 	content
 	present       bool // table inet v6reg
 	bridgePresent bool // table bridge v6reg
+	// sameElems are the sets found to hold exactly the wanted elements;
+	// their elements are not in content.elems.
+	sameElems map[string]bool
 }
 
-func (f *Firewall) readLive() (*liveState, error) {
-	ls := &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}}}
+// readLive reads both tables as far as a diff against want needs: the
+// elements of a set that holds exactly want's are compared where they are
+// read and not kept, those of a set want does not have are not read (it
+// is deleted whole).
+func (f *Firewall) readLive(want content) (*liveState, error) {
+	ls := &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
+		sameElems: map[string]bool{}}
 	var err error
-	if ls.present, err = f.readLiveTable(ls, table, ""); err != nil {
+	if ls.present, err = f.readLiveTable(ls, table, "", want); err != nil {
 		return nil, err
 	}
-	if ls.bridgePresent, err = f.readLiveTable(ls, bridgeTable, bridgeQual); err != nil {
+	if ls.bridgePresent, err = f.readLiveTable(ls, bridgeTable, bridgeQual, want); err != nil {
 		return nil, err
 	}
 	return ls, nil
@@ -246,7 +256,7 @@ func (f *Firewall) readLive() (*liveState, error) {
 
 // readLiveTable reads one of our tables into ls, its names prefixed with
 // qual, and reports whether it exists.
-func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual string) (bool, error) {
+func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual string, want content) (bool, error) {
 	fam := "inet"
 	if table.Family == nftables.TableFamilyBridge {
 		fam = "bridge"
@@ -262,9 +272,17 @@ func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual stri
 	if err != nil {
 		return false, fmt.Errorf("list sets of %s %s: %w", fam, TableName, err)
 	}
+	same := f.sameSets(sets, qual, want)
 	for _, s := range sets {
 		name := qual + s.Name
 		ls.sets[name] = setSpec{name: name}
+		if _, ok := want.sets[name]; !ok {
+			continue // deleted whole, elements and all
+		}
+		if same[name] {
+			ls.sameElems[name] = true
+			continue
+		}
 		elems, err := f.conn.GetSetElements(s)
 		if err != nil {
 			return false, fmt.Errorf("list elements of set %s %s %s: %w", fam, TableName, s.Name, err)
@@ -304,6 +322,48 @@ func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual stri
 		ls.chains[cs.name] = cs
 	}
 	return true, nil
+}
+
+// sameSets compares the elements of the sets of one table (names
+// prefixed with qual) that want has with want's, len(f.elems) sets at a
+// time: the kernel fills each dump in the reader's thread, so two readers
+// use two cores when they are free. A set missing from the result differs
+// or could not be read fast.
+func (f *Firewall) sameSets(sets []*nftables.Set, qual string, want content) map[string]bool {
+	out := map[string]bool{}
+	if len(f.elems) == 0 {
+		return out
+	}
+	var mu sync.Mutex
+	var next atomic.Int32
+	var wg sync.WaitGroup
+	for _, r := range f.elems {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(sets) {
+					return
+				}
+				s := sets[i]
+				name := qual + s.Name
+				w, ok := want.elems[name]
+				if !ok {
+					continue
+				}
+				same, err := r.sameElems(s, w)
+				if err != nil {
+					f.log.Debug("firewall: fast read of set elements failed; reading them through the nftables conn", "set", name, "err", err)
+				}
+				if same {
+					mu.Lock()
+					out[name] = true
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // genReader reads the nftables ruleset generation id, which the kernel

@@ -1,0 +1,283 @@
+package firewall
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// elemReader compares a set's live elements with the wanted ones without
+// copying them: a restart at 10,000 containers reads about 80,000
+// elements, and all it needs to know is whether each set is exactly what
+// the model wants. A set that differs is then read whole the ordinary way
+// (GetSetElements) and diffed element by element, so a repair is computed
+// exactly as before; only the equal case is cheap.
+//
+// It has a netlink socket of its own and receives with a large buffer.
+// That matters to the kernel more than to Go: a set dump restarts its walk
+// of the set from the first element for every message it fills, skipping
+// what it already sent, so its cost is quadratic in the number of
+// messages. The kernel sizes dump messages by the largest buffer the
+// reader ever passed to recvmsg (up to 32 KiB); mdlayher/netlink (under
+// google/nftables) passes a page, which made reading 10,000 elements walk
+// the set about 400 times.
+type elemReader struct {
+	nsfd int
+	c    *netlink.Conn
+	buf  []byte
+}
+
+// dumpBuf is the receive buffer: more than the 32 KiB the kernel puts in
+// one dump message.
+const dumpBuf = 64 << 10
+
+func (r *elemReader) conn() (*netlink.Conn, error) {
+	if r.c == nil {
+		c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: r.nsfd})
+		if err != nil {
+			return nil, fmt.Errorf("netlink dial for nftables set elements: %w", err)
+		}
+		r.c = c
+		r.buf = make([]byte, dumpBuf)
+	}
+	return r.c, nil
+}
+
+func (r *elemReader) close() {
+	if r.c != nil {
+		_ = r.c.Close()
+		r.c = nil
+	}
+}
+
+// errUnexpected says the dump held something this reader does not
+// compare; the caller reads the set the ordinary way.
+var errUnexpected = errors.New("unexpected set element attribute")
+
+// sameElems reports whether set s (of a table of ours) holds exactly the
+// elements in want: the same ids, each elem.same as the wanted one. It is
+// the condition under which diff finds nothing to do for the set. An
+// error means the answer is unknown.
+func (r *elemReader) sameElems(s *nftables.Set, want map[string]elem) (bool, error) {
+	c, err := r.conn()
+	if err != nil {
+		return false, err
+	}
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_SET_TABLE, Data: []byte(s.Table.Name + "\x00")},
+		{Type: unix.NFTA_SET_NAME, Data: []byte(s.Name + "\x00")},
+	})
+	if err != nil {
+		return false, err
+	}
+	req, err := c.Send(netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{byte(s.Table.Family), unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		r.close()
+		return false, fmt.Errorf("nftables set elements of %s: %w", s.Name, err)
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		r.close()
+		return false, err
+	}
+	cmp := elemCmp{want: want, isMap: s.IsMap, equal: true}
+	// Drain the dump to its end even once a difference is found, so the
+	// socket holds nothing stale for the next request.
+	for {
+		var n int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, _, _, _, rerr = unix.Recvmsg(int(fd), r.buf, nil, unix.MSG_TRUNC)
+			return rerr != unix.EAGAIN && rerr != unix.EWOULDBLOCK
+		}); err != nil {
+			rerr = err
+		}
+		if rerr != nil {
+			r.close()
+			return false, fmt.Errorf("nftables set elements of %s: %w", s.Name, rerr)
+		}
+		if n > len(r.buf) {
+			r.close()
+			return false, fmt.Errorf("nftables set elements of %s: a dump message of %d bytes, more than %d", s.Name, n, len(r.buf))
+		}
+		done, err := cmp.messages(r.buf[:n], req.Header.Sequence)
+		if err != nil {
+			r.close()
+			return false, fmt.Errorf("nftables set elements of %s: %w", s.Name, err)
+		}
+		if done {
+			return cmp.equal && cmp.matched == len(want), nil
+		}
+	}
+}
+
+// elemCmp matches a dump's elements against want, counting the matches.
+// Live ids are unique (the kernel holds no duplicate key), so if every
+// live element matches and as many matched as want holds, the set is
+// exactly want.
+type elemCmp struct {
+	want    map[string]elem
+	isMap   bool
+	equal   bool
+	matched int
+}
+
+var newElemType = uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM)
+
+// messages walks the netlink messages in b; done is true at the dump's end.
+func (m *elemCmp) messages(b []byte, seq uint32) (done bool, err error) {
+	for len(b) >= unix.NLMSG_HDRLEN {
+		l := int(binary.NativeEndian.Uint32(b[0:4]))
+		typ := binary.NativeEndian.Uint16(b[4:6])
+		mseq := binary.NativeEndian.Uint32(b[8:12])
+		if l < unix.NLMSG_HDRLEN || l > len(b) {
+			return false, fmt.Errorf("netlink message of %d bytes in %d", l, len(b))
+		}
+		data := b[unix.NLMSG_HDRLEN:l]
+		b = b[min(nlaAlign(l), len(b)):]
+		if mseq != seq {
+			continue // not ours (cannot happen on this private socket)
+		}
+		switch typ {
+		case unix.NLMSG_DONE:
+			return true, nil
+		case unix.NLMSG_ERROR:
+			if len(data) < 4 {
+				return false, errors.New("short netlink error")
+			}
+			if e := int32(binary.NativeEndian.Uint32(data)); e != 0 { //nolint:gosec // G115: the kernel's errno, negated
+				return false, syscall.Errno(-e)
+			}
+			return true, nil
+		case newElemType:
+			if m.equal && len(data) >= 4 {
+				if err := m.list(data[4:]); err != nil {
+					m.equal = false
+				}
+			}
+		}
+	}
+	return false, nil
+}
+
+// list compares the elements of one NFT_MSG_NEWSETELEM message.
+func (m *elemCmp) list(b []byte) error {
+	return eachAttr(b, func(typ uint16, v []byte) error {
+		if typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+			return nil
+		}
+		return eachAttr(v, func(typ uint16, v []byte) error {
+			if typ != unix.NFTA_LIST_ELEM {
+				return nil
+			}
+			return m.elem(v)
+		})
+	})
+}
+
+// nftaSetElemKeyEnd is NFTA_SET_ELEM_KEY_END (x/sys/unix lacks it).
+const nftaSetElemKeyEnd = 10
+
+func (m *elemCmp) elem(b []byte) error {
+	var key, keyEnd, data, comment []byte
+	var end bool
+	err := eachAttr(b, func(typ uint16, v []byte) error {
+		var err error
+		switch typ {
+		case unix.NFTA_SET_ELEM_KEY:
+			key, err = dataValue(v)
+		case nftaSetElemKeyEnd:
+			keyEnd, err = dataValue(v)
+		case unix.NFTA_SET_ELEM_DATA:
+			if m.isMap {
+				data, err = dataValue(v)
+			}
+		case unix.NFTA_SET_ELEM_FLAGS:
+			if len(v) != 4 {
+				return errUnexpected
+			}
+			end = binary.BigEndian.Uint32(v)&unix.NFT_SET_ELEM_INTERVAL_END != 0
+		case unix.NFTA_SET_ELEM_USERDATA:
+			comment, err = udataComment(v)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	var w elem
+	var ok bool
+	if end {
+		w, ok = m.want[string(key)+"\x01"]
+	} else {
+		w, ok = m.want[string(key)]
+	}
+	if !ok || !bytes.Equal(w.data, data) || !bytes.Equal(w.keyEnd, keyEnd) || w.comment != string(comment) {
+		return errUnexpected
+	}
+	m.matched++
+	return nil
+}
+
+// dataValue is the value in a NFTA_DATA_VALUE nest (a key or map data);
+// a verdict or anything else is unexpected.
+func dataValue(b []byte) ([]byte, error) {
+	var out []byte
+	err := eachAttr(b, func(typ uint16, v []byte) error {
+		if typ != unix.NFTA_DATA_VALUE {
+			return errUnexpected
+		}
+		out = v
+		return nil
+	})
+	return out, err
+}
+
+// udataComment is the element comment in userdata, as
+// userdata.GetString(NFTNL_UDATA_SET_ELEM_COMMENT) reads it: the first
+// comment record, less one trailing NUL; none is empty.
+func udataComment(u []byte) ([]byte, error) {
+	for len(u) >= 2 {
+		typ, l := u[0], int(u[1])
+		if len(u) < 2+l {
+			return nil, errUnexpected
+		}
+		if typ == 0 { // NFTNL_UDATA_SET_ELEM_COMMENT
+			c, _ := bytes.CutSuffix(u[2:2+l], []byte{0})
+			return c, nil
+		}
+		u = u[2+l:]
+	}
+	return nil, nil
+}
+
+func nlaAlign(n int) int { return (n + 3) &^ 3 }
+
+// eachAttr calls fn with the type (flags masked) and value of each
+// netlink attribute in b.
+func eachAttr(b []byte, fn func(typ uint16, v []byte) error) error {
+	for len(b) >= 4 {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		typ := binary.NativeEndian.Uint16(b[2:4]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+		if l < 4 || l > len(b) {
+			return errUnexpected
+		}
+		if err := fn(typ, b[4:l]); err != nil {
+			return err
+		}
+		b = b[min(nlaAlign(l), len(b)):]
+	}
+	return nil
+}
