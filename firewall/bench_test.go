@@ -82,6 +82,40 @@ func BenchmarkAddOneBoundContainerAt10000(b *testing.B) {
 	benchAddOneOf(b, 10000, boundContainer)
 }
 
+// benchAddOneDelta is benchAddOneOf through ApplyDelta, as an agent that
+// reconciles one container per event calls it: one container upserted,
+// then removed, with n others programmed.
+func benchAddOneDelta(b *testing.B, n int, container func(int) Container) {
+	ns := netns.New(b, "bench")
+	fw := newFirewall(b, ns)
+	fw.noRevoke = true
+	if _, err := fw.Apply(context.Background(), bigStateOf(n, container)); err != nil {
+		b.Fatal(err)
+	}
+	c := container(n + 1)
+	add, remove := Delta{Upsert: []Container{c}}, Delta{Remove: []string{c.ID}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d := add
+		if i%2 == 1 {
+			d = remove
+		}
+		ch, err := fw.ApplyDelta(context.Background(), d)
+		if err != nil || ch.Batches != 1 {
+			b.Fatalf("apply delta: %+v %v", ch, err)
+		}
+	}
+}
+
+func BenchmarkAddOneContainerDeltaAt0(b *testing.B)     { benchAddOneDelta(b, 0, benchContainer) }
+func BenchmarkAddOneContainerDeltaAt10000(b *testing.B) { benchAddOneDelta(b, 10000, benchContainer) }
+func BenchmarkAddOneBoundContainerDeltaAt0(b *testing.B) {
+	benchAddOneDelta(b, 0, boundContainer)
+}
+func BenchmarkAddOneBoundContainerDeltaAt10000(b *testing.B) {
+	benchAddOneDelta(b, 10000, boundContainer)
+}
+
 func BenchmarkFullApply10000(b *testing.B) {
 	s := bigState(10000)
 	for i := 0; i < b.N; i++ {

@@ -212,6 +212,7 @@ type compiled struct {
 	elems []setElem
 	lists []peerList // peer lists its map elements name
 	peers []string   // peer sets its rules name
+	pos   int        // index in model.order
 	// seen and kept are the model epoch in which the container was found
 	// in the State (seen) and found unchanged (kept).
 	seen, kept uint64

@@ -158,7 +158,7 @@ func (m *elemCmp) messages(b []byte, seq uint32) (done bool, err error) {
 				return false, errors.New("short netlink error")
 			}
 			if e := int32(binary.NativeEndian.Uint32(data)); e != 0 { //nolint:gosec // G115: the kernel's errno, negated
-				return false, syscall.Errno(-e)
+				return false, syscall.Errno(-e) //nolint:gosec // G115: -e is the positive errno
 			}
 			return true, nil
 		case newElemType:

@@ -75,15 +75,6 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 	}
 	m.epoch++
 	ep := m.epoch
-	p = plan{delElems: map[string][]elem{}, addElems: map[string][]elem{}}
-	add := map[string]map[string]elem{} // set -> id -> elem
-	del := map[string]map[string]elem{}
-	put := func(mm map[string]map[string]elem, set string, e elem) {
-		if mm[set] == nil {
-			mm[set] = map[string]elem{}
-		}
-		mm[set][e.id()] = e
-	}
 	// A model built from nothing, without a plan, has nothing to delete:
 	// its elements go straight into m.want.
 	direct := !withPlan && len(m.conts) == 0 && len(m.lists) == 0
@@ -166,11 +157,6 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 			refs[pn]++
 		}
 	}
-	type peerChange struct {
-		name string
-		old  *peerEntry
-		new  *peerEntry
-	}
 	var pcs []peerChange
 	for name, ps := range s.PeerSets {
 		old, had := m.peers[name]
@@ -196,7 +182,49 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 		}
 	}
 
-	// From here on s is valid: compute the element and peer list changes.
+	// From here on s is valid.
+	for i, c := range order {
+		c.pos = i
+	}
+	m.order = order
+	return m.change(fresh, gone, pcs, func(name string) []netip.Prefix { return s.PeerSets[name] }, withPlan, direct), true
+}
+
+// peerChange is a peer set added (old nil), removed (new nil) or changed.
+type peerChange struct {
+	name string
+	old  *peerEntry
+	new  *peerEntry
+}
+
+// change takes the containers gone out of the model and puts the fresh
+// ones in (both already validated, m.order already holding what the model
+// will hold), applies the peer set changes, and returns the plan that
+// turns the old model's table into the new one. prefixesOf gives every
+// peer set's prefixes in the new state. Its cost is that of the change,
+// plus one pass over the containers when a peer set loses prefixes (to
+// find whose flows to revoke).
+func (m *model) change(fresh, gone []*compiled, pcs []peerChange, prefixesOf func(string) []netip.Prefix, withPlan, direct bool) (p plan) {
+	p = plan{delElems: map[string][]elem{}, addElems: map[string][]elem{}}
+	add := map[string]map[string]elem{} // set -> id -> elem
+	del := map[string]map[string]elem{}
+	put := func(mm map[string]map[string]elem, set string, e elem) {
+		if mm[set] == nil {
+			mm[set] = map[string]elem{}
+		}
+		mm[set][e.id()] = e
+	}
+	refs := map[string]int{}
+	for _, old := range gone {
+		for _, pn := range old.peers {
+			refs[pn]--
+		}
+	}
+	for _, nc := range fresh {
+		for _, pn := range nc.peers {
+			refs[pn]++
+		}
+	}
 	p.revoke = map[netip.Addr]bool{}
 	for _, old := range gone {
 		old.c.addAddrs(p.revoke)
@@ -254,7 +282,6 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 	for _, pc := range pcs {
 		changed[pc.name] = true
 	}
-	prefixesOf := func(name string) []netip.Prefix { return s.PeerSets[name] }
 	listNew := map[listID]listEntry{}
 	for id, d := range listDelta {
 		was := m.listRef[id]
@@ -317,7 +344,6 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 			delete(m.peerRefs, pn)
 		}
 	}
-	m.order = order
 	var shrunk []string
 	for _, pc := range pcs {
 		if pc.old != nil && (pc.new == nil || lost(pc.old.prefixes, pc.new.prefixes)) {
@@ -380,5 +406,5 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 	slices.SortFunc(p.addChains, func(a, b chainSpec) int { return strings.Compare(a.name, b.name) })
 	slices.Sort(p.delChains)
 	slices.Sort(p.delSets)
-	return p, true
+	return p
 }

@@ -52,7 +52,7 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 	if _, ok := fw.m.update(base, newCompiler(), nil, false); !ok {
 		t.Fatal("base state rejected")
 	}
-	fw.liveGen = gen.n
+	fw.liveGen, fw.live = gen.n, true
 
 	with := base
 	with.Containers = append(append([]Container(nil), base.Containers...), benchContainer(10001))
