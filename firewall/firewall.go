@@ -372,6 +372,11 @@ func (f *Firewall) sameSets(sets []*nftables.Set, qual string, want content) map
 	if len(f.elems) == 0 {
 		return out
 	}
+	// The largest first, so the two readers finish together.
+	sets = slices.Clone(sets)
+	slices.SortStableFunc(sets, func(a, b *nftables.Set) int {
+		return len(want.elems[qual+b.Name]) - len(want.elems[qual+a.Name])
+	})
 	var mu sync.Mutex
 	var next atomic.Int32
 	var wg sync.WaitGroup

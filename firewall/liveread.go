@@ -141,6 +141,7 @@ func (m *elemCmp) messages(b []byte, seq uint32) (done bool, err error) {
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := int(binary.NativeEndian.Uint32(b[0:4]))
 		typ := binary.NativeEndian.Uint16(b[4:6])
+		flags := binary.NativeEndian.Uint16(b[6:8])
 		mseq := binary.NativeEndian.Uint32(b[8:12])
 		if l < unix.NLMSG_HDRLEN || l > len(b) {
 			return false, fmt.Errorf("netlink message of %d bytes in %d", l, len(b))
@@ -150,8 +151,16 @@ func (m *elemCmp) messages(b []byte, seq uint32) (done bool, err error) {
 		if mseq != seq {
 			continue // not ours (cannot happen on this private socket)
 		}
+		if flags&unix.NLM_F_DUMP_INTR != 0 {
+			m.equal = false // the set changed during the dump: what was read may be torn
+		}
 		switch typ {
 		case unix.NLMSG_DONE:
+			if len(data) >= 4 {
+				if e := int32(binary.NativeEndian.Uint32(data)); e != 0 { //nolint:gosec // G115: the dump's errno, negated
+					return false, syscall.Errno(-e) //nolint:gosec // G115: -e is the positive errno
+				}
+			}
 			return true, nil
 		case unix.NLMSG_ERROR:
 			if len(data) < 4 {
