@@ -182,3 +182,29 @@ func BenchmarkRevoke(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCounters10000 is a /metrics scrape (or `v6reg status`) at
+// 10,000 containers: it holds the Firewall's lock, so Apply waits for it.
+// "conn" reads through google/nftables (a page per recvmsg), as before
+// elemReader.
+func BenchmarkCounters10000(b *testing.B) {
+	ns := netns.New(b, "bench")
+	fw := newFirewall(b, ns)
+	if _, err := fw.Apply(context.Background(), bigStateOf(10000, boundContainer)); err != nil {
+		b.Fatal(err)
+	}
+	readers := fw.elems
+	for _, c := range []struct {
+		name  string
+		elems []*elemReader
+	}{{"elemReader", readers}, {"conn", nil}} {
+		b.Run(c.name, func(b *testing.B) {
+			fw.elems = c.elems
+			for i := 0; i < b.N; i++ {
+				if cs, err := fw.Counters(context.Background()); err != nil || len(cs) != 10000 {
+					b.Fatalf("%d %v", len(cs), err)
+				}
+			}
+		})
+	}
+}

@@ -65,6 +65,45 @@ var errUnexpected = errors.New("unexpected set element attribute")
 // the condition under which diff finds nothing to do for the set. An
 // error means the answer is unknown.
 func (r *elemReader) sameElems(s *nftables.Set, want map[string]elem) (bool, error) {
+	equal, matched := true, 0
+	whole, err := r.dump(s, func(e *dumpElem) {
+		if !equal {
+			return
+		}
+		var w elem
+		var ok bool
+		if e.end {
+			w, ok = want[string(e.key)+"\x01"]
+		} else {
+			w, ok = want[string(e.key)] // no string is built for the lookup
+		}
+		if !ok || !bytes.Equal(w.data, e.data) || !bytes.Equal(w.keyEnd, e.keyEnd) || w.comment != string(e.comment) {
+			equal = false
+			return
+		}
+		matched++
+	})
+	if err != nil {
+		return false, err
+	}
+	// Live ids are unique (the kernel holds no duplicate key), so if every
+	// live element matched and as many matched as want holds, the set is
+	// exactly want.
+	return whole && equal && matched == len(want), nil
+}
+
+// dumpElem is one element of a dump, its slices pointing into the
+// receive buffer (valid during the callback only).
+type dumpElem struct {
+	key, keyEnd, data, comment []byte
+	end                        bool
+	counter                    *Counter // nil: the element has none
+}
+
+// dump calls fn with each element of set s. whole is false when some
+// message was torn (the set changed during the dump) or held an element
+// this reader does not parse: fn did not see every element as it is.
+func (r *elemReader) dump(s *nftables.Set, fn func(*dumpElem)) (whole bool, err error) {
 	c, err := r.conn()
 	if err != nil {
 		return false, err
@@ -92,9 +131,9 @@ func (r *elemReader) sameElems(s *nftables.Set, want map[string]elem) (bool, err
 		r.close()
 		return false, err
 	}
-	cmp := elemCmp{want: want, isMap: s.IsMap, equal: true}
-	// Drain the dump to its end even once a difference is found, so the
-	// socket holds nothing stale for the next request.
+	d := elemDump{isMap: s.IsMap, whole: true, fn: fn}
+	// Read the dump to its end even after a torn message, so the socket
+	// holds nothing stale for the next request.
 	for {
 		var n int
 		var rerr error
@@ -112,32 +151,30 @@ func (r *elemReader) sameElems(s *nftables.Set, want map[string]elem) (bool, err
 			r.close()
 			return false, fmt.Errorf("nftables set elements of %s: a dump message of %d bytes, more than %d", s.Name, n, len(r.buf))
 		}
-		done, err := cmp.messages(r.buf[:n], req.Header.Sequence)
+		done, err := d.messages(r.buf[:n], req.Header.Sequence)
 		if err != nil {
 			r.close()
 			return false, fmt.Errorf("nftables set elements of %s: %w", s.Name, err)
 		}
 		if done {
-			return cmp.equal && cmp.matched == len(want), nil
+			return d.whole, nil
 		}
 	}
 }
 
-// elemCmp matches a dump's elements against want, counting the matches.
-// Live ids are unique (the kernel holds no duplicate key), so if every
-// live element matches and as many matched as want holds, the set is
-// exactly want.
-type elemCmp struct {
-	want    map[string]elem
-	isMap   bool
-	equal   bool
-	matched int
+// elemDump parses a dump's messages and hands each element to fn.
+type elemDump struct {
+	isMap bool
+	whole bool
+	fn    func(*dumpElem)
+	e     dumpElem
+	ctr   Counter
 }
 
 var newElemType = uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM)
 
 // messages walks the netlink messages in b; done is true at the dump's end.
-func (m *elemCmp) messages(b []byte, seq uint32) (done bool, err error) {
+func (m *elemDump) messages(b []byte, seq uint32) (done bool, err error) {
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := int(binary.NativeEndian.Uint32(b[0:4]))
 		typ := binary.NativeEndian.Uint16(b[4:6])
@@ -152,7 +189,7 @@ func (m *elemCmp) messages(b []byte, seq uint32) (done bool, err error) {
 			continue // not ours (cannot happen on this private socket)
 		}
 		if flags&unix.NLM_F_DUMP_INTR != 0 {
-			m.equal = false // the set changed during the dump: what was read may be torn
+			m.whole = false // the set changed during the dump: what was read may be torn
 		}
 		switch typ {
 		case unix.NLMSG_DONE:
@@ -171,9 +208,9 @@ func (m *elemCmp) messages(b []byte, seq uint32) (done bool, err error) {
 			}
 			return true, nil
 		case newElemType:
-			if m.equal && len(data) >= 4 {
+			if m.whole && len(data) >= 4 {
 				if err := m.list(data[4:]); err != nil {
-					m.equal = false
+					m.whole = false
 				}
 			}
 		}
@@ -181,8 +218,8 @@ func (m *elemCmp) messages(b []byte, seq uint32) (done bool, err error) {
 	return false, nil
 }
 
-// list compares the elements of one NFT_MSG_NEWSETELEM message.
-func (m *elemCmp) list(b []byte) error {
+// list parses the elements of one NFT_MSG_NEWSETELEM message.
+func (m *elemDump) list(b []byte) error {
 	return eachAttr(b, func(typ uint16, v []byte) error {
 		if typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
 			return nil
@@ -196,47 +233,84 @@ func (m *elemCmp) list(b []byte) error {
 	})
 }
 
-// nftaSetElemKeyEnd is NFTA_SET_ELEM_KEY_END (x/sys/unix lacks it).
-const nftaSetElemKeyEnd = 10
+// Element attributes x/sys/unix lacks.
+const (
+	nftaSetElemKeyEnd      = 10 // NFTA_SET_ELEM_KEY_END
+	nftaSetElemExpressions = 11 // NFTA_SET_ELEM_EXPRESSIONS
+)
 
-func (m *elemCmp) elem(b []byte) error {
-	var key, keyEnd, data, comment []byte
-	var end bool
+func (m *elemDump) elem(b []byte) error {
+	m.e = dumpElem{}
 	err := eachAttr(b, func(typ uint16, v []byte) error {
 		var err error
 		switch typ {
 		case unix.NFTA_SET_ELEM_KEY:
-			key, err = dataValue(v)
+			m.e.key, err = dataValue(v)
 		case nftaSetElemKeyEnd:
-			keyEnd, err = dataValue(v)
+			m.e.keyEnd, err = dataValue(v)
 		case unix.NFTA_SET_ELEM_DATA:
 			if m.isMap {
-				data, err = dataValue(v)
+				m.e.data, err = dataValue(v)
 			}
 		case unix.NFTA_SET_ELEM_FLAGS:
 			if len(v) != 4 {
 				return errUnexpected
 			}
-			end = binary.BigEndian.Uint32(v)&unix.NFT_SET_ELEM_INTERVAL_END != 0
+			m.e.end = binary.BigEndian.Uint32(v)&unix.NFT_SET_ELEM_INTERVAL_END != 0
 		case unix.NFTA_SET_ELEM_USERDATA:
-			comment, err = udataComment(v)
+			m.e.comment, err = udataComment(v)
+		case unix.NFTA_SET_ELEM_EXPR:
+			err = m.expr(v)
+		case nftaSetElemExpressions:
+			err = eachAttr(v, func(typ uint16, v []byte) error {
+				if typ != unix.NFTA_LIST_ELEM {
+					return nil
+				}
+				return m.expr(v)
+			})
 		}
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	var w elem
-	var ok bool
-	if end {
-		w, ok = m.want[string(key)+"\x01"]
-	} else {
-		w, ok = m.want[string(key)]
+	m.fn(&m.e)
+	return nil
+}
+
+// expr notes the element's counter, if the expression is one.
+func (m *elemDump) expr(b []byte) error {
+	var name, data []byte
+	if err := eachAttr(b, func(typ uint16, v []byte) error {
+		switch typ {
+		case unix.NFTA_EXPR_NAME:
+			name = v
+		case unix.NFTA_EXPR_DATA:
+			data = v
+		}
+		return nil
+	}); err != nil {
+		return err
 	}
-	if !ok || !bytes.Equal(w.data, data) || !bytes.Equal(w.keyEnd, keyEnd) || w.comment != string(comment) {
-		return errUnexpected
+	if string(bytes.TrimRight(name, "\x00")) != "counter" {
+		return nil
 	}
-	m.matched++
+	m.ctr = Counter{}
+	if err := eachAttr(data, func(typ uint16, v []byte) error {
+		if (typ == unix.NFTA_COUNTER_BYTES || typ == unix.NFTA_COUNTER_PACKETS) && len(v) != 8 {
+			return errUnexpected
+		}
+		switch typ {
+		case unix.NFTA_COUNTER_BYTES:
+			m.ctr.Bytes = binary.BigEndian.Uint64(v)
+		case unix.NFTA_COUNTER_PACKETS:
+			m.ctr.Packets = binary.BigEndian.Uint64(v)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	m.e.counter = &m.ctr
 	return nil
 }
 

@@ -55,3 +55,45 @@ func TestElemReaderComparesInPlace(t *testing.T) {
 		}
 	}
 }
+
+// TestCountersFastRead: every drop set's elements carry a counter through
+// elemReader (so Counters does not fall back to the slow read), and the
+// counters it reads are those google/nftables reads.
+func TestCountersFastRead(t *testing.T) {
+	ns := netns.New(t, "liveread")
+	fw := newFirewall(t, ns)
+	s := bigStateOf(200, boundContainer)
+	if _, err := fw.Apply(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"in_drop", "eg_drop", "eg4_drop"} {
+		set := &nftables.Set{Table: table, Name: name}
+		n, with := 0, 0
+		whole, err := fw.elems[0].dump(set, func(e *dumpElem) {
+			n++
+			if e.counter != nil {
+				with++
+			}
+		})
+		if err != nil || !whole || n != 200 || with != n {
+			t.Errorf("set %s: whole=%v err=%v, %d elements, %d with a counter; want 200, all with one", name, whole, err, n, with)
+		}
+	}
+	fast, err := fw.Counters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw.elems = nil
+	slow, err := fw.Counters(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fast) != 200 || len(fast) != len(slow) {
+		t.Fatalf("counters: %d containers fast, %d slow, want 200", len(fast), len(slow))
+	}
+	for id, c := range slow {
+		if fast[id] != c {
+			t.Errorf("counters of %s: fast %+v, slow %+v", id, fast[id], c)
+		}
+	}
+}
