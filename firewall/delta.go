@@ -142,7 +142,7 @@ func (m *model) applyDelta(d Delta, cp *compiler, withPlan bool) (plan, error) {
 		}
 		fresh = append(fresh, cp.container(*c))
 	}
-	for _, id := range d.Remove {
+	for id := range removed { // a set: an ID listed twice goes once
 		if prev := m.conts[id]; prev != nil {
 			gone = append(gone, prev)
 		}

@@ -3,6 +3,7 @@ package firewall
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -26,7 +27,7 @@ func deltaCase() (base State, d Delta, after State) {
 	added.Egress = append(added.Egress, Rule{Peer: "@new", Proto: Any})
 	d = Delta{
 		Upsert: []Container{changed, added, base.Containers[6]}, // [6] unchanged
-		Remove: []string{base.Containers[2].ID, "no such container"},
+		Remove: []string{base.Containers[2].ID, "no such container", base.Containers[2].ID},
 		PeerSets: map[string][]netip.Prefix{
 			"@new":     {pfx("2001:db8:d::/64"), pfx("198.51.100.0/24")},
 			"@traefik": {pfx("2001:db8:a::/64"), pfx("2001:db8:e::/64")}, // grows
@@ -80,9 +81,11 @@ func TestDeltaThenApplyEqualSendsNothing(t *testing.T) {
 	if ch.Batches != 1 || ch.ElemsAdded == 0 || ch.ElemsRemoved == 0 || ch.ChainsAdded+ch.ChainsRemoved+ch.ChainsRewritten != 0 {
 		t.Errorf("delta: got %+v, want elements added and removed in one batch, no chain touched", ch)
 	}
+	sameModel(t, fw.m, after)
 	if ch, err := fw.ApplyDelta(ctx, d); err != nil || !ch.Empty() {
 		t.Errorf("the same delta again: got %+v, %v, want nothing sent", ch, err)
 	}
+	sameModel(t, fw.m, after)
 	if ch, err := fw.Apply(ctx, after); err != nil || !ch.Empty() {
 		t.Errorf("Apply of the state the delta left, same instance: got %+v, %v, want nothing sent", ch, err)
 	}
@@ -107,6 +110,7 @@ func TestDeltaThenApplyEqualSendsNothing(t *testing.T) {
 			after2.PeerSets[k] = v
 		}
 	}
+	sameModel(t, fw.m, after2)
 	if ch, err := newFirewall(t, ns).Apply(ctx, after2); err != nil || !ch.Empty() {
 		t.Errorf("after removing a container and its peer set, new instance: got %+v, %v, want nothing sent", ch, err)
 	}
@@ -302,4 +306,35 @@ func lastEcho(c net.Conn, d time.Duration) time.Duration {
 		}
 	}
 	return last
+}
+
+// sameModel checks that m, changed by deltas, holds what a model built
+// from s holds: its reference counts too, which no diff of the table
+// shows until they reach zero.
+func sameModel(t *testing.T, m *model, s State) {
+	t.Helper()
+	w := newModel(s)
+	if _, ok := w.update(s, newCompiler(), nil, false); !ok {
+		t.Fatal("state rejected")
+	}
+	if !maps.Equal(m.peerRefs, w.peerRefs) {
+		t.Errorf("peer set references: got %v, want %v", m.peerRefs, w.peerRefs)
+	}
+	if !maps.Equal(m.listRef, w.listRef) {
+		t.Errorf("peer list references: got %v, want %v", m.listRef, w.listRef)
+	}
+	if len(m.conts) != len(w.conts) || len(m.addrs) != len(w.addrs) || len(m.order) != len(w.order) || len(m.lists) != len(w.lists) || len(m.peers) != len(w.peers) {
+		t.Errorf("model sizes: got %d containers, %d addresses, %d in order, %d lists, %d peer sets; want %d, %d, %d, %d, %d",
+			len(m.conts), len(m.addrs), len(m.order), len(m.lists), len(m.peers), len(w.conts), len(w.addrs), len(w.order), len(w.lists), len(w.peers))
+	}
+	for i, c := range m.order {
+		if c.pos != i || m.conts[c.c.ID] != c {
+			t.Errorf("model order %d: %q at pos %d, in conts: %v", i, c.c.ID, c.pos, m.conts[c.c.ID] == c)
+		}
+	}
+	for set, es := range w.want.elems {
+		if len(m.want.elems[set]) != len(es) {
+			t.Errorf("set %s: model wants %d elements, want %d", set, len(m.want.elems[set]), len(es))
+		}
+	}
 }
