@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/v6reg/v6reg/integration/netns"
@@ -206,5 +207,39 @@ func BenchmarkCounters10000(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkPeerSetDelta*At10000 is a peer set's members changing (a
+// `service:` peer's instances) with 10,000 containers programmed: one
+// prefix comes and goes. The
+// leaving half takes something away, so it also finds whose flows to
+// revoke (the revocation itself is off, as in the add-one benchmarks).
+// "AllUsers": every container names the set (@traefik); "OneUser": one
+// container does (a service only it talks to).
+func BenchmarkPeerSetDeltaAllUsersAt10000(b *testing.B) { benchPeerSetDelta(b, "@traefik") }
+func BenchmarkPeerSetDeltaOneUserAt10000(b *testing.B)  { benchPeerSetDelta(b, "service:pg") }
+
+func benchPeerSetDelta(b *testing.B, peer string) {
+	ns := netns.New(b, "bench")
+	fw := newFirewall(b, ns)
+	fw.noRevoke = true
+	s := bigState(10000)
+	s.PeerSets["service:pg"] = []netip.Prefix{pfx("2001:db8:e::5/128")}
+	s.Containers[0].Egress = append(s.Containers[0].Egress, Rule{Peer: "service:pg", Proto: TCP, Ports: ports(5432)})
+	if _, err := fw.Apply(context.Background(), s); err != nil {
+		b.Fatal(err)
+	}
+	grown := Delta{PeerSets: map[string][]netip.Prefix{peer: append(slices.Clone(s.PeerSets[peer]), pfx("2001:db8:f::/64"))}}
+	back := Delta{PeerSets: map[string][]netip.Prefix{peer: s.PeerSets[peer]}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d := grown
+		if i%2 == 1 {
+			d = back
+		}
+		if ch, err := fw.ApplyDelta(context.Background(), d); err != nil || ch.Batches != 1 {
+			b.Fatalf("apply delta: %+v %v", ch, err)
+		}
 	}
 }

@@ -41,7 +41,8 @@ var ErrNoState = errors.New("firewall: ApplyDelta before any Apply; call Apply w
 // ApplyDelta applies a change to a few containers or peer sets to the
 // state last given to Apply (or to ApplyDelta), with a cost that does not
 // grow with the number of containers: only the containers and peer sets
-// it names are validated, compiled and compared. It is the per-event
+// it names are validated, compiled and compared (a peer set that loses
+// prefixes also marks the containers naming it for revocation). It is the per-event
 // entry point; Apply(State) stays the full resync, and the two mix freely:
 // Apply after ApplyDelta diffs against the state the deltas left, so an
 // Apply of the same containers and peer sets sends nothing.

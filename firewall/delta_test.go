@@ -320,6 +320,19 @@ func sameModel(t *testing.T, m *model, s State) {
 	if !maps.Equal(m.peerRefs, w.peerRefs) {
 		t.Errorf("peer set references: got %v, want %v", m.peerRefs, w.peerRefs)
 	}
+	for pn, n := range w.peerRefs {
+		if len(m.peerUsers[pn]) != n {
+			t.Errorf("peer set %s: %d users indexed, want %d", pn, len(m.peerUsers[pn]), n)
+		}
+		for c := range m.peerUsers[pn] {
+			if m.conts[c.c.ID] != c {
+				t.Errorf("peer set %s: user %q is not in the model", pn, c.c.ID)
+			}
+		}
+	}
+	if len(m.peerUsers) != len(w.peerRefs) {
+		t.Errorf("peer users indexed for %d peer sets, want %d", len(m.peerUsers), len(w.peerRefs))
+	}
 	if !maps.Equal(m.listRef, w.listRef) {
 		t.Errorf("peer list references: got %v, want %v", m.listRef, w.listRef)
 	}

@@ -23,8 +23,11 @@ type model struct {
 	addrs    map[netip.Addr]*compiled
 	peers    map[string]peerEntry
 	peerRefs map[string]int // peer set -> containers naming it
-	listRef  map[listID]int // peer list -> containers naming it
-	lists    map[listID]listEntry
+	// peerUsers are those containers: a peer set that loses prefixes
+	// judges their flows only, not every container's.
+	peerUsers map[string]map[*compiled]bool
+	listRef   map[listID]int // peer list -> containers naming it
+	lists     map[listID]listEntry
 
 	want content
 }
@@ -45,7 +48,7 @@ type listEntry struct {
 func newModel(s State) *model {
 	m := &model{prefix: s.Prefix, gateway: s.Gateway, bridge: s.Bridge, nodePorts: cloneRules(s.NodePorts),
 		conts: map[string]*compiled{}, addrs: map[netip.Addr]*compiled{},
-		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
+		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, peerUsers: map[string]map[*compiled]bool{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
 		want: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
 	}
 	for _, ss := range staticSets {
@@ -201,9 +204,9 @@ type peerChange struct {
 // ones in (both already validated, m.order already holding what the model
 // will hold), applies the peer set changes, and returns the plan that
 // turns the old model's table into the new one. prefixesOf gives every
-// peer set's prefixes in the new state. Its cost is that of the change,
-// plus one pass over the containers when a peer set loses prefixes (to
-// find whose flows to revoke).
+// peer set's prefixes in the new state. Its cost is that of the change
+// (a peer set that loses prefixes marks the containers naming it, found
+// in peerUsers, for revocation).
 func (m *model) change(fresh, gone []*compiled, pcs []peerChange, prefixesOf func(string) []netip.Prefix, withPlan, direct bool) (p plan) {
 	p = plan{delElems: map[string][]elem{}, addElems: map[string][]elem{}}
 	add := map[string]map[string]elem{} // set -> id -> elem
@@ -327,6 +330,10 @@ func (m *model) change(fresh, gone []*compiled, pcs []peerChange, prefixesOf fun
 		}
 		for _, pn := range old.peers {
 			m.peerRefs[pn]--
+			delete(m.peerUsers[pn], old)
+			if len(m.peerUsers[pn]) == 0 {
+				delete(m.peerUsers, pn)
+			}
 		}
 	}
 	for _, nc := range fresh {
@@ -337,6 +344,10 @@ func (m *model) change(fresh, gone []*compiled, pcs []peerChange, prefixesOf fun
 		}
 		for _, pn := range nc.peers {
 			m.peerRefs[pn]++
+			if m.peerUsers[pn] == nil {
+				m.peerUsers[pn] = map[*compiled]bool{}
+			}
+			m.peerUsers[pn][nc] = true
 		}
 	}
 	for pn := range refs {
@@ -350,11 +361,9 @@ func (m *model) change(fresh, gone []*compiled, pcs []peerChange, prefixesOf fun
 			shrunk = append(shrunk, pc.name)
 		}
 	}
-	if len(shrunk) > 0 {
-		for _, c := range m.conts {
-			if slices.ContainsFunc(c.peers, func(p string) bool { return slices.Contains(shrunk, p) }) {
-				c.c.addAddrs(p.revoke)
-			}
+	for _, pn := range shrunk {
+		for c := range m.peerUsers[pn] {
+			c.c.addAddrs(p.revoke)
 		}
 	}
 	for _, pc := range pcs {
