@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/v6reg/v6reg/internal/netns"
@@ -82,6 +83,40 @@ func BenchmarkAddOneBoundContainerAt10000(b *testing.B) {
 	benchAddOneOf(b, 10000, boundContainer)
 }
 
+// benchAddOneDelta is benchAddOneOf through ApplyDelta, as an agent that
+// reconciles one container per event calls it: one container upserted,
+// then removed, with n others programmed.
+func benchAddOneDelta(b *testing.B, n int, container func(int) Container) {
+	ns := netns.New(b, "bench")
+	fw := newFirewall(b, ns)
+	fw.noRevoke = true
+	if _, err := fw.Apply(context.Background(), bigStateOf(n, container)); err != nil {
+		b.Fatal(err)
+	}
+	c := container(n + 1)
+	add, remove := Delta{Upsert: []Container{c}}, Delta{Remove: []string{c.ID}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d := add
+		if i%2 == 1 {
+			d = remove
+		}
+		ch, err := fw.ApplyDelta(context.Background(), d)
+		if err != nil || ch.Batches != 1 {
+			b.Fatalf("apply delta: %+v %v", ch, err)
+		}
+	}
+}
+
+func BenchmarkAddOneContainerDeltaAt0(b *testing.B)     { benchAddOneDelta(b, 0, benchContainer) }
+func BenchmarkAddOneContainerDeltaAt10000(b *testing.B) { benchAddOneDelta(b, 10000, benchContainer) }
+func BenchmarkAddOneBoundContainerDeltaAt0(b *testing.B) {
+	benchAddOneDelta(b, 0, boundContainer)
+}
+func BenchmarkAddOneBoundContainerDeltaAt10000(b *testing.B) {
+	benchAddOneDelta(b, 10000, boundContainer)
+}
+
 func BenchmarkFullApply10000(b *testing.B) {
 	s := bigState(10000)
 	for i := 0; i < b.N; i++ {
@@ -145,6 +180,66 @@ func BenchmarkRevoke(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if _, err := fw.revoke(affected); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCounters10000 is a /metrics scrape (or `v6reg status`) at
+// 10,000 containers: it holds the Firewall's lock, so Apply waits for it.
+// "conn" reads through google/nftables (a page per recvmsg), as before
+// elemReader.
+func BenchmarkCounters10000(b *testing.B) {
+	ns := netns.New(b, "bench")
+	fw := newFirewall(b, ns)
+	if _, err := fw.Apply(context.Background(), bigStateOf(10000, boundContainer)); err != nil {
+		b.Fatal(err)
+	}
+	readers := fw.elems
+	for _, c := range []struct {
+		name  string
+		elems []*elemReader
+	}{{"elemReader", readers}, {"conn", nil}} {
+		b.Run(c.name, func(b *testing.B) {
+			fw.elems = c.elems
+			for i := 0; i < b.N; i++ {
+				if cs, err := fw.Counters(context.Background()); err != nil || len(cs) != 10000 {
+					b.Fatalf("%d %v", len(cs), err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPeerSetDelta*At10000 is a peer set's members changing (a
+// `service:` peer's instances) with 10,000 containers programmed: one
+// prefix comes and goes. The
+// leaving half takes something away, so it also finds whose flows to
+// revoke (the revocation itself is off, as in the add-one benchmarks).
+// "AllUsers": every container names the set (@traefik); "OneUser": one
+// container does (a service only it talks to).
+func BenchmarkPeerSetDeltaAllUsersAt10000(b *testing.B) { benchPeerSetDelta(b, "@traefik") }
+func BenchmarkPeerSetDeltaOneUserAt10000(b *testing.B)  { benchPeerSetDelta(b, "service:pg") }
+
+func benchPeerSetDelta(b *testing.B, peer string) {
+	ns := netns.New(b, "bench")
+	fw := newFirewall(b, ns)
+	fw.noRevoke = true
+	s := bigState(10000)
+	s.PeerSets["service:pg"] = []netip.Prefix{pfx("2001:db8:e::5/128")}
+	s.Containers[0].Egress = append(s.Containers[0].Egress, Rule{Peer: "service:pg", Proto: TCP, Ports: ports(5432)})
+	if _, err := fw.Apply(context.Background(), s); err != nil {
+		b.Fatal(err)
+	}
+	grown := Delta{PeerSets: map[string][]netip.Prefix{peer: append(slices.Clone(s.PeerSets[peer]), pfx("2001:db8:f::/64"))}}
+	back := Delta{PeerSets: map[string][]netip.Prefix{peer: s.PeerSets[peer]}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d := grown
+		if i%2 == 1 {
+			d = back
+		}
+		if ch, err := fw.ApplyDelta(context.Background(), d); err != nil || ch.Batches != 1 {
+			b.Fatalf("apply delta: %+v %v", ch, err)
 		}
 	}
 }

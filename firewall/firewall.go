@@ -31,22 +31,29 @@ type Firewall struct {
 	revoking      bool
 	noRevoke      bool // benchmarks of the table alone
 
-	log *slog.Logger
-	gen interface{ read() (uint32, error) } // a *genReader but in tests
+	log   *slog.Logger
+	gen   interface{ read() (uint32, error) } // a *genReader but in tests
+	elems []*elemReader                       // none: read elements through conn only
 
 	mu sync.Mutex
-	// m is what the table held after our last commit (nil: unknown).
-	// liveGen is the ruleset generation right after it; if the generation
-	// is unchanged, nobody touched any table since and m.want is exact.
-	m       *model
+	// m is the newest valid state given to Apply or ApplyDelta, compiled:
+	// what the table must hold, and what Watch repairs to (nil before
+	// the first valid Apply). Read and written only under mu, so a repair
+	// can never apply a state older than the last Apply (issue 16).
+	m *model
+	// live says that the table held m.want right after our commit that
+	// left the ruleset generation at liveGen: if the generation is still
+	// liveGen, nobody touched any table since, and a change's plan is
+	// computed from the model alone.
+	live    bool
 	liveGen uint32
-	comp    *compiler
+	// judgeAll: the next commit revokes every container's flows, not only
+	// the changed ones' (a new Firewall, or one whose table was unknown
+	// after an error: a change may have gone unrevoked).
+	judgeAll bool
+	comp     *compiler
 
 	everApplied bool
-	// target is the newest valid State given to Apply: what Watch
-	// repairs to. Read and written only under mu, so a repair can never
-	// apply a State older than the last Apply (issue 16).
-	target *State
 
 	restores atomic.Uint64
 }
@@ -76,7 +83,8 @@ func (c Changes) Restored() bool {
 // nsfd (0 for the current namespace) so the generation check reads the same
 // namespace.
 func New(conn *nftables.Conn, nsfd int, log *slog.Logger) *Firewall {
-	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}, nsfd: nsfd}
+	return &Firewall{conn: conn, log: log, gen: &genReader{nsfd: nsfd}, nsfd: nsfd,
+		elems: []*elemReader{{nsfd: nsfd}, {nsfd: nsfd}}}
 }
 
 // Restores counts the Applies that found the table missing or a chain's
@@ -110,22 +118,36 @@ var (
 //
 // Applying the same State again sends nothing. A valid s becomes the
 // state Watch repairs to (even if sending it failed, so the repair retries
-// the newest state); the caller must not modify it afterwards.
+// the newest state) and the state the next ApplyDelta changes. Apply
+// copies what it keeps of s.
+//
+// A caller that knows which containers or peer sets changed uses
+// ApplyDelta instead, whose cost does not grow with the number of
+// containers; Apply stays the full resync.
 func (f *Firewall) Apply(ctx context.Context, s State) (Changes, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.apply(ctx, s)
 }
 
-// repair applies the last valid State given to Apply again, under the same
-// lock, so it is never older than what Apply last took.
+// repair makes the table hold the newest valid state given to Apply or
+// ApplyDelta again, under the same lock, so it is never older than what
+// they last took. When the generation shows nobody committed since our
+// last commit, it costs one netlink round trip.
 func (f *Firewall) repair(ctx context.Context) (Changes, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.target == nil {
+	if f.m == nil {
 		return Changes{}, nil
 	}
-	return f.apply(ctx, *f.target)
+	if err := ctx.Err(); err != nil {
+		return Changes{}, err
+	}
+	g0, gerr := f.gen.read()
+	if f.live && gerr == nil && g0 == f.liveGen {
+		return Changes{}, nil
+	}
+	return f.full(nil, g0, gerr, nil, nil)
 }
 
 // apply is Apply with f.mu held.
@@ -137,46 +159,64 @@ func (f *Firewall) apply(ctx context.Context, s State) (Changes, error) {
 		f.comp = newCompiler()
 	}
 	g0, gerr := f.gen.read()
-	prev := f.m // the model before this Apply, to tell updates from repairs
-	var p plan
-	incremental := false
-	if f.m != nil && gerr == nil && g0 == f.liveGen {
-		var ok bool
-		if p, ok = f.m.update(s, f.comp, nil); ok {
-			incremental = true
-			f.target = &s // update validated every change
-		} else if err := s.Validate(); err != nil {
-			return Changes{}, err // the model is untouched
+	known := f.live && gerr == nil && g0 == f.liveGen
+	if f.m != nil {
+		// The model turns into s, comparing each container with its last
+		// version; the plan is needed only if the table is known.
+		if p, ok := f.m.update(s, f.comp, nil, known); ok {
+			if known {
+				return f.commit(p, g0, gerr, true, nil)
+			}
+			return f.full(nil, g0, gerr, p.revoke, nil)
 		}
 	}
-	if !incremental {
-		if err := s.Validate(); err != nil {
+	// A new model: the first Apply, a change of the prefix, gateway,
+	// bridge or node ports, or an s that update refused (invalid, or an
+	// address moving between containers).
+	if err := s.Validate(); err != nil {
+		return Changes{}, err // the model is untouched
+	}
+	prev := f.m
+	var reuse map[string]*compiled
+	if prev != nil {
+		reuse = prev.conts
+	}
+	m := newModel(s)
+	if _, ok := m.update(s, f.comp, reuse, false); !ok {
+		return Changes{}, fmt.Errorf("firewall state: accepted by Validate but not by the model (a bug)")
+	}
+	f.m = m
+	var live *liveState
+	if known && prev != nil && prev.prefix == s.Prefix && prev.gateway == s.Gateway {
+		live = &liveState{content: prev.want, present: true, bridgePresent: true}
+	}
+	return f.full(live, g0, gerr, affectedBy(prev, m), prev)
+}
+
+// full makes the table hold f.m.want by a diff against live (read when
+// nil). revoke are the addresses the model change took something from;
+// prev is the model before a new one was built (nil: f.m was updated in
+// place), to tell a chain rewritten by a State change from a repair.
+func (f *Firewall) full(live *liveState, g0 uint32, gerr error, revoke map[netip.Addr]bool, prev *model) (Changes, error) {
+	f.live = false // until the table is known to match
+	if live == nil {
+		var err error
+		if live, err = f.readLive(f.m.want); err != nil {
+			f.judgeAll = true
 			return Changes{}, err
 		}
-		f.target = &s
-		var reuse map[string]*compiled
-		var live *liveState
-		if f.m != nil {
-			reuse = f.m.conts
-			if gerr == nil && g0 == f.liveGen && f.m.prefix == s.Prefix && f.m.gateway == s.Gateway {
-				live = &liveState{content: f.m.want, present: true, bridgePresent: true}
-			}
-		}
-		m := newModel(s)
-		if _, ok := m.update(s, f.comp, reuse); !ok {
-			return Changes{}, fmt.Errorf("firewall state: accepted by Validate but not by the model (a bug)")
-		}
-		f.m = nil // until the table is known to match
-		if live == nil {
-			var err error
-			if live, err = f.readLive(); err != nil {
-				return Changes{}, err
-			}
-		}
-		p = diff(live, m.want)
-		p.revoke = affectedBy(prev, m)
-		f.m = m
 	}
+	p := diff(live, f.m.want)
+	if f.judgeAll {
+		revoke = affectedBy(nil, f.m)
+	}
+	p.revoke = revoke
+	return f.commit(p, g0, gerr, false, prev)
+}
+
+// commit sends p, which turns the table (as of generation g0) into
+// f.m.want, and records what the table now holds.
+func (f *Firewall) commit(p plan, g0 uint32, gerr error, incremental bool, prev *model) (Changes, error) {
 	ch := p.changes()
 	if prev != nil {
 		// A chain our own last commit had with other rules is an update
@@ -191,22 +231,22 @@ func (f *Firewall) apply(ctx context.Context, s State) (Changes, error) {
 	if p.empty() {
 		if !incremental {
 			f.liveGen = g0
-			if gerr != nil {
-				f.m = nil
-			}
+			f.live = gerr == nil
+			f.judgeAll = gerr != nil
 		}
 		return ch, nil
 	}
 	batches, err := f.send(p)
 	ch.Batches = batches
 	if err != nil {
-		f.m = nil // unknown: re-read next time
+		f.live, f.judgeAll = false, true // unknown: re-read next time
 		return ch, fmt.Errorf("nftables batch for tables inet and bridge %s: %w", TableName, err)
 	}
 	g1, gerr1 := f.gen.read()
 	f.liveGen = g1
+	f.live, f.judgeAll = true, false
 	if gerr != nil || gerr1 != nil || int64(g1-g0) != int64(batches) { // uint32 subtraction: the generation wraps
-		f.m = nil // someone else committed meanwhile: trust nothing cached
+		f.live, f.judgeAll = false, true // someone else committed meanwhile: trust nothing cached
 	}
 	if ch.Restored() && f.everApplied {
 		f.restores.Add(1)
@@ -230,15 +270,23 @@ type liveState struct {
 	content
 	present       bool // table inet v6reg
 	bridgePresent bool // table bridge v6reg
+	// sameElems are the sets found to hold exactly the wanted elements;
+	// their elements are not in content.elems.
+	sameElems map[string]bool
 }
 
-func (f *Firewall) readLive() (*liveState, error) {
-	ls := &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}}}
+// readLive reads both tables as far as a diff against want needs: the
+// elements of a set that holds exactly want's are compared where they are
+// read and not kept, those of a set want does not have are not read (it
+// is deleted whole).
+func (f *Firewall) readLive(want content) (*liveState, error) {
+	ls := &liveState{content: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
+		sameElems: map[string]bool{}}
 	var err error
-	if ls.present, err = f.readLiveTable(ls, table, ""); err != nil {
+	if ls.present, err = f.readLiveTable(ls, table, "", want); err != nil {
 		return nil, err
 	}
-	if ls.bridgePresent, err = f.readLiveTable(ls, bridgeTable, bridgeQual); err != nil {
+	if ls.bridgePresent, err = f.readLiveTable(ls, bridgeTable, bridgeQual, want); err != nil {
 		return nil, err
 	}
 	return ls, nil
@@ -246,7 +294,7 @@ func (f *Firewall) readLive() (*liveState, error) {
 
 // readLiveTable reads one of our tables into ls, its names prefixed with
 // qual, and reports whether it exists.
-func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual string) (bool, error) {
+func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual string, want content) (bool, error) {
 	fam := "inet"
 	if table.Family == nftables.TableFamilyBridge {
 		fam = "bridge"
@@ -262,9 +310,17 @@ func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual stri
 	if err != nil {
 		return false, fmt.Errorf("list sets of %s %s: %w", fam, TableName, err)
 	}
+	same := f.sameSets(sets, qual, want)
 	for _, s := range sets {
 		name := qual + s.Name
 		ls.sets[name] = setSpec{name: name}
+		if _, ok := want.sets[name]; !ok {
+			continue // deleted whole, elements and all
+		}
+		if same[name] {
+			ls.sameElems[name] = true
+			continue
+		}
 		elems, err := f.conn.GetSetElements(s)
 		if err != nil {
 			return false, fmt.Errorf("list elements of set %s %s %s: %w", fam, TableName, s.Name, err)
@@ -304,6 +360,53 @@ func (f *Firewall) readLiveTable(ls *liveState, table *nftables.Table, qual stri
 		ls.chains[cs.name] = cs
 	}
 	return true, nil
+}
+
+// sameSets compares the elements of the sets of one table (names
+// prefixed with qual) that want has with want's, len(f.elems) sets at a
+// time: the kernel fills each dump in the reader's thread, so two readers
+// use two cores when they are free. A set missing from the result differs
+// or could not be read fast.
+func (f *Firewall) sameSets(sets []*nftables.Set, qual string, want content) map[string]bool {
+	out := map[string]bool{}
+	if len(f.elems) == 0 {
+		return out
+	}
+	// The largest first, so the two readers finish together.
+	sets = slices.Clone(sets)
+	slices.SortStableFunc(sets, func(a, b *nftables.Set) int {
+		return len(want.elems[qual+b.Name]) - len(want.elems[qual+a.Name])
+	})
+	var mu sync.Mutex
+	var next atomic.Int32
+	var wg sync.WaitGroup
+	for _, r := range f.elems {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(sets) {
+					return
+				}
+				s := sets[i]
+				name := qual + s.Name
+				w, ok := want.elems[name]
+				if !ok {
+					continue
+				}
+				same, err := r.sameElems(s, w)
+				if err != nil {
+					f.log.Debug("firewall: fast read of set elements failed; reading them through the nftables conn", "set", name, "err", err)
+				}
+				if same {
+					mu.Lock()
+					out[name] = true
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // genReader reads the nftables ruleset generation id, which the kernel

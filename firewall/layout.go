@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -166,7 +167,11 @@ type listID uint32
 func (id listID) bytes() []byte { return binary.NativeEndian.AppendUint32(nil, uint32(id)) }
 
 func key(parts ...[]byte) []byte {
-	var b []byte
+	n := 0
+	for _, p := range parts {
+		n += (len(p) + 3) &^ 3
+	}
+	b := make([]byte, 0, n)
 	for _, p := range parts {
 		b = append(b, p...)
 		for len(b)%4 != 0 { // concatenations pad each field to 32 bits
@@ -181,7 +186,7 @@ func port(p uint16) []byte { return binary.BigEndian.AppendUint16(nil, p) }
 // desired computes the table content for s. s must be valid.
 func desired(s State) content {
 	m := newModel(s)
-	if _, ok := m.update(s, newCompiler(), nil); !ok {
+	if _, ok := m.update(s, newCompiler(), nil, false); !ok {
 		panic("desired: invalid state")
 	}
 	return m.want
@@ -207,6 +212,7 @@ type compiled struct {
 	elems []setElem
 	lists []peerList // peer lists its map elements name
 	peers []string   // peer sets its rules name
+	pos   int        // index in model.order
 	// seen and kept are the model epoch in which the container was found
 	// in the State (seen) and found unchanged (kept).
 	seen, kept uint64
@@ -221,17 +227,43 @@ type compiled struct {
 type compiler struct {
 	ids   map[string]listID // peers joined by \x00 -> id
 	taken map[listID]string
+	// keyed is container's scratch map (merging the rules that share a
+	// key), cleared and reused: it ran 20,000 times for 10,000 containers.
+	keyed map[string]int
+	buf   []byte
+	idb   map[listID][]byte
 }
 
 func newCompiler() *compiler {
 	return &compiler{ids: map[string]listID{}, taken: map[listID]string{}}
 }
 
+// idBytes is id.bytes(), one slice per id shared by every element that
+// holds it (elements are never modified).
+func (cp *compiler) idBytes(id listID) []byte {
+	if b, ok := cp.idb[id]; ok {
+		return b
+	}
+	if cp.idb == nil {
+		cp.idb = map[listID][]byte{}
+	}
+	b := id.bytes()
+	cp.idb[id] = b
+	return b
+}
+
 func (cp *compiler) listID(list []string) listID {
-	k := strings.Join(list, "\x00")
-	if id, ok := cp.ids[k]; ok {
+	cp.buf = cp.buf[:0]
+	for i, p := range list {
+		if i > 0 {
+			cp.buf = append(cp.buf, 0)
+		}
+		cp.buf = append(cp.buf, p...)
+	}
+	if id, ok := cp.ids[string(cp.buf)]; ok { // no string is built for the lookup
 		return id
 	}
+	k := string(cp.buf)
 	for salt := 0; ; salt++ {
 		h := sha256.Sum256(fmt.Appendf(nil, "%d\x00%s", salt, k))
 		id := listID(binary.BigEndian.Uint32(h[:4]))
@@ -244,9 +276,16 @@ func (cp *compiler) listID(list []string) listID {
 	}
 }
 
+// dirSetNames are the names of the maps of each direction.
+var dirSetNames = map[string]struct{ port, proto, icmp, any string }{
+	"in":  {"in_port_list", "in_proto_list", "in_icmp_list", "in_any_list"},
+	"eg":  {"eg_port_list", "eg_proto_list", "eg_icmp_list", "eg_any_list"},
+	"eg4": {"eg4_port_list", "eg4_proto_list", "eg4_icmp_list", "eg4_any_list"},
+}
+
 // container computes the elements of one (valid) container.
 func (cp *compiler) container(ct Container) *compiled {
-	out := &compiled{c: cloneContainer(ct)}
+	out := &compiled{c: cloneContainer(ct), elems: make([]setElem, 0, 16)}
 	a := ct.Addr.AsSlice()
 	add := func(set string, e elem) { out.elems = append(out.elems, setElem{set, e}) }
 	add("containers", elem{key: a, comment: ct.ID})
@@ -278,8 +317,6 @@ func (cp *compiler) container(ct Container) *compiled {
 			add(inBridge("port_mac"), elem{key: key(ifindex, ct.MAC), comment: ct.ID})
 		}
 	}
-	peerSeen := map[string]bool{}
-	listSeen := map[listID]bool{}
 	dirs := []struct {
 		dir   string
 		addr  []byte
@@ -298,46 +335,70 @@ func (cp *compiler) container(ct Container) *compiled {
 		a := d.addr
 		// Rules that share a key are merged into one peer list.
 		type keyed struct {
-			set, key string
-			peers    []string
+			set   string
+			key   []byte
+			peers []string
 		}
-		var order []string
-		peers := map[string]*keyed{}
+		sn := dirSetNames[d.dir]
+		order := make([]keyed, 0, 8)
+		indexed := false // cp.keyed indexes order (only for many keys)
 		note := func(set string, k []byte, peer string) {
-			id := set + "\x00" + string(k)
-			kd := peers[id]
-			if kd == nil {
-				kd = &keyed{set: set, key: string(k)}
-				peers[id] = kd
-				order = append(order, id)
+			i := -1
+			if !indexed {
+				i = slices.IndexFunc(order, func(o keyed) bool { return o.set == set && bytes.Equal(o.key, k) })
+			} else {
+				cp.buf = append(append(append(cp.buf[:0], set...), 0), k...)
+				if j, ok := cp.keyed[string(cp.buf)]; ok {
+					i = j
+				}
 			}
-			if !slices.Contains(kd.peers, peer) {
+			if i < 0 {
+				i = len(order)
+				order = append(order, keyed{set: set, key: k})
+				if !indexed && len(order) > 16 { // port ranges: linear search would be quadratic
+					if cp.keyed == nil {
+						cp.keyed = map[string]int{}
+					}
+					clear(cp.keyed)
+					for j, o := range order {
+						cp.keyed[string(append(append([]byte(o.set), 0), o.key...))] = j
+					}
+					indexed = true
+				} else if indexed {
+					cp.keyed[string(cp.buf)] = i
+				}
+			}
+			if kd := &order[i]; !slices.Contains(kd.peers, peer) {
 				kd.peers = append(kd.peers, peer)
 			}
 		}
+		proto := make([]byte, 1)
 		for _, r := range d.rules {
-			if r.Peer != PeerAny && !peerSeen[r.Peer] {
-				peerSeen[r.Peer] = true
+			if r.Peer != PeerAny && !slices.Contains(out.peers, r.Peer) {
 				out.peers = append(out.peers, r.Peer)
 			}
 			switch r.Proto {
 			case TCP, UDP:
 				if len(r.Ports) == 0 {
-					note(d.dir+"_proto_list", key(a, []byte{byte(r.Proto)}), r.Peer)
+					proto[0] = byte(r.Proto)
+					note(sn.proto, key(a, proto), r.Peer)
 				}
+				proto[0] = byte(r.Proto)
+				var pb [2]byte
 				for _, pr := range r.Ports {
 					for p := int(pr.First); p <= int(pr.Last); p++ {
-						note(d.dir+"_port_list", key(a, []byte{byte(r.Proto)}, port(uint16(p))), r.Peer) //nolint:gosec // G115: p is in [First, Last], both uint16
+						binary.BigEndian.PutUint16(pb[:], uint16(p)) //nolint:gosec // G115: p is in [First, Last], both uint16
+						note(sn.port, key(a, proto, pb[:]), r.Peer)
 					}
 				}
 			case ICMP:
-				note(d.dir+"_icmp_list", a, r.Peer)
+				note(sn.icmp, a, r.Peer)
 			case Any:
-				note(d.dir+"_any_list", a, r.Peer)
+				note(sn.any, a, r.Peer)
 			}
 		}
-		for _, id := range order {
-			kd := peers[id]
+		for i := range order {
+			kd := &order[i]
 			list := kd.peers
 			if slices.Contains(list, PeerAny) {
 				list = []string{PeerAny}
@@ -345,11 +406,10 @@ func (cp *compiler) container(ct Container) *compiled {
 				slices.Sort(list)
 			}
 			pl := peerList{id: cp.listID(list), peers: list}
-			if !listSeen[pl.id] {
-				listSeen[pl.id] = true
+			if !slices.ContainsFunc(out.lists, func(o peerList) bool { return o.id == pl.id }) {
 				out.lists = append(out.lists, pl)
 			}
-			add(kd.set, elem{key: []byte(kd.key), data: pl.id.bytes(), comment: ct.ID})
+			add(kd.set, elem{key: kd.key, data: cp.idBytes(pl.id), comment: ct.ID})
 		}
 	}
 	return out

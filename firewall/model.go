@@ -23,8 +23,11 @@ type model struct {
 	addrs    map[netip.Addr]*compiled
 	peers    map[string]peerEntry
 	peerRefs map[string]int // peer set -> containers naming it
-	listRef  map[listID]int // peer list -> containers naming it
-	lists    map[listID]listEntry
+	// peerUsers are those containers: a peer set that loses prefixes
+	// judges their flows only, not every container's.
+	peerUsers map[string]map[*compiled]bool
+	listRef   map[listID]int // peer list -> containers naming it
+	lists     map[listID]listEntry
 
 	want content
 }
@@ -45,7 +48,7 @@ type listEntry struct {
 func newModel(s State) *model {
 	m := &model{prefix: s.Prefix, gateway: s.Gateway, bridge: s.Bridge, nodePorts: cloneRules(s.NodePorts),
 		conts: map[string]*compiled{}, addrs: map[netip.Addr]*compiled{},
-		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
+		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, peerUsers: map[string]map[*compiled]bool{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
 		want: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
 	}
 	for _, ss := range staticSets {
@@ -65,28 +68,31 @@ func newModel(s State) *model {
 // changes the prefix, gateway or node ports (the caller starts a new
 // model).
 // reuse, if not nil, offers compiled containers of an older model.
-func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p plan, ok bool) {
+// withPlan false skips building the plan's element lists (the caller
+// diffs m.want against the live table instead): the first build of a
+// model at 10,000 containers spent a third of its time sorting them.
+func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPlan bool) (p plan, ok bool) {
 	if s.Prefix != m.prefix || s.Gateway != m.gateway || s.Bridge != m.bridge ||
 		len(s.NodePorts) != len(m.nodePorts) || !sameRules(s.NodePorts, m.nodePorts) {
 		return plan{}, false
 	}
 	m.epoch++
 	ep := m.epoch
-	p = plan{delElems: map[string][]elem{}, addElems: map[string][]elem{}}
-	add := map[string]map[string]elem{} // set -> id -> elem
-	del := map[string]map[string]elem{}
-	put := func(mm map[string]map[string]elem, set string, e elem) {
-		if mm[set] == nil {
-			mm[set] = map[string]elem{}
-		}
-		mm[set][e.id()] = e
-	}
+	// A model built from nothing, without a plan, has nothing to delete:
+	// its elements go straight into m.want.
+	direct := !withPlan && len(m.conts) == 0 && len(m.lists) == 0
 
 	// Containers: find each one's previous version, positionally first.
 	order := make([]*compiled, len(s.Containers))
 	var fresh, gone []*compiled // new versions; old versions to take out
 	freshIDs := map[string]bool{}
 	freshAddrs := map[netip.Addr]bool{}
+	if len(m.conts) == 0 { // a new model: every container is fresh
+		freshIDs = make(map[string]bool, len(s.Containers))
+		freshAddrs = make(map[netip.Addr]bool, len(s.Containers))
+		m.conts = make(map[string]*compiled, len(s.Containers))
+		m.addrs = make(map[netip.Addr]*compiled, len(s.Containers))
+	}
 	for i := range s.Containers {
 		c := &s.Containers[i]
 		var prev *compiled
@@ -154,11 +160,6 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 			refs[pn]++
 		}
 	}
-	type peerChange struct {
-		name string
-		old  *peerEntry
-		new  *peerEntry
-	}
 	var pcs []peerChange
 	for name, ps := range s.PeerSets {
 		old, had := m.peers[name]
@@ -184,7 +185,49 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		}
 	}
 
-	// From here on s is valid: compute the element and peer list changes.
+	// From here on s is valid.
+	for i, c := range order {
+		c.pos = i
+	}
+	m.order = order
+	return m.change(fresh, gone, pcs, func(name string) []netip.Prefix { return s.PeerSets[name] }, withPlan, direct), true
+}
+
+// peerChange is a peer set added (old nil), removed (new nil) or changed.
+type peerChange struct {
+	name string
+	old  *peerEntry
+	new  *peerEntry
+}
+
+// change takes the containers gone out of the model and puts the fresh
+// ones in (both already validated, m.order already holding what the model
+// will hold), applies the peer set changes, and returns the plan that
+// turns the old model's table into the new one. prefixesOf gives every
+// peer set's prefixes in the new state. Its cost is that of the change
+// (a peer set that loses prefixes marks the containers naming it, found
+// in peerUsers, for revocation).
+func (m *model) change(fresh, gone []*compiled, pcs []peerChange, prefixesOf func(string) []netip.Prefix, withPlan, direct bool) (p plan) {
+	p = plan{delElems: map[string][]elem{}, addElems: map[string][]elem{}}
+	add := map[string]map[string]elem{} // set -> id -> elem
+	del := map[string]map[string]elem{}
+	put := func(mm map[string]map[string]elem, set string, e elem) {
+		if mm[set] == nil {
+			mm[set] = map[string]elem{}
+		}
+		mm[set][e.id()] = e
+	}
+	refs := map[string]int{}
+	for _, old := range gone {
+		for _, pn := range old.peers {
+			refs[pn]--
+		}
+	}
+	for _, nc := range fresh {
+		for _, pn := range nc.peers {
+			refs[pn]++
+		}
+	}
 	p.revoke = map[netip.Addr]bool{}
 	for _, old := range gone {
 		old.c.addAddrs(p.revoke)
@@ -200,11 +243,30 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		}
 	}
 	addElem := func(set string, e elem) {
+		if direct {
+			m.want.elems[set][e.id()] = e
+			return
+		}
 		if d, ok := del[set][e.id()]; ok && d.same(e) && string(d.key) == string(e.key) {
 			delete(del[set], e.id()) // unchanged: neither delete nor add
 			return
 		}
 		put(add, set, e)
+	}
+	if direct {
+		// Size the maps once: growing them to 20,000 elements rehashed
+		// each several times.
+		n := map[string]int{}
+		for _, nc := range fresh {
+			for _, se := range nc.elems {
+				n[se.set]++
+			}
+		}
+		for set, k := range n {
+			if len(m.want.elems[set]) == 0 {
+				m.want.elems[set] = make(map[string]elem, k)
+			}
+		}
 	}
 	for _, nc := range fresh {
 		for _, se := range nc.elems {
@@ -223,7 +285,6 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	for _, pc := range pcs {
 		changed[pc.name] = true
 	}
-	prefixesOf := func(name string) []netip.Prefix { return s.PeerSets[name] }
 	listNew := map[listID]listEntry{}
 	for id, d := range listDelta {
 		was := m.listRef[id]
@@ -269,6 +330,10 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		}
 		for _, pn := range old.peers {
 			m.peerRefs[pn]--
+			delete(m.peerUsers[pn], old)
+			if len(m.peerUsers[pn]) == 0 {
+				delete(m.peerUsers, pn)
+			}
 		}
 	}
 	for _, nc := range fresh {
@@ -279,6 +344,10 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 		}
 		for _, pn := range nc.peers {
 			m.peerRefs[pn]++
+			if m.peerUsers[pn] == nil {
+				m.peerUsers[pn] = map[*compiled]bool{}
+			}
+			m.peerUsers[pn][nc] = true
 		}
 	}
 	for pn := range refs {
@@ -286,18 +355,15 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 			delete(m.peerRefs, pn)
 		}
 	}
-	m.order = order
 	var shrunk []string
 	for _, pc := range pcs {
 		if pc.old != nil && (pc.new == nil || lost(pc.old.prefixes, pc.new.prefixes)) {
 			shrunk = append(shrunk, pc.name)
 		}
 	}
-	if len(shrunk) > 0 {
-		for _, c := range m.conts {
-			if slices.ContainsFunc(c.peers, func(p string) bool { return slices.Contains(shrunk, p) }) {
-				c.c.addAddrs(p.revoke)
-			}
+	for _, pn := range shrunk {
+		for c := range m.peerUsers[pn] {
+			c.c.addAddrs(p.revoke)
 		}
 	}
 	for _, pc := range pcs {
@@ -318,24 +384,27 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	for id, le := range listNew {
 		m.lists[id] = le
 	}
-	byID := func(a, b elem) int { return strings.Compare(a.id(), b.id()) }
 	for set, es := range del {
 		for id, e := range es {
 			delete(m.want.elems[set], id)
-			p.delElems[set] = append(p.delElems[set], e)
+			if withPlan {
+				p.delElems[set] = append(p.delElems[set], e)
+			}
 		}
 	}
 	for set, es := range add {
 		for id, e := range es {
 			m.want.elems[set][id] = e
-			p.addElems[set] = append(p.addElems[set], e)
+			if withPlan {
+				p.addElems[set] = append(p.addElems[set], e)
+			}
 		}
 	}
 	for _, es := range p.delElems {
-		slices.SortFunc(es, byID)
+		slices.SortFunc(es, cmpElem)
 	}
 	for _, es := range p.addElems {
-		slices.SortFunc(es, byID)
+		slices.SortFunc(es, cmpElem)
 	}
 	for set, es := range p.delElems {
 		if len(es) == 0 {
@@ -346,5 +415,5 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled) (p pla
 	slices.SortFunc(p.addChains, func(a, b chainSpec) int { return strings.Compare(a.name, b.name) })
 	slices.Sort(p.delChains)
 	slices.Sort(p.delSets)
-	return p, true
+	return p
 }

@@ -45,6 +45,9 @@ func (r *revokeFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	if !r.locked {
 		r.f.mu.Lock()
 		r.locked, r.m = true, r.f.m
+		if !r.f.live {
+			r.m = nil
+		}
 	}
 	if r.m == nil {
 		return false // the table is being re-read: the next revocation judges

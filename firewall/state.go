@@ -181,18 +181,18 @@ func (s State) Validate() error {
 	seenAddr := map[netip.Addr]string{}
 	seenID := map[string]bool{}
 	for i, c := range s.Containers {
-		where := fmt.Sprintf("container %d (%q)", i, c.ID)
+		where := func() string { return fmt.Sprintf("container %d (%q)", i, c.ID) }
 		if c.ID != "" && seenID[c.ID] {
-			errs = append(errs, where+": duplicate ID")
+			errs = append(errs, where()+": duplicate ID")
 		}
 		seenID[c.ID] = true
 		if other, ok := seenAddr[c.Addr]; ok {
-			errs = append(errs, fmt.Sprintf("%s: address %s is also container %q's", where, c.Addr, other))
+			errs = append(errs, fmt.Sprintf("%s: address %s is also container %q's", where(), c.Addr, other))
 		}
 		seenAddr[c.Addr] = c.ID
 		if c.Addr4.IsValid() {
 			if other, ok := seenAddr[c.Addr4]; ok {
-				errs = append(errs, fmt.Sprintf("%s: IPv4 address %s is also container %q's", where, c.Addr4, other))
+				errs = append(errs, fmt.Sprintf("%s: IPv4 address %s is also container %q's", where(), c.Addr4, other))
 			}
 			seenAddr[c.Addr4] = c.ID
 		}
@@ -221,36 +221,67 @@ func validatePeerSet(name string, ps []netip.Prefix) []string {
 // validateContainer checks what can be checked of one container alone
 // (not duplicates), so Apply can validate only the containers that changed.
 func (s *State) validateContainer(i int, c Container) []string {
+	return s.validateContainerPeers(i, c, func(name string) bool { _, ok := s.PeerSets[name]; return ok })
+}
+
+// validateContainerPeers is validateContainer with the peer sets given by
+// hasPeer (ApplyDelta's are the model's and the delta's). It runs for
+// every container of a State that a new model is built from, so it builds
+// no message unless there is an error.
+func (s *State) validateContainerPeers(i int, c Container, hasPeer func(string) bool) []string {
 	var errs []string
-	where := fmt.Sprintf("container %d (%q)", i, c.ID)
+	where := func() string { return fmt.Sprintf("container %d (%q)", i, c.ID) }
 	if c.ID == "" {
-		errs = append(errs, where+": empty ID; every container needs its owner id")
+		errs = append(errs, where()+": empty ID; every container needs its owner id")
 	}
 	if !s.Prefix.Contains(c.Addr) {
-		errs = append(errs, fmt.Sprintf("%s: address %s is outside prefix %s", where, c.Addr, s.Prefix))
+		errs = append(errs, fmt.Sprintf("%s: address %s is outside prefix %s", where(), c.Addr, s.Prefix))
 	}
 	if c.Addr == s.Gateway {
-		errs = append(errs, fmt.Sprintf("%s: address %s is the gateway", where, c.Addr))
+		errs = append(errs, fmt.Sprintf("%s: address %s is the gateway", where(), c.Addr))
 	}
 	if c.Addr4.IsValid() && (!c.Addr4.Is4() || c.Addr4.IsUnspecified() || c.Addr4.IsMulticast() || c.Addr4 == netip.AddrFrom4([4]byte{255, 255, 255, 255})) {
-		errs = append(errs, fmt.Sprintf("%s: IPv4 address %s is not a unicast IPv4 address; pass the endpoint's IPAddress or leave it empty", where, c.Addr4))
+		errs = append(errs, fmt.Sprintf("%s: IPv4 address %s is not a unicast IPv4 address; pass the endpoint's IPAddress or leave it empty", where(), c.Addr4))
 	}
 	if c.MAC != nil && (len(c.MAC) != 6 || c.MAC[0]&1 != 0 || bytes.Equal(c.MAC, make([]byte, 6))) {
-		errs = append(errs, fmt.Sprintf("%s: MAC %q is not a unicast Ethernet address; pass the endpoint's MacAddress or leave it empty", where, c.MAC))
+		errs = append(errs, fmt.Sprintf("%s: MAC %q is not a unicast Ethernet address; pass the endpoint's MacAddress or leave it empty", where(), c.MAC))
 	}
 	if c.Port < 0 || c.Port > math.MaxInt32 {
-		errs = append(errs, fmt.Sprintf("%s: port %d is not an interface index; pass the ifindex of the host side of the container's veth, or 0 if unknown", where, c.Port))
+		errs = append(errs, fmt.Sprintf("%s: port %d is not an interface index; pass the ifindex of the host side of the container's veth, or 0 if unknown", where(), c.Port))
 	}
-	for dir, rules := range map[string][]Rule{"ingress": c.Ingress, "egress": c.Egress} {
-		for j, r := range rules {
-			rw := fmt.Sprintf("%s %s rule %d", where, dir, j)
-			if _, ok := s.PeerSets[r.Peer]; !ok && r.Peer != PeerAny {
-				errs = append(errs, fmt.Sprintf("%s: peer %q is not in State.PeerSets; add it (possibly empty) or use %q", rw, r.Peer, PeerAny))
+	for _, d := range [...]struct {
+		dir   string
+		rules []Rule
+	}{{"ingress", c.Ingress}, {"egress", c.Egress}} {
+		for j, r := range d.rules {
+			rw := func() string { return fmt.Sprintf("%s %s rule %d", where(), d.dir, j) }
+			if r.Peer != PeerAny && !hasPeer(r.Peer) {
+				errs = append(errs, fmt.Sprintf("%s: peer %q is not in State.PeerSets; add it (possibly empty) or use %q", rw(), r.Peer, PeerAny))
 			}
-			errs = append(errs, validateProtoPorts(rw, r, MaxRulePorts)...)
+			if !protoPortsOK(r, MaxRulePorts) {
+				errs = append(errs, validateProtoPorts(rw(), r, MaxRulePorts)...)
+			}
 		}
 	}
 	return errs
+}
+
+// protoPortsOK is validateProtoPorts without the messages.
+func protoPortsOK(r Rule, maxPorts int) bool {
+	switch r.Proto {
+	case TCP, UDP:
+		n := 0
+		for _, pr := range r.Ports {
+			if pr.First == 0 || pr.Last < pr.First {
+				return false
+			}
+			n += int(pr.Last-pr.First) + 1
+		}
+		return maxPorts == 0 || n <= maxPorts
+	case ICMP, Any:
+		return len(r.Ports) == 0
+	}
+	return false
 }
 
 // validateProtoPorts checks a rule's protocol and ports; maxPorts bounds

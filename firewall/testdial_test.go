@@ -49,10 +49,10 @@ func TestOneContainerIsOneBatchOfElements(t *testing.T) {
 	// The table as a previous Apply left it, without sending anything.
 	base := bigState(3)
 	fw.m = newModel(base)
-	if _, ok := fw.m.update(base, newCompiler(), nil); !ok {
+	if _, ok := fw.m.update(base, newCompiler(), nil, false); !ok {
 		t.Fatal("base state rejected")
 	}
-	fw.liveGen = gen.n
+	fw.liveGen, fw.live = gen.n, true
 
 	with := base
 	with.Containers = append(append([]Container(nil), base.Containers...), benchContainer(10001))
