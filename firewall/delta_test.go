@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 // deltaCase is a base state, a delta, and the state the delta must leave.

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/v6reg/v6reg/integration/netns"
+	"github.com/v6reg/v6reg/internal/netns"
 )
 
 // TestElemReaderComparesInPlace: every set of a programmed table compares
