@@ -27,6 +27,10 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
+	"github.com/v6reg/v6reg/registrar"
+
 	"github.com/v6reg/v6reg/docker"
 	"github.com/v6reg/v6reg/internal/backoff"
 	"github.com/v6reg/v6reg/nomad"
@@ -153,8 +157,8 @@ type Agent struct {
 	o     Options
 	log   *slog.Logger
 	nomad *nomad.Source
-	reg   *consulRegistrar
-	peers *peerWatches
+	reg   *registrar.Registrar
+	peers *peers.Watches
 	ports *docker.PortCache // nil without Options.Ports
 
 	trig   chan struct{}
@@ -231,14 +235,8 @@ func New(o Options) *Agent {
 		a.nomad = nomad.NewSource(o.Nomad, o.NomadID, o.Log.With("source", "nomad"))
 	}
 	if o.Consul != nil {
-		a.reg = &consulRegistrar{api: o.Consul, prefix: o.IDPrefix, node: o.Node, log: o.Log}
-		a.peers = newPeerWatches(o.Consul, o.IDPrefix, o.Log.With("source", "consul"), a.consulTrigger, func() { o.Metrics.Errors.WithLabelValues("consul").Inc() },
-			func(n map[string]int) {
-				for r, c := range n {
-					o.Metrics.PeerEntriesIgnored.WithLabelValues(r).Set(float64(c))
-				}
-			})
-		a.setupPeerWatches() // peerpool.go
+		a.reg = registrar.New(o.Consul, o.IDPrefix, o.Node, o.Log)
+		a.peers = a.newPeerWatches() // peerwatch.go
 	}
 	a.snap.Store(&Snapshot{Node: o.Node, Prefix: o.Prefix.String()})
 	return a
@@ -417,7 +415,16 @@ func (a *Agent) loadKnown() bool {
 		seeded = true
 	}
 	if a.peers != nil {
-		a.peers.seedKnown(k.Peers)
+		seed := make(map[peers.Key][]netip.Prefix, len(k.Peers))
+		for name, set := range k.Peers {
+			key, err := peers.ParseKey(name)
+			if err != nil {
+				a.log.Warn("persisted peer set ignored", "err", err)
+				continue
+			}
+			seed[key] = set
+		}
+		a.peers.Seed(seed)
 	}
 	a.log.Info("using the persisted policies until Nomad and Consul answer", "file", a.o.StateFile,
 		"allocs", len(k.Allocs), "nomad_index", k.NomadIndex, "nomad_answered_at", k.NomadAt, "peer_sets", len(k.Peers), "saved_at", k.SavedAt)
@@ -436,7 +443,12 @@ func (a *Agent) saveKnown() {
 		k.Allocs, k.NomadIndex, k.NomadAt, k.Nomad, ngen = a.nomad.Known()
 	}
 	if a.peers != nil {
-		k.Peers, pgen = a.peers.known()
+		var known map[peers.Key][]netip.Prefix
+		known, pgen = a.peers.Known()
+		k.Peers = make(map[string][]netip.Prefix, len(known))
+		for key, set := range known {
+			k.Peers[key.String()] = set
+		}
 	}
 	if ngen == a.savedNomad && pgen == a.savedPeers {
 		return
@@ -495,7 +507,7 @@ func (a *Agent) settle(ctx context.Context) {
 // after failing may have lost registrations (a restarted agent holds
 // none), so the next reconcile lists its services again.
 func (a *Agent) consulTrigger(reason string) {
-	if strings.HasPrefix(reason, consulBackReason) {
+	if strings.HasPrefix(reason, peers.BackReason) {
 		a.pendMu.Lock()
 		a.pend.consul = true
 		a.pendMu.Unlock()
@@ -511,7 +523,7 @@ func (a *Agent) input(containers []docker.Container) buildInput {
 		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, Bridge: a.o.Bridge, NodePorts: a.o.NodePorts,
 		Operator: op, OperatorRev: opRev, Memo: a.memo, Elements: a.elements, Containers: containers, Nomad: a.nomad != nil,
 		Lookup: func(string) (nomad.Alloc, bool) { return nomad.Alloc{}, false },
-		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
+		Peers:  func(peers.Key) ([]netip.Prefix, bool) { return nil, false },
 	}
 	if a.nomad != nil {
 		in.Lookup = a.nomad.Lookup
@@ -520,7 +532,7 @@ func (a *Agent) input(containers []docker.Container) buildInput {
 		in.MACHolders = last.MACHolders()
 	}
 	if a.peers != nil {
-		in.Peers = a.peers.get
+		in.Peers = a.peers.Get
 	}
 	return in
 }
@@ -588,7 +600,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		// Rebuild whenever a watch started, even if it answered before
 		// waitPeers looked: d was built before that answer. The rebuild
 		// evaluates nothing again: only the peer sets are looked up.
-		if started := a.peers.want(ctx, d.PeerKeys); len(started) > 0 {
+		if started := a.peers.Want(ctx, d.PeerKeys); len(started) > 0 {
 			a.waitPeers(ctx, started, a.peerWait)
 			d = build(in) // now with the peers' addresses
 			a.holdLimits(&d, in)
@@ -714,10 +726,10 @@ func (a *Agent) observe(output string, events map[string]time.Time, h prometheus
 
 // waitPeers waits (bounded) until Consul has answered for every peer key,
 // so that a start or a new reference does not first apply an empty set.
-func (a *Agent) waitPeers(ctx context.Context, keys []PeerKey, limit time.Duration) {
+func (a *Agent) waitPeers(ctx context.Context, keys []peers.Key, limit time.Duration) {
 	missing := func() bool {
 		for _, k := range keys {
-			if _, ok := a.peers.get(k); !ok {
+			if _, ok := a.peers.Get(k); !ok {
 				return true
 			}
 		}
@@ -770,11 +782,11 @@ func (a *Agent) logFirewall(d Desired, ch firewall.Changes) {
 	a.log.Debug("firewall batch", "changes", fmt.Sprintf("%+v", ch))
 }
 
-func (a *Agent) logConsul(c ConsulChange) {
+func (a *Agent) logConsul(c registrar.Change) {
 	attrs := []any{"id", c.ID}
 	if c.Op == "register" {
 		attrs = append(attrs, "service", c.Reg.Name, "address", c.Reg.Addr, "port", c.Reg.Port,
-			"container", c.Reg.Meta[metaContainer], "alloc", c.Reg.Meta[metaAlloc], "job", c.Reg.Meta[metaJob])
+			"container", c.Reg.Meta[registrar.MetaContainer], "alloc", c.Reg.Meta[registrar.MetaAlloc], "job", c.Reg.Meta[registrar.MetaJob])
 	}
 	a.log.Info("consul "+c.Op, attrs...)
 }

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/registrar"
+
 	"context"
 	"errors"
 	"net/netip"
@@ -125,11 +127,11 @@ func TestReconcileRemovesOnlyOwnedRegistrations(t *testing.T) {
 	r.docker.set(summary(id1, "web1", addrN(10), l1))
 	delete(l1, "v6reg.egress")
 	// Orphans of this node (the container is gone), and foreign ones.
-	r.consul.put("v6reg-n1-deadbeef0000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{metaOwner: "n1"}})
-	r.consul.put("v6reg-n1-deadbeef0000-job-0", &consul.AgentService{Service: jobsService, Meta: map[string]string{metaOwner: "n1"}})
-	r.consul.put("other-n1-deadbeef0000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{metaOwner: "n1"}})
-	r.consul.put("v6reg-n1-cafe00000000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{metaOwner: "n2"}})
-	r.consul.put("v6reg-n12-cafe00000000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{metaOwner: "n12"}})
+	r.consul.put("v6reg-n1-deadbeef0000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{registrar.MetaOwner: "n1"}})
+	r.consul.put("v6reg-n1-deadbeef0000-job-0", &consul.AgentService{Service: registrar.JobsService, Meta: map[string]string{registrar.MetaOwner: "n1"}})
+	r.consul.put("other-n1-deadbeef0000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{registrar.MetaOwner: "n1"}})
+	r.consul.put("v6reg-n1-cafe00000000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{registrar.MetaOwner: "n2"}})
+	r.consul.put("v6reg-n12-cafe00000000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{registrar.MetaOwner: "n12"}})
 	r.consul.put("redis", &consul.AgentService{Service: "redis"})
 	if err := r.agent.reconcile(t.Context(), true); err != nil {
 		t.Fatal(err)
@@ -165,7 +167,7 @@ func TestReconcileRemovesOnlyOwnedRegistrations(t *testing.T) {
 
 func TestReconcileDockerErrorAppliesNothing(t *testing.T) {
 	r := newRig(t, nil)
-	r.consul.put("v6reg-n1-deadbeef0000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{metaOwner: "n1"}})
+	r.consul.put("v6reg-n1-deadbeef0000-web-80", &consul.AgentService{Service: "web", Meta: map[string]string{registrar.MetaOwner: "n1"}})
 	r.docker.listErr = errors.New("docker: Cannot connect to the Docker daemon")
 	err := r.agent.reconcile(t.Context(), true)
 	if err == nil || !strings.Contains(err.Error(), "listing containers on network v6") {
@@ -377,10 +379,7 @@ func TestPeerWatchWaitsOnceAndFollowsChanges(t *testing.T) {
 	if err := r.agent.reconcile(ctx, false); err != nil {
 		t.Fatal(err)
 	}
-	r.agent.peers.mu.Lock()
-	n := len(r.agent.peers.running)
-	r.agent.peers.mu.Unlock()
-	if n != 0 {
+	if n := r.agent.peers.Watching(); n != 0 {
 		t.Errorf("%d watches still running", n)
 	}
 }

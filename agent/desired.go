@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
+	"github.com/v6reg/v6reg/registrar"
+
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -43,9 +47,9 @@ type Workload struct {
 type Desired struct {
 	Workloads     []Workload
 	Firewall      firewall.State
-	Registrations map[string]Registration
+	Registrations map[string]registrar.Registration
 	// PeerKeys are the Consul-backed peers some local policy uses.
-	PeerKeys map[PeerKey]bool
+	PeerKeys map[peers.Key]bool
 
 	// regHashes are the Registrations' hashes (computed once per
 	// evaluation, not per reconcile); digests identify each container's
@@ -53,7 +57,7 @@ type Desired struct {
 	// they name.
 	regHashes map[string]string
 	digests   map[string]string
-	peerUsers map[PeerKey][]string
+	peerUsers map[peers.Key][]string
 }
 
 // buildInput is everything the builder reads; it does no I/O.
@@ -75,7 +79,7 @@ type buildInput struct {
 	MACHolders map[string]string
 	// Peers returns the addresses of a Consul-backed peer and whether
 	// Consul has answered for it yet.
-	Peers func(PeerKey) ([]netip.Prefix, bool)
+	Peers func(peers.Key) ([]netip.Prefix, bool)
 	// Memo, if not nil, keeps each container's evaluation across builds
 	// (see evalMemo); OperatorRev names the version of Operator in it.
 	Memo        *evalMemo
@@ -94,8 +98,8 @@ type evaluated struct {
 	ingress, egress []firewall.Rule
 	// prefixSets are the literal prefix lists its rules name.
 	prefixSets map[string][]netip.Prefix
-	peerKeys   []PeerKey
-	regs       []Registration
+	peerKeys   []peers.Key
+	regs       []registrar.Registration
 	regHashes  []string
 	// digest identifies its rules, for the log of what changed.
 	digest string
@@ -107,7 +111,7 @@ func evaluate(c docker.Container, in buildInput) *evaluated {
 	e := &evaluated{w: w}
 	if !w.Closed {
 		sets := map[string][]netip.Prefix{}
-		keys := map[PeerKey]bool{}
+		keys := map[peers.Key]bool{}
 		e.ingress = firewallRules(w.Policy.Ingress, w.Namespace, sets, keys)
 		e.egress = firewallRules(w.Policy.Egress, w.Namespace, sets, keys)
 		if len(sets) > 0 {
@@ -116,12 +120,12 @@ func evaluate(c docker.Container, in buildInput) *evaluated {
 		for k := range keys {
 			e.peerKeys = append(e.peerKeys, k)
 		}
-		sort.Slice(e.peerKeys, func(i, j int) bool { return e.peerKeys[i] < e.peerKeys[j] })
+		sort.Slice(e.peerKeys, func(i, j int) bool { return e.peerKeys[i].String() < e.peerKeys[j].String() })
 	}
 	e.regs = registrationsFor(w, in)
 	e.regHashes = make([]string, len(e.regs))
 	for i, r := range e.regs {
-		e.regHashes[i] = r.hash()
+		e.regHashes[i] = r.Hash()
 	}
 	e.digest = fmt.Sprintf("%v %v", e.ingress, e.egress)
 	return e
@@ -191,11 +195,11 @@ func build(in buildInput) Desired {
 			NodePorts: in.NodePorts,
 			PeerSets:  map[string][]netip.Prefix{},
 		},
-		Registrations: make(map[string]Registration, 2*len(in.Containers)),
-		PeerKeys:      map[PeerKey]bool{},
+		Registrations: make(map[string]registrar.Registration, 2*len(in.Containers)),
+		PeerKeys:      map[peers.Key]bool{},
 		regHashes:     make(map[string]string, 2*len(in.Containers)),
 		digests:       make(map[string]string, len(in.Containers)),
-		peerUsers:     map[PeerKey][]string{},
+		peerUsers:     map[peers.Key][]string{},
 		Workloads:     make([]Workload, 0, len(in.Containers)),
 	}
 	d.Firewall.Containers = make([]firewall.Container, 0, len(in.Containers))
@@ -235,7 +239,7 @@ func build(in buildInput) Desired {
 				if !d.PeerKeys[k] {
 					d.PeerKeys[k] = true
 					addrs, _ := in.Peers(k) // until Consul answers, the set is empty: closed
-					d.Firewall.PeerSets[string(k)] = addrs
+					d.Firewall.PeerSets[k.String()] = addrs
 				}
 			}
 			d.digests[c.ID] = e.digest
@@ -408,11 +412,11 @@ func workloadFor(c docker.Container, in buildInput) Workload {
 // peer sets they use: literal prefix lists under a name derived from their
 // content (so identical lists are shared), and Consul-backed peers under
 // their key, filled from the watches.
-func firewallRules(rules []policies.ResolvedRule, namespace string, sets map[string][]netip.Prefix, keys map[PeerKey]bool) []firewall.Rule {
+func firewallRules(rules []policies.ResolvedRule, namespace string, sets map[string][]netip.Prefix, keys map[peers.Key]bool) []firewall.Rule {
 	var out []firewall.Rule
 	for _, r := range rules {
 		proto, ports := fwProto(r)
-		var peers []string
+		var names []string
 		// Both families: IPv6 prefixes open the /80 address, IPv4
 		// prefixes (operator sets, @internet) the container's IPv4 egress
 		// through the node's NAT; the firewall has no IPv4 ingress.
@@ -428,38 +432,27 @@ func firewallRules(rules []policies.ResolvedRule, namespace string, sets map[str
 			prefixes = append(prefixes, p)
 		}
 		if anyPeer {
-			peers = append(peers, firewall.PeerAny)
+			names = append(names, firewall.PeerAny)
 		} else if len(prefixes) > 0 {
 			name := prefixSetName(prefixes)
 			sets[name] = prefixes
-			peers = append(peers, name)
+			names = append(names, name)
 		}
 		for _, s := range r.Services {
-			k := servicePeerKey(namespace, s)
+			k := peers.ServiceKey(namespace, s)
 			keys[k] = true
-			peers = append(peers, string(k))
+			names = append(names, k.String())
 		}
 		for _, j := range r.Jobs {
-			k := PeerKey("job:" + namespace + "/" + j)
+			k := peers.JobKey(namespace, j)
 			keys[k] = true
-			peers = append(peers, string(k))
+			names = append(names, k.String())
 		}
-		for _, p := range peers {
+		for _, p := range names {
 			out = append(out, firewall.Rule{Peer: p, Proto: proto, Ports: ports})
 		}
 	}
 	return out
-}
-
-// servicePeerKey is the key of a service: peer written in a policy of
-// namespace: "service:NAME" is NAME as registered by a container of the
-// same namespace, "service:NS/NAME" NAME as registered in NS (the policy
-// checked that the namespace may use NS's services).
-func servicePeerKey(namespace, name string) PeerKey {
-	if strings.Contains(name, "/") {
-		return PeerKey("service:" + name)
-	}
-	return PeerKey("service:" + namespace + "/" + name)
 }
 
 func fwProto(r policies.ResolvedRule) (firewall.Proto, []firewall.PortRange) {
@@ -506,38 +499,38 @@ func shortAlloc(id string) string {
 // stops routing before the container is killed), one in v6reg-jobs for
 // job:NAME peers, and a critical check carrying the error when its policy
 // is refused.
-func registrationsFor(w Workload, in buildInput) []Registration {
+func registrationsFor(w Workload, in buildInput) []registrar.Registration {
 	c := w.Container
 	if w.Stopping || !c.Addr.IsValid() {
 		return nil
 	}
-	meta := map[string]string{metaContainer: c.ShortID(), metaNamespace: w.Namespace, metaPrefix: in.Prefix.String()}
+	meta := map[string]string{registrar.MetaContainer: c.ShortID(), registrar.MetaNamespace: w.Namespace, registrar.MetaPrefix: in.Prefix.String()}
 	if c.AllocID != "" {
-		meta[metaAlloc] = c.AllocID
+		meta[registrar.MetaAlloc] = c.AllocID
 	}
 	if w.Job != "" {
-		meta[metaJob] = w.Job
+		meta[registrar.MetaJob] = w.Job
 	}
 	if w.Task != "" {
-		meta[metaTask] = w.Task
+		meta[registrar.MetaTask] = w.Task
 	}
 	var tags []string
 	if c.AllocID != "" {
 		tags = append(tags, shortAlloc(c.AllocID))
 	}
-	var out []Registration
+	var out []registrar.Registration
 	if len(w.Errors) > 0 {
 		notes := "v6reg refused this container's policy; it stays closed until fixed:\n" + strings.Join(w.Errors, "\n")
-		crit := Check{Kind: "critical", Notes: notes}
+		crit := registrar.Check{Kind: "critical", Notes: notes}
 		if len(w.Policy.Services) == 0 {
-			out = append(out, Registration{
-				ID: serviceID(in.IDPrefix, in.Node, c.ID, "policy", 0), Name: policyErrorService,
+			out = append(out, registrar.Registration{
+				ID: registrar.ServiceID(in.IDPrefix, in.Node, c.ID, "policy", 0), Name: registrar.PolicyErrorService,
 				Addr: c.Addr, Tags: errorTags(tags, w), Meta: meta, Check: crit,
 			})
 		}
 		for _, s := range w.Policy.Services {
-			out = append(out, Registration{
-				ID: serviceID(in.IDPrefix, in.Node, c.ID, s.Name, int(s.Port)), Name: s.Name,
+			out = append(out, registrar.Registration{
+				ID: registrar.ServiceID(in.IDPrefix, in.Node, c.ID, s.Name, int(s.Port)), Name: s.Name,
 				Addr: c.Addr, Port: int(s.Port), Tags: tags, Meta: meta, Check: crit,
 			})
 		}
@@ -547,16 +540,16 @@ func registrationsFor(w Workload, in buildInput) []Registration {
 		return nil
 	}
 	for _, s := range w.Policy.Services {
-		out = append(out, Registration{
-			ID: serviceID(in.IDPrefix, in.Node, c.ID, s.Name, int(s.Port)), Name: s.Name,
+		out = append(out, registrar.Registration{
+			ID: registrar.ServiceID(in.IDPrefix, in.Node, c.ID, s.Name, int(s.Port)), Name: s.Name,
 			Addr: c.Addr, Port: int(s.Port), Tags: append(append([]string{}, tags...), s.Tags...), Meta: meta,
-			Check: Check{Kind: s.Check.String(), Path: "/"},
+			Check: registrar.Check{Kind: s.Check.String(), Path: "/"},
 		})
 	}
 	if w.Job != "" {
-		out = append(out, Registration{
-			ID: serviceID(in.IDPrefix, in.Node, c.ID, "job", 0), Name: jobsService,
-			Addr: c.Addr, Tags: []string{jobTag(w.Namespace, w.Job)}, Meta: meta,
+		out = append(out, registrar.Registration{
+			ID: registrar.ServiceID(in.IDPrefix, in.Node, c.ID, "job", 0), Name: registrar.JobsService,
+			Addr: c.Addr, Tags: []string{registrar.JobTag(w.Namespace, w.Job)}, Meta: meta,
 		})
 	}
 	return out
@@ -567,7 +560,7 @@ func registrationsFor(w Workload, in buildInput) []Registration {
 func errorTags(tags []string, w Workload) []string {
 	out := append([]string{}, tags...)
 	if w.Job != "" {
-		out = append(out, jobTag(w.Namespace, w.Job))
+		out = append(out, registrar.JobTag(w.Namespace, w.Job))
 	}
 	return out
 }

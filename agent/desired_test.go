@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
+	"github.com/v6reg/v6reg/registrar"
+
 	"net/netip"
 	"slices"
 	"strings"
@@ -73,14 +77,14 @@ func fwOf(d Desired, id string) (firewall.Container, bool) {
 	return firewall.Container{}, false
 }
 
-func regsOf(d Desired, id string) []Registration {
-	var out []Registration
+func regsOf(d Desired, id string) []registrar.Registration {
+	var out []registrar.Registration
 	for _, r := range d.Registrations {
-		if r.Meta[metaContainer] == docker.ShortID(id) {
+		if r.Meta[registrar.MetaContainer] == docker.ShortID(id) {
 			out = append(out, r)
 		}
 	}
-	slices.SortFunc(out, func(a, b Registration) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b registrar.Registration) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
@@ -128,7 +132,7 @@ func TestBuild(t *testing.T) {
 					t.Fatalf("registrations = %+v", regs)
 				}
 				job, svc := regs[0], regs[1]
-				if want := "v6reg-n1-" + web.ID[:12] + "-job-0"; job.ID != want || job.Name != jobsService ||
+				if want := "v6reg-n1-" + web.ID[:12] + "-job-0"; job.ID != want || job.Name != registrar.JobsService ||
 					!slices.Equal(job.Tags, []string{"job=team/p-web"}) || job.Check.Kind != "" {
 					t.Errorf("jobs registration = %+v, want ID %s tag job=team/p-web", job, want)
 				}
@@ -141,7 +145,7 @@ func TestBuild(t *testing.T) {
 				if !slices.Contains(svc.Tags, "traefik.enable=true") {
 					t.Errorf("tags %q lack the operator's traefik tag", svc.Tags)
 				}
-				wantMeta := map[string]string{metaContainer: web.ID[:12], metaJob: "p-web", metaTask: "web", metaNamespace: "team", metaPrefix: "fd00:f1:0:0:1::/80"}
+				wantMeta := map[string]string{registrar.MetaContainer: web.ID[:12], registrar.MetaJob: "p-web", registrar.MetaTask: "web", registrar.MetaNamespace: "team", registrar.MetaPrefix: "fd00:f1:0:0:1::/80"}
 				if !mapsEqual(svc.Meta, wantMeta) {
 					t.Errorf("meta = %v, want %v", svc.Meta, wantMeta)
 				}
@@ -185,7 +189,7 @@ func TestBuild(t *testing.T) {
 				if svc.Name != "shop" || svc.Check.Kind != "tcp" || !slices.Contains(svc.Tags, "e91ea7ef") {
 					t.Errorf("service = %+v, want tcp check and the short alloc tag", svc)
 				}
-				wantMeta := map[string]string{metaContainer: cid("bb01")[:12], metaAlloc: allocA, metaJob: "p-shop", metaTask: "api", metaNamespace: "team", metaPrefix: "fd00:f1:0:0:1::/80"}
+				wantMeta := map[string]string{registrar.MetaContainer: cid("bb01")[:12], registrar.MetaAlloc: allocA, registrar.MetaJob: "p-shop", registrar.MetaTask: "api", registrar.MetaNamespace: "team", registrar.MetaPrefix: "fd00:f1:0:0:1::/80"}
 				if !mapsEqual(svc.Meta, wantMeta) {
 					t.Errorf("meta = %v, want %v", svc.Meta, wantMeta)
 				}
@@ -255,13 +259,13 @@ func TestBuild(t *testing.T) {
 					t.Fatalf("registrations = %+v, want one critical", regs)
 				}
 				r := regs[0]
-				if r.Name != policyErrorService || r.Check.Kind != "critical" || !strings.Contains(r.Check.Notes, w.Errors[0]) {
+				if r.Name != registrar.PolicyErrorService || r.Check.Kind != "critical" || !strings.Contains(r.Check.Notes, w.Errors[0]) {
 					t.Errorf("registration = %+v", r)
 				}
 				if !slices.Contains(r.Tags, "job=default/p-bad") {
 					t.Errorf("tags = %v", r.Tags)
 				}
-				c := r.toConsul("n1", r.hash()).Check
+				c := r.ToConsul("n1", r.Hash()).Check
 				if c == nil || c.Status != "critical" || !strings.Contains(c.Notes, "did you mean 'from'") {
 					t.Errorf("consul check = %+v", c)
 				}
@@ -350,8 +354,8 @@ func TestBuild(t *testing.T) {
 					"v6reg.egress":    "tcp/5432 to service:postgres, job:p-db; udp/53 to service:dns",
 					"v6reg.namespace": "team",
 				}))
-				in.Peers = func(k PeerKey) ([]netip.Prefix, bool) {
-					switch k {
+				in.Peers = func(k peers.Key) ([]netip.Prefix, bool) {
+					switch k.String() {
 					case "service:team/postgres":
 						return []netip.Prefix{netip.MustParsePrefix("fd00:1::5/128")}, true
 					case "job:team/p-db":
@@ -362,7 +366,7 @@ func TestBuild(t *testing.T) {
 				return in
 			},
 			check: func(t *testing.T, d Desired) {
-				want := map[PeerKey]bool{"service:team/postgres": true, "job:team/p-db": true, "service:team/dns": true}
+				want := map[peers.Key]bool{peers.ServiceKey("team", "postgres"): true, peers.JobKey("team", "p-db"): true, peers.ServiceKey("team", "dns"): true}
 				if !mapsEqual(d.PeerKeys, want) {
 					t.Errorf("PeerKeys = %v, want %v", d.PeerKeys, want)
 				}
@@ -522,7 +526,7 @@ func desiredEqual(a, b Desired) bool {
 		return false
 	}
 	for id, r := range a.Registrations {
-		if r.hash() != b.Registrations[id].hash() {
+		if r.Hash() != b.Registrations[id].Hash() {
 			return false
 		}
 	}

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -187,7 +189,7 @@ func peerMatches(r policies.ResolvedRule, peer, namespace string, d *Desired) (b
 			}
 		}
 		for _, s := range r.Services {
-			if inSet(d.Firewall.PeerSets[string(servicePeerKey(namespace, s))], a) {
+			if inSet(d.Firewall.PeerSets[peers.ServiceKey(namespace, s).String()], a) {
 				return true, fmt.Sprintf("%s is an instance of Consul service %s", a, s)
 			}
 		}

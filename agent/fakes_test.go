@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+	"github.com/v6reg/v6reg/peers/peerstest"
+
 	"github.com/v6reg/v6reg/docker"
 
 	"context"
@@ -84,7 +87,7 @@ func testInput(cs ...docker.Container) buildInput {
 		Node: "n1", IDPrefix: "v6reg", Prefix: testPrefix, Gateway: testGateway,
 		Operator: testOperator(), Containers: cs, Nomad: true,
 		Lookup: func(string) (nomad.Alloc, bool) { return nomad.Alloc{}, false },
-		Peers:  func(PeerKey) ([]netip.Prefix, bool) { return nil, false },
+		Peers:  func(peers.Key) ([]netip.Prefix, bool) { return nil, false },
 	}
 }
 
@@ -421,32 +424,10 @@ func (f *fakeConsul) counts() (registers, deregisters int) {
 	return len(f.registers), len(f.deregisters)
 }
 
-// entry is an instance as another node's v6reg registers it for a
-// container of namespace "default" (job p-db), its address in that node's
-// prefix (the /80 around it).
-func entry(addr string) *consul.ServiceEntry {
-	return nsEntry("default", addr)
-}
-
-// nsEntry is entry for a container of namespace ns.
-func nsEntry(ns, addr string) *consul.ServiceEntry {
-	prefix := "fd00::/80"
-	if a, err := netip.ParseAddr(addr); err == nil && a.Is6() {
-		prefix = netip.PrefixFrom(a, 80).Masked().String()
-	}
-	return &consul.ServiceEntry{
-		Service: &consul.AgentService{ID: "v6reg-n2-0123456789ab-svc-5432", Address: addr,
-			Meta: map[string]string{metaOwner: "n2", metaContainer: "0123456789ab", metaPrefix: prefix, metaNamespace: ns, metaJob: "p-db"}},
-		Node: &consul.Node{Node: "n2", Address: "192.0.2.1"},
-	}
-}
-
-// foreignEntry is an instance as a Nomad service block registers it:
-// Nomad's ID, no v6reg meta, any address.
-func foreignEntry(addr string) *consul.ServiceEntry {
-	return &consul.ServiceEntry{Service: &consul.AgentService{ID: "_nomad-task-1234-web-postgres-5432", Address: addr,
-		Meta: map[string]string{"external-source": "nomad"}}, Node: &consul.Node{Node: "n3", Address: "192.0.2.3"}}
-}
+// entry, nsEntry and foreignEntry: see peerstest.
+func entry(addr string) *consul.ServiceEntry        { return peerstest.Entry(addr) }
+func nsEntry(ns, addr string) *consul.ServiceEntry  { return peerstest.NamespaceEntry(ns, addr) }
+func foreignEntry(addr string) *consul.ServiceEntry { return peerstest.ForeignEntry(addr) }
 
 // --- Nomad ---
 

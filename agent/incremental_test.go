@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/registrar"
+
 	"fmt"
 	"slices"
 	"testing"
@@ -202,7 +204,7 @@ func TestResyncCountsDrift(t *testing.T) {
 	if d := drift("consul"); d != 0 {
 		t.Fatalf("consul drift %v before any", d)
 	}
-	victim := serviceID("v6reg", "n1", id2, "web", 80)
+	victim := registrar.ServiceID("v6reg", "n1", id2, "web", 80)
 	r.consul.mu.Lock()
 	delete(r.consul.services, victim)
 	r.consul.mu.Unlock()

@@ -36,8 +36,9 @@ type knownState struct {
 	NomadAt    time.Time     `json:"nomad_at"` // when Nomad gave that answer
 	Allocs     []nomad.Alloc `json:"allocs"`
 	// Peers are the last known addresses of each service:/job: peer set.
-	Peers   map[PeerKey][]netip.Prefix `json:"peers"`
-	SavedAt time.Time                  `json:"saved_at"`
+	// By the key's String form, so the file reads as the policies do.
+	Peers   map[string][]netip.Prefix `json:"peers"`
+	SavedAt time.Time                 `json:"saved_at"`
 }
 
 // knownEnvelope carries the state with a checksum of its exact bytes, so a

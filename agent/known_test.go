@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/registrar"
+
 	"context"
 	"errors"
 	"net/netip"
@@ -33,7 +35,7 @@ func TestKnownStateRoundTripAndCorruption(t *testing.T) {
 		Nomad: true, NomadIndex: 27, NomadAt: time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC),
 		Allocs: []nomad.Alloc{{ID: "a1", Namespace: "default", Job: "j", Group: "g",
 			JobMeta: map[string]string{"v6reg_egress": "tcp/443 to @internet"}, TaskMeta: map[string]map[string]string{"web": {"v6reg_services": "w:80"}}}},
-		Peers:   map[PeerKey][]netip.Prefix{"service:pg": {netip.MustParsePrefix("fd00::5/128")}},
+		Peers:   map[string][]netip.Prefix{"service:pg": {netip.MustParsePrefix("fd00::5/128")}},
 		SavedAt: time.Date(2026, 12, 3, 9, 0, 1, 0, time.UTC),
 	}
 	if err := saveKnown(path, want); err != nil {
@@ -122,7 +124,8 @@ func TestRestartWhileNomadAndConsulDown(t *testing.T) {
 	r2.agent.o.Docker = r.docker
 	r2.consul = r.consul // the local agent keeps the registrations
 	r2.agent.o.Consul = r.consul
-	r2.agent.reg.api, r2.agent.peers.api = r.consul, r.consul
+	r2.agent.reg = registrar.New(r.consul, "v6reg", "n1", quietLog())
+	r2.agent.peers = r2.agent.newPeerWatches()
 	r.consul.mu.Lock()
 	r.consul.healthErr = errors.New("connection refused")
 	r.consul.mu.Unlock()

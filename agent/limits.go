@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
 	"fmt"
 	"net/netip"
 	"sort"
@@ -50,19 +52,13 @@ type limitReport struct {
 	PeerSets int            // distinct Consul-backed peer sets in use
 }
 
-// isConsulPeer says whether a firewall peer name is a Consul-backed set
-// (its name is its PeerKey).
-func isConsulPeer(name string) bool {
-	return strings.HasPrefix(name, "service:") || strings.HasPrefix(name, "job:")
-}
-
 // consulPeersOf lists the distinct Consul-backed peers of a container's rules, sorted.
 func consulPeersOf(c firewall.Container) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, rs := range [][]firewall.Rule{c.Ingress, c.Egress} {
 		for _, r := range rs {
-			if isConsulPeer(r.Peer) && !seen[r.Peer] {
+			if peers.IsKeyName(r.Peer) && !seen[r.Peer] {
 				seen[r.Peer] = true
 				out = append(out, r.Peer)
 			}
@@ -78,7 +74,7 @@ func consulPeersOf(c firewall.Container) []string {
 // known on a node), so the element count is a lower bound.
 func ContainerLimitErrors(pol policies.Policy, namespace string, op policies.Operator, group, task string) []*policies.Error {
 	lim := op.Limits.OrDefault()
-	sets, keys := map[string][]netip.Prefix{}, map[PeerKey]bool{}
+	sets, keys := map[string][]netip.Prefix{}, map[peers.Key]bool{}
 	// A stand-in container with both families, as on a node with IPv4 egress.
 	fc := firewall.Container{ID: "policy-check", Addr: netip.MustParseAddr("2001:db8::1"), Addr4: netip.MustParseAddr("172.30.0.2"),
 		MAC: []byte{2, 0, 0, 0, 0, 1}, Port: 1}
@@ -259,7 +255,7 @@ func enforceLimits(d *Desired, in buildInput, prev *Desired) limitReport {
 		}
 	}
 	for k := range d.PeerKeys {
-		if !named[string(k)] {
+		if !named[k.String()] {
 			delete(d.PeerKeys, k)
 		}
 	}
@@ -276,10 +272,12 @@ func (a *Agent) holdLimits(d *Desired, in buildInput) {
 		m.LimitRefusals.WithLabelValues(l).Set(float64(rep.Refused[l]))
 	}
 	m.FirewallElements.Set(float64(rep.Elements))
-	if a.peers != nil && a.peers.open != nil {
-		// Sampled at each reconcile; the bound itself is the watch
-		// transport's MaxConnsPerHost.
-		m.WatchConnections.Set(float64(a.peers.open()))
+	if a.peers != nil {
+		if n, ok := a.peers.OpenConnections(); ok {
+			// Sampled at each reconcile; the bound itself is the watch
+			// transport's MaxConnsPerHost.
+			m.WatchConnections.Set(float64(n))
+		}
 	}
 	for _, w := range d.Workloads {
 		if w.Closed && strings.HasPrefix(w.Reason, "refused by a size limit") {

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
 	"fmt"
 	"net/netip"
 	"slices"
@@ -65,8 +67,8 @@ func TestLimitsPerContainer(t *testing.T) {
 	// Elements of peers count too: a service with 300 addresses.
 	big := labelContainer("b005", "big", 34, map[string]string{"v6reg.egress": "tcp/443 to service:huge"})
 	in := limitedInput(lim, wide, fits, many, three, big)
-	in.Peers = func(k PeerKey) ([]netip.Prefix, bool) {
-		if k != "service:default/huge" {
+	in.Peers = func(k peers.Key) ([]netip.Prefix, bool) {
+		if k.String() != "service:default/huge" {
 			return nil, true
 		}
 		var ps []netip.Prefix
@@ -86,7 +88,7 @@ func TestLimitsPerContainer(t *testing.T) {
 		t.Errorf("refusals = %v", rep.Refused)
 	}
 	// A refused policy starts no watch: service:d is named by "many" only.
-	if d.PeerKeys["service:default/d"] || d.PeerKeys["service:default/huge"] || !d.PeerKeys["service:default/a"] {
+	if d.PeerKeys[peers.ServiceKey("default", "d")] || d.PeerKeys[peers.ServiceKey("default", "huge")] || !d.PeerKeys[peers.ServiceKey("default", "a")] {
 		t.Errorf("PeerKeys = %v: want a, b, c only", d.PeerKeys)
 	}
 	if _, ok := d.Firewall.PeerSets["service:default/huge"]; ok {
@@ -131,17 +133,17 @@ func TestLimitsPerNodeKeepWhatIsInForce(t *testing.T) {
 	assertRefused(t, d, old.ID, "limits.node_elements")
 
 	// Peer sets: one new key too many.
-	peers := func(keys string) map[string]string { return map[string]string{"v6reg.egress": "tcp/443 to " + keys} }
-	p1 := mk("d001", 50, 3*time.Hour, peers("service:a, service:b"))
-	p2 := mk("d002", 51, 2*time.Hour, peers("service:b, job:c"))
-	p3 := mk("d003", 52, time.Hour, peers("service:a, service:e"))
-	p4 := mk("d004", 53, time.Minute, peers("service:a, job:c"))
+	egressTo := func(keys string) map[string]string { return map[string]string{"v6reg.egress": "tcp/443 to " + keys} }
+	p1 := mk("d001", 50, 3*time.Hour, egressTo("service:a, service:b"))
+	p2 := mk("d002", 51, 2*time.Hour, egressTo("service:b, job:c"))
+	p3 := mk("d003", 52, time.Hour, egressTo("service:a, service:e"))
+	p4 := mk("d004", 53, time.Minute, egressTo("service:a, job:c"))
 	d, rep = buildLimited(limitedInput(lim, p4, p3, p2, p1), nil)
 	assertOpen(t, d, p1.ID)
 	assertOpen(t, d, p2.ID)
 	assertRefused(t, d, p3.ID, "names 1 service:/job: peers not yet watched here, the node's containers 3; the limit is 3 per node (limits.node_peer_sets)")
 	assertOpen(t, d, p4.ID) // names only sets already watched
-	if rep.PeerSets != 3 || d.PeerKeys["service:default/e"] {
+	if rep.PeerSets != 3 || d.PeerKeys[peers.ServiceKey("default", "e")] {
 		t.Errorf("peer sets = %d %v, want a, b, c", rep.PeerSets, d.PeerKeys)
 	}
 	if err := d.Firewall.Validate(); err != nil {

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -95,7 +97,7 @@ func NewMetrics() *Metrics {
 	for _, mode := range []string{"dedicated", "shared"} {
 		m.PeerWatches.WithLabelValues(mode)
 	}
-	for _, r := range IgnoredReasons {
+	for _, r := range peers.IgnoredReasons {
 		m.PeerEntriesIgnored.WithLabelValues(r)
 	}
 	for _, src := range []string{"docker", "consul"} {

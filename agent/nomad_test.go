@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
+	"github.com/v6reg/v6reg/registrar"
+
 	"encoding/json"
 	"slices"
 	"testing"
@@ -68,16 +72,16 @@ func TestRecordedContainersMatchAllocations(t *testing.T) {
 	if len(wk.Policy.Egress) != 1 || len(wk.Policy.Egress[0].Services) != 1 || wk.Policy.Egress[0].Services[0] != "postgres" {
 		t.Errorf("worker egress = %+v", wk.Policy.Egress)
 	}
-	if !out.PeerKeys["service:default/postgres"] || len(out.PeerKeys) != 1 {
+	if !out.PeerKeys[peers.ServiceKey("default", "postgres")] || len(out.PeerKeys) != 1 {
 		t.Errorf("peer keys = %v", out.PeerKeys)
 	}
-	var cerebroReg *Registration
+	var cerebroReg *registrar.Registration
 	for _, r := range out.Registrations {
 		if r.Name == "cerebro" {
 			cerebroReg = &r
 		}
 	}
-	if cerebroReg == nil || cerebroReg.Check.Kind != "http" || cerebroReg.Meta[metaTask] != "cerebro" || cerebroReg.Meta[metaAlloc] != nomadtest.FixtureCerebro {
+	if cerebroReg == nil || cerebroReg.Check.Kind != "http" || cerebroReg.Meta[registrar.MetaTask] != "cerebro" || cerebroReg.Meta[registrar.MetaAlloc] != nomadtest.FixtureCerebro {
 		t.Errorf("cerebro registration = %+v", cerebroReg)
 	}
 	if cerebroReg != nil && !containsStr(cerebroReg.Tags, "e91ea7ef") {

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/registrar"
+
 	"github.com/v6reg/v6reg/docker"
 	"github.com/v6reg/v6reg/internal/backoff"
 
@@ -11,7 +13,7 @@ import (
 
 // regJob is one desired state of the registrations, for the registrar.
 type regJob struct {
-	want   map[string]Registration
+	want   map[string]registrar.Registration
 	hashes map[string]string
 	// list reads Consul's services first; full also counts the drift.
 	list, full bool
@@ -139,7 +141,7 @@ func (a *Agent) applyConsul(ctx context.Context, j *regJob) error {
 			a.observe(OutputConsul, map[string]time.Time{id: j.events[id]}, a.o.Metrics.EventToConsul)
 		}
 	}
-	changes, drift, err := a.reg.apply(cctx, j.want, j.hashes, j.list, first, report)
+	changes, drift, err := a.reg.Apply(cctx, j.want, j.hashes, j.list, first, report)
 	cancel()
 	for _, c := range changes {
 		a.logConsul(c)

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/registrar"
+
 	"github.com/v6reg/v6reg/docker"
 	"github.com/v6reg/v6reg/nomad"
 
@@ -120,7 +122,7 @@ func (s *Snapshot) fill(d Desired, n *nomad.Source) {
 	}
 	regs := map[string][]ServiceState{}
 	for _, r := range d.Registrations {
-		id := r.Meta[metaContainer]
+		id := r.Meta[registrar.MetaContainer]
 		regs[id] = append(regs[id], ServiceState{ID: r.ID, Name: r.Name, Port: r.Port, Check: r.Check.Kind, Tags: r.Tags})
 	}
 	for _, w := range d.Workloads {

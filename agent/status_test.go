@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/registrar"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -79,7 +81,7 @@ func TestStatusAPI(t *testing.T) {
 	if !bad.Closed || len(bad.Errors) == 0 || !strings.Contains(bad.Reason, "policy refused") || len(bad.Ingress) != 0 {
 		t.Errorf("bad = %+v", bad)
 	}
-	if len(bad.Services) != 1 || bad.Services[0].Name != policyErrorService || bad.Services[0].Check != "critical" {
+	if len(bad.Services) != 1 || bad.Services[0].Name != registrar.PolicyErrorService || bad.Services[0].Check != "critical" {
 		t.Errorf("bad services = %+v", bad.Services)
 	}
 }
@@ -247,8 +249,8 @@ func servicesByName(s Snapshot) map[string]ServiceState {
 
 func TestStatusHealth(t *testing.T) {
 	r, srv := healthRig(t)
-	webID := serviceID("v6reg", "n1", cid("aa01"), "web", 80)
-	apiID := serviceID("v6reg", "n1", cid("aa01"), "api", 81)
+	webID := registrar.ServiceID("v6reg", "n1", cid("aa01"), "web", 80)
+	apiID := registrar.ServiceID("v6reg", "n1", cid("aa01"), "api", 81)
 	refused := "dial tcp [" + addrN(10).String() + "]:81: connect: connection refused"
 	r.consul.setCheck(webID, "passing", "HTTP GET http://["+addrN(10).String()+"]:80/: 200 OK Output: hello")
 	r.consul.setCheck(apiID, "critical", refused)
@@ -266,12 +268,12 @@ func TestStatusHealth(t *testing.T) {
 	}
 	// The refused policy's check is critical from its registration; its
 	// notes (the policy error) stand in for the output a TTL check lacks.
-	if sv := got[policyErrorService]; sv.Health != "critical" || !strings.Contains(sv.Output, "refused this container's policy") ||
+	if sv := got[registrar.PolicyErrorService]; sv.Health != "critical" || !strings.Contains(sv.Output, "refused this container's policy") ||
 		!strings.Contains(sv.Output, "form") {
-		t.Errorf("%s = %+v, want critical with the policy error", policyErrorService, sv)
+		t.Errorf("%s = %+v, want critical with the policy error", registrar.PolicyErrorService, sv)
 	}
-	if sv := got[jobsService]; sv.Health != "" || sv.Output != "" {
-		t.Errorf("%s has no check, yet health %q output %q", jobsService, sv.Health, sv.Output)
+	if sv := got[registrar.JobsService]; sv.Health != "" || sv.Output != "" {
+		t.Errorf("%s has no check, yet health %q output %q", registrar.JobsService, sv.Health, sv.Output)
 	}
 	// The live view is per request: the stored snapshot stays as the
 	// reconcile left it.

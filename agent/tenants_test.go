@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
+	"github.com/v6reg/v6reg/registrar"
+
 	"maps"
 	"net"
 	"slices"
@@ -13,47 +17,6 @@ import (
 
 	"github.com/v6reg/v6reg/policies"
 )
-
-// TestPeerAddrOwnership: only what a v6reg registers for a container it
-// manages is a peer; each part of the proof is needed.
-func TestPeerAddrOwnership(t *testing.T) {
-	mod := func(f func(s *consul.AgentService)) *consul.ServiceEntry {
-		e := nsEntry("default", "fd00:1::5")
-		f(e.Service)
-		return e
-	}
-	for _, tc := range []struct {
-		name    string
-		e       *consul.ServiceEntry
-		ns, job string
-		why     string
-	}{
-		{name: "another node's v6reg registration (positive control)", e: entry("fd00:1::5"), ns: "default"},
-		{name: "job: peer with the job's meta (positive control)", e: entry("fd00:1::5"), ns: "default", job: "p-db"},
-		{name: "a Nomad service block", e: foreignEntry("fd00:1::5"), ns: "default", why: ignoredForeign},
-		{name: "no owner meta", e: mod(func(s *consul.AgentService) { delete(s.Meta, metaOwner) }), ns: "default", why: ignoredForeign},
-		{name: "ID of another prefix", e: mod(func(s *consul.AgentService) { s.ID = "other-n2-0123456789ab-svc-5432" }), ns: "default", why: ignoredForeign},
-		{name: "ID names another node than the owner meta", e: mod(func(s *consul.AgentService) { s.Meta[metaOwner] = "n3" }), ns: "default", why: ignoredForeign},
-		{name: "no node prefix meta", e: mod(func(s *consul.AgentService) { delete(s.Meta, metaPrefix) }), ns: "default", why: ignoredForeign},
-		{name: "a node prefix of ::/0", e: mod(func(s *consul.AgentService) { s.Meta[metaPrefix] = "::/0" }), ns: "default", why: ignoredForeign},
-		{name: "no container meta", e: mod(func(s *consul.AgentService) { delete(s.Meta, metaContainer) }), ns: "default", why: ignoredForeign},
-		{name: "address outside the node prefix", e: mod(func(s *consul.AgentService) { s.Address = "2001:db8::5" }), ns: "default", why: ignoredOutside},
-		{name: "IPv4 address", e: mod(func(s *consul.AgentService) { s.Address = "10.0.0.5" }), ns: "default", why: ignoredOutside},
-		{name: "no address (Consul would use the node's)", e: mod(func(s *consul.AgentService) { s.Address = "" }), ns: "default", why: ignoredOutside},
-		{name: "another namespace", e: entry("fd00:1::5"), ns: "prod", why: ignoredNamespace},
-		{name: "another job", e: entry("fd00:1::5"), ns: "default", job: "p-other", why: ignoredNamespace},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			a, why := peerAddr("v6reg", tc.ns, tc.job, tc.e)
-			if why != tc.why {
-				t.Fatalf("why = %q, want %q", why, tc.why)
-			}
-			if tc.why == "" && a.String() != "fd00:1::5" {
-				t.Errorf("addr = %v", a)
-			}
-		})
-	}
-}
 
 // TestForeignPeersIgnoredAndCounted: a service: peer's set holds only
 // v6reg's registrations of the policy's namespace; the others are counted
@@ -81,17 +44,17 @@ func TestForeignPeersIgnoredAndCounted(t *testing.T) {
 	}
 	m := r.agent.o.Metrics.PeerEntriesIgnored
 	counts := map[string]float64{}
-	for _, reason := range IgnoredReasons {
+	for _, reason := range peers.IgnoredReasons {
 		counts[reason] = gaugeValue(t, m, reason)
 	}
-	if want := map[string]float64{ignoredForeign: 1, ignoredNamespace: 1, ignoredOutside: 1}; !maps.Equal(counts, want) {
+	if want := map[string]float64{peers.IgnoredForeign: 1, peers.IgnoredNamespace: 1, peers.IgnoredOutside: 1}; !maps.Equal(counts, want) {
 		t.Errorf("ignored = %v, want %v", counts, want)
 	}
 	// The set is the same without them, so nothing triggers; the count
 	// follows the answer all the same.
 	r.consul.setHealth("postgres", entry("fd00:1::5"))
 	deadline := time.Now().Add(5 * time.Second)
-	for gaugeValue(t, m, ignoredForeign) != 0 {
+	for gaugeValue(t, m, peers.IgnoredForeign) != 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("ignored foreign stays > 0 after the foreign entry left")
 		}
@@ -146,7 +109,7 @@ func TestServicePeerKeysCarryNamespace(t *testing.T) {
 	b.ServiceNamespaces = []string{"shared"}
 	in.Operator.Namespaces = map[string]policies.Bounds{"*": b}
 	d := build(in)
-	want := map[PeerKey]bool{"service:team/db": true, "service:shared/db": true}
+	want := map[peers.Key]bool{peers.ServiceKey("team", "db"): true, peers.ServiceKey("shared", "db"): true}
 	if !maps.Equal(d.PeerKeys, want) {
 		t.Errorf("PeerKeys = %v, want %v", d.PeerKeys, want)
 	}
@@ -159,8 +122,8 @@ func TestServicePeerKeysCarryNamespace(t *testing.T) {
 		}
 	}
 	for _, r := range d.Registrations {
-		if r.Name == jobsService && r.Meta[metaContainer] == cid("ad02")[:12] {
-			t.Errorf("the refused container is in %s: %+v", jobsService, r)
+		if r.Name == registrar.JobsService && r.Meta[registrar.MetaContainer] == cid("ad02")[:12] {
+			t.Errorf("the refused container is in %s: %+v", registrar.JobsService, r)
 		}
 	}
 }
@@ -240,7 +203,7 @@ func TestDuplicateMAC(t *testing.T) {
 		t.Errorf("programmed %v, want the older and the other", programmed)
 	}
 	for _, r := range d.Registrations {
-		if r.Meta[metaContainer] == newer.ShortID() {
+		if r.Meta[registrar.MetaContainer] == newer.ShortID() {
 			t.Errorf("the newer is registered: %+v", r)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/v6reg/v6reg/integration/benchdata"
 	"io"
 	"log/slog"
 	"os"
@@ -17,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/v6reg/v6reg/integration/benchdata"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"github.com/v6reg/v6reg/consulclient"
+
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -205,14 +207,14 @@ func (a *applied) wait(b *testing.B, n int, limit time.Duration) (fw, cs []time.
 // timedConsul is the real Consul client, timing each registration call
 // (Consul's own share of the figures).
 type timedConsul struct {
-	agent.ConsulClient
+	consulclient.Client
 	mu    sync.Mutex
 	calls []time.Duration
 }
 
 func (c *timedConsul) Register(ctx context.Context, reg *capi.AgentServiceRegistration) error {
 	start := time.Now()
-	err := c.ConsulClient.Register(ctx, reg)
+	err := c.Client.Register(ctx, reg)
 	c.mu.Lock()
 	c.calls = append(c.calls, time.Since(start))
 	c.mu.Unlock()
@@ -256,7 +258,7 @@ func BenchmarkBurst100At1000(b *testing.B) {
 	}
 	fw := firewall.New(conn, ns.Fd(), quiet)
 	ca := consul.StartT(b, 28617)
-	cc, err := agent.NewConsulClient(ca.HTTPAddr, "", "", "", "", "")
+	cc, err := consulclient.New(ca.HTTPAddr, "", "", "", "", "")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -268,7 +270,7 @@ func BenchmarkBurst100At1000(b *testing.B) {
 		c := d.summary(i, prefix)
 		d.running[c.ID] = c
 	}
-	tc := &timedConsul{ConsulClient: agent.ConsulClient{C: cc}}
+	tc := &timedConsul{Client: consulclient.Client{C: cc}}
 	obs := &applied{more: make(chan struct{}, 1)}
 	obs.reset()
 	a := agent.New(agent.Options{

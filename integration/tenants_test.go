@@ -1,6 +1,10 @@
 package integration
 
 import (
+	"github.com/v6reg/v6reg/consulclient"
+
+	"github.com/v6reg/v6reg/peers"
+
 	"context"
 	"errors"
 	"fmt"
@@ -16,7 +20,6 @@ import (
 	"github.com/docker/docker/api/types/network"
 	consulapi "github.com/hashicorp/consul/api"
 
-	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/integration/consul"
 )
 
@@ -28,7 +31,7 @@ import (
 // Nomad service block makes it (Nomad's ID, its meta, any address).
 func TestTenantsPeersFromRealConsul(t *testing.T) {
 	c := consul.StartT(t, 28517)
-	cc, err := agent.NewConsulClient(c.HTTPAddr, "", "", "", "", "")
+	cc, err := consulclient.New(c.HTTPAddr, "", "", "", "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,18 +68,18 @@ func TestTenantsPeersFromRealConsul(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	api := agent.ConsulClient{C: cc}
+	api := consulclient.Client{C: cc}
 	for _, tc := range []struct {
-		key     agent.PeerKey
+		key     peers.Key
 		want    []string
 		ignored map[string]int
 	}{
-		{"service:default/postgres", []string{"2001:db8:0:2:2::5/128"}, map[string]int{"foreign": 1, "outside_prefix": 1, "namespace": 1}},
-		{"service:dev/postgres", []string{"2001:db8:0:2:2::6/128"}, map[string]int{"foreign": 1, "outside_prefix": 1, "namespace": 1}},
-		{"job:default/p-db", []string{"2001:db8:0:2:2::5/128"}, map[string]int{"foreign": 1, "outside_prefix": 1}},
-		{"job:dev/p-db", []string{}, nil},
+		{peers.ServiceKey("default", "postgres"), []string{"2001:db8:0:2:2::5/128"}, map[string]int{"foreign": 1, "outside_prefix": 1, "namespace": 1}},
+		{peers.ServiceKey("dev", "postgres"), []string{"2001:db8:0:2:2::6/128"}, map[string]int{"foreign": 1, "outside_prefix": 1, "namespace": 1}},
+		{peers.JobKey("default", "p-db"), []string{"2001:db8:0:2:2::5/128"}, map[string]int{"foreign": 1, "outside_prefix": 1}},
+		{peers.JobKey("dev", "p-db"), []string{}, nil},
 	} {
-		got, ignored, err := agent.ResolvePeer(ctx, api, "v6reg", tc.key)
+		got, ignored, err := peers.Resolve(ctx, api, "v6reg", tc.key)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,8 @@
 package config
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,7 +22,6 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
-	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/firewall"
 	"github.com/v6reg/v6reg/policies"
 )
@@ -143,7 +144,7 @@ func Default() Config {
 			Enabled:          true,
 			Address:          "127.0.0.1:8500",
 			IDPrefix:         "v6reg",
-			WatchConnections: agent.DefaultWatchConnections,
+			WatchConnections: peers.DefaultWatchConnections,
 		},
 		Nomad: Nomad{
 			Enabled: false,
@@ -582,8 +583,8 @@ func (c *Config) parse(filename string, src []byte) error {
 			{"node_elements", l.NodeElements, &c.Policy.Limits.NodeElements, 1, 10_000_000, "e.g. 100000: the firewall elements of the whole node"},
 			{"node_peer_sets", l.NodePeerSets, &c.Policy.Limits.NodePeerSets, 1, 10_000_000, "e.g. 512: the service:/job: peers of the whole node"},
 			{"peer_set_addresses", l.PeerSetAddresses, &c.Policy.Limits.PeerSetAddresses, 1, 10_000_000, "e.g. 2048: the addresses taken from one service:/job: peer"},
-			{"consul_watch_connections", l.ConsulWatchConnections, &c.Consul.WatchConnections, agent.MinWatchConnections, agent.MaxWatchConnections,
-				fmt.Sprintf("use %d to %d (default %d): Consul refuses a client more than 200 connections", agent.MinWatchConnections, agent.MaxWatchConnections, agent.DefaultWatchConnections)},
+			{"consul_watch_connections", l.ConsulWatchConnections, &c.Consul.WatchConnections, peers.MinWatchConnections, peers.MaxWatchConnections,
+				fmt.Sprintf("use %d to %d (default %d): Consul refuses a client more than 200 connections", peers.MinWatchConnections, peers.MaxWatchConnections, peers.DefaultWatchConnections)},
 		} {
 			if f.v == nil {
 				continue

@@ -1,11 +1,12 @@
 package config
 
 import (
+	"github.com/v6reg/v6reg/peers"
+
 	"os"
 	"strings"
 	"testing"
 
-	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/policies"
 )
 
@@ -31,7 +32,7 @@ limits {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Policy.Limits != policies.DefaultLimits() || d.Consul.WatchConnections != agent.DefaultWatchConnections {
+	if d.Policy.Limits != policies.DefaultLimits() || d.Consul.WatchConnections != peers.DefaultWatchConnections {
 		t.Errorf("defaults = %+v, %d", d.Policy.Limits, d.Consul.WatchConnections)
 	}
 }
@@ -78,8 +79,8 @@ func TestShippedLimitsAreTheDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Policy.Limits != policies.DefaultLimits() || c.Consul.WatchConnections != agent.DefaultWatchConnections {
+	if c.Policy.Limits != policies.DefaultLimits() || c.Consul.WatchConnections != peers.DefaultWatchConnections {
 		t.Errorf("packaging/v6reg.hcl shows %+v and %d connections; the defaults are %+v and %d",
-			c.Policy.Limits, c.Consul.WatchConnections, policies.DefaultLimits(), agent.DefaultWatchConnections)
+			c.Policy.Limits, c.Consul.WatchConnections, policies.DefaultLimits(), peers.DefaultWatchConnections)
 	}
 }

@@ -1,11 +1,12 @@
 package main
 
 import (
+	"github.com/v6reg/v6reg/consulclient"
+
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/v6reg/v6reg/nomad"
 	"io"
 	"log/slog"
 	"net"
@@ -16,6 +17,8 @@ import (
 	"slices"
 	"syscall"
 	"time"
+
+	"github.com/v6reg/v6reg/nomad"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	docker "github.com/docker/docker/client"
@@ -280,7 +283,7 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 		opts.Nomad, opts.NomadID = nomad.Client{C: nc}, cfg.Nomad.NodeID
 	}
 	if cfg.Consul.Enabled {
-		cc, err := agent.NewConsulClient(cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.CAFile, cfg.Consul.CertFile, cfg.Consul.KeyFile, cfg.Consul.Datacenter)
+		cc, err := consulclient.New(cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.CAFile, cfg.Consul.CertFile, cfg.Consul.KeyFile, cfg.Consul.Datacenter)
 		if err != nil {
 			return err
 		}
@@ -291,13 +294,13 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 			}
 		}
 		if cc != nil {
-			opts.Consul = agent.ConsulClient{C: cc}
+			opts.Consul = consulclient.Client{C: cc}
 			// The peer watches' own client: pooled, capped at the budget.
-			wc, open, err := agent.NewConsulWatchClient(cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.CAFile, cfg.Consul.CertFile, cfg.Consul.KeyFile, cfg.Consul.Datacenter, cfg.Consul.WatchConnections)
+			wc, open, err := consulclient.NewWatch(cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.CAFile, cfg.Consul.CertFile, cfg.Consul.KeyFile, cfg.Consul.Datacenter, cfg.Consul.WatchConnections)
 			if err != nil {
 				return err
 			}
-			opts.PeerWatch = agent.PeerWatchOptions{API: agent.ConsulClient{C: wc}, Connections: cfg.Consul.WatchConnections, Open: open}
+			opts.PeerWatch = agent.PeerWatchOptions{API: consulclient.Client{C: wc}, Connections: cfg.Consul.WatchConnections, Open: open}
 		}
 	}
 	a := agent.New(opts)

@@ -1,4 +1,4 @@
-package agent
+package peers
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/v6reg/v6reg/registrar"
 
 	consul "github.com/hashicorp/consul/api"
 )
@@ -92,7 +94,7 @@ func (p *poolConsul) register(service, addr string) {
 	p.index++
 	p.entries[service] = append(p.entries[service], &consul.ServiceEntry{Service: &consul.AgentService{
 		ID: fmt.Sprintf("v6reg-n2-%012d-%s-0", p.index, service), Service: service, Address: addr, CreateIndex: p.index,
-		Meta: map[string]string{metaOwner: "n2", metaContainer: "c", metaPrefix: "2001:db8:0:2:2::/80", metaNamespace: "default"},
+		Meta: map[string]string{registrar.MetaOwner: "n2", registrar.MetaContainer: "c", registrar.MetaPrefix: "2001:db8:0:2:2::/80", registrar.MetaNamespace: "default"},
 	}})
 	p.cond.Broadcast()
 }
@@ -122,16 +124,16 @@ func TestPeerWatchesBoundedQueries(t *testing.T) {
 	p := newPoolConsul()
 	var trigMu sync.Mutex
 	var triggers []string
-	w := newPeerWatches(p, "v6reg", slog.New(slog.NewTextHandler(io.Discard, nil)),
-		func(r string) { trigMu.Lock(); triggers = append(triggers, r); trigMu.Unlock() }, func() {}, nil)
+	w := NewWatches(Options{API: p, IDPrefix: "v6reg", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Trigger: func(r string) { trigMu.Lock(); triggers = append(triggers, r); trigMu.Unlock() }})
 	w.dedicatedMax, w.workers = peerWatchSplit(budget)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	want := map[PeerKey]bool{}
+	want := map[Key]bool{}
 	for i := range keys {
-		want[PeerKey(fmt.Sprintf("service:default/s%03d", i))] = true
+		want[mustKey(fmt.Sprintf("service:default/s%03d", i))] = true
 	}
-	started := w.want(ctx, want)
+	started := w.Want(ctx, want)
 	if len(started) != keys {
 		t.Fatalf("started %d keys", len(started))
 	}
@@ -147,23 +149,23 @@ func TestPeerWatchesBoundedQueries(t *testing.T) {
 	}
 	waitAll(func() bool {
 		for k := range want {
-			if _, ok := w.get(k); !ok {
+			if _, ok := w.Get(k); !ok {
 				return false
 			}
 		}
 		return true
 	}, "every key's first answer")
 	// s299 is last in key order: shared.
-	last := PeerKey("service:default/s299")
-	if pw := w.running[string(last)]; pw == nil || pw.cancel != nil {
+	last := mustKey("service:default/s299")
+	if pw := w.running[last.String()]; pw == nil || pw.cancel != nil {
 		t.Fatalf("%s should be shared", last)
 	}
 	p.register("s299", "2001:db8:0:2:2::99")
-	waitAll(func() bool { a, _ := w.get(last); return len(a) == 1 }, "the change to a shared key")
+	waitAll(func() bool { a, _ := w.Get(last); return len(a) == 1 }, "the change to a shared key")
 	trigMu.Lock()
 	found := false
 	for _, r := range triggers {
-		found = found || r == "consul: peer "+string(last)+" changed"
+		found = found || r == "consul: peer "+last.String()+" changed"
 	}
 	trigMu.Unlock()
 	if !found {
@@ -171,25 +173,25 @@ func TestPeerWatchesBoundedQueries(t *testing.T) {
 	}
 	// And a dedicated one.
 	p.register("s000", "2001:db8:0:2:2::10")
-	waitAll(func() bool { a, _ := w.get("service:default/s000"); return len(a) == 1 }, "the change to a dedicated key")
+	waitAll(func() bool { a, _ := w.Get(mustKey("service:default/s000")); return len(a) == 1 }, "the change to a dedicated key")
 	// Churn: many changes while the queue drains.
 	for i := range 50 {
 		p.register(fmt.Sprintf("s%03d", 100+i), "2001:db8:0:2:2::5")
 	}
-	waitAll(func() bool { a, _ := w.get("service:default/s149"); return len(a) == 1 }, "churn")
+	waitAll(func() bool { a, _ := w.Get(mustKey("service:default/s149")); return len(a) == 1 }, "churn")
 	_, maxIn, calls := p.stats()
 	t.Logf("%d keys, budget %d: at most %d queries in flight, %d queries in all", keys, budget, maxIn, calls)
 	if maxIn > budget {
 		t.Fatalf("%d queries in flight at once, budget %d", maxIn, budget)
 	}
 	// Dropping keys frees dedicated slots for shared ones.
-	less := map[PeerKey]bool{}
+	less := map[Key]bool{}
 	for k := range want {
-		if !strings.HasPrefix(string(k), "service:default/s00") {
+		if !strings.HasPrefix(k.String(), "service:default/s00") {
 			less[k] = true
 		}
 	}
-	w.want(ctx, less)
+	w.Want(ctx, less)
 	w.mu.Lock()
 	dedicated := 0
 	for _, pw := range w.running {
@@ -202,7 +204,7 @@ func TestPeerWatchesBoundedQueries(t *testing.T) {
 	if n != keys-10 || dedicated != w.dedicatedMax {
 		t.Errorf("after dropping 10 keys: %d running, %d dedicated; want %d, %d", n, dedicated, keys-10, w.dedicatedMax)
 	}
-	if a, ok := w.get(last); !ok || len(a) != 1 {
+	if a, ok := w.Get(last); !ok || len(a) != 1 {
 		t.Errorf("a shared key lost its set: %v %v", a, ok)
 	}
 }
@@ -234,16 +236,16 @@ func TestSharedPeerKeepsSeedWhileConsulFails(t *testing.T) {
 	p.fail = errors.New("connection refused")
 	var trigMu sync.Mutex
 	var triggers []string
-	w := newPeerWatches(p, "v6reg", slog.New(slog.NewTextHandler(io.Discard, nil)),
-		func(r string) { trigMu.Lock(); triggers = append(triggers, r); trigMu.Unlock() }, func() {}, nil)
+	w := NewWatches(Options{API: p, IDPrefix: "v6reg", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Trigger: func(r string) { trigMu.Lock(); triggers = append(triggers, r); trigMu.Unlock() }})
 	w.dedicatedMax, w.workers = 1, 1 // s0 dedicated, s1 shared
 	seed := []netip.Prefix{netip.MustParsePrefix("2001:db8:0:2:2::1/128")}
-	w.seedKnown(map[PeerKey][]netip.Prefix{"service:default/s1": seed})
+	w.Seed(map[Key][]netip.Prefix{mustKey("service:default/s1"): seed})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	w.want(ctx, map[PeerKey]bool{"service:default/s0": true, "service:default/s1": true})
+	w.Want(ctx, map[Key]bool{mustKey("service:default/s0"): true, mustKey("service:default/s1"): true})
 	time.Sleep(300 * time.Millisecond)
-	if got, ok := w.get("service:default/s1"); !ok || !prefixesEqual(got, seed) {
+	if got, ok := w.Get(mustKey("service:default/s1")); !ok || !prefixesEqual(got, seed) {
 		t.Fatalf("while Consul fails: %v %v, want the persisted set", got, ok)
 	}
 	p.mu.Lock()
@@ -252,7 +254,7 @@ func TestSharedPeerKeepsSeedWhileConsulFails(t *testing.T) {
 	p.register("s1", "2001:db8:0:2:2::2")
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got, _ := w.get("service:default/s1")
+		got, _ := w.Get(mustKey("service:default/s1"))
 		if len(got) == 1 && got[0].Addr() == netip.MustParseAddr("2001:db8:0:2:2::2") {
 			break
 		}
@@ -266,4 +268,12 @@ func TestSharedPeerKeepsSeedWhileConsulFails(t *testing.T) {
 	if !slices.Contains(triggers, "consul: peer service:default/s1 changed") {
 		t.Errorf("triggers = %v", triggers)
 	}
+}
+
+func mustKey(s string) Key {
+	k, err := ParseKey(s)
+	if err != nil {
+		panic(err)
+	}
+	return k
 }

@@ -1,17 +1,10 @@
-package agent
+package peers
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/v6reg/v6reg/internal/backoff"
-
-	consul "github.com/hashicorp/consul/api"
-	"github.com/hashicorp/go-cleanhttp"
 )
 
 // Peer watches with a bounded number of Consul connections.
@@ -83,123 +76,22 @@ func peerWatchSplit(conns int) (dedicated, workers int) {
 
 // CatalogIndexer is what the shared watch asks of Consul, besides
 // HealthService: a blocking query on the catalog's service list that
-// returns its index when it changes. ConsulClient has it; a ConsulAPI
+// returns its index when it changes. consulclient.Client has it; a API
 // without it gets its shared keys polled every sharedPoll.
 type CatalogIndexer interface {
 	CatalogIndex(ctx context.Context, waitIndex uint64) (uint64, error)
 }
 
-// sharedPoll refreshes the shared keys of a ConsulAPI without CatalogIndexer.
+// sharedPoll refreshes the shared keys of a API without CatalogIndexer.
 const sharedPoll = 10 * time.Second
 
-// CatalogIndex runs one blocking query on /v1/catalog/services (up to 5
-// minutes, stale reads allowed) and returns the next index.
-func (c ConsulClient) CatalogIndex(ctx context.Context, waitIndex uint64) (uint64, error) {
-	q := (&consul.QueryOptions{WaitIndex: waitIndex, WaitTime: 5 * time.Minute, AllowStale: true}).WithContext(ctx)
-	_, meta, err := c.C.Catalog().Services(q)
-	if err != nil {
-		return 0, err
-	}
-	return meta.LastIndex, nil
-}
-
-// PeerWatchOptions give the peer watches their own Consul client and its
-// connection budget (consul.watch_connections). Zero values: the agent's
-// Consul client and DefaultWatchConnections.
-type PeerWatchOptions struct {
-	API         ConsulAPI
-	Connections int
-	// Open reports the connections the watch client holds open now.
-	Open func() int64
-}
-
-// NewConsulWatchClient is a Consul client for the peer watches: pooled
-// HTTP/1.1 connections (a blocking query holds one), at most conns of
-// them to Consul, counted. It returns the client and a function that
-// reports the connections open now.
-func NewConsulWatchClient(address, token, caFile, certFile, keyFile, datacenter string, conns int) (*consul.Client, func() int64, error) {
-	var open atomic.Int64
-	tr := cleanhttp.DefaultPooledTransport()
-	tr.MaxConnsPerHost = conns
-	tr.MaxIdleConnsPerHost = conns
-	tr.ForceAttemptHTTP2 = false
-	dial := tr.DialContext
-	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		open.Add(1)
-		return &countedConn{Conn: c, open: &open}, nil
-	}
-	cfg := consul.DefaultConfig()
-	cfg.Transport = tr
-	cfg.Token = token
-	cfg.Datacenter = datacenter
-	cfg.TLSConfig = consul.TLSConfig{CAFile: caFile, CertFile: certFile, KeyFile: keyFile}
-	if strings.HasPrefix(address, "https://") {
-		cfg.Scheme = "https"
-		cfg.Address = strings.TrimPrefix(address, "https://")
-	} else {
-		cfg.Address = strings.TrimPrefix(address, "http://")
-	}
-	c, err := consul.NewClient(cfg)
-	if err != nil {
-		return nil, nil, fmt.Errorf("consul watch client: %w", err)
-	}
-	return c, open.Load, nil
-}
-
-// countedConn counts itself out of open when closed (once).
-type countedConn struct {
-	net.Conn
-	open   *atomic.Int64
-	closed atomic.Bool
-}
-
-func (c *countedConn) Close() error {
-	if c.closed.CompareAndSwap(false, true) {
-		c.open.Add(-1)
-	}
-	return c.Conn.Close()
-}
-
-// setupPeerWatches applies Options.PeerWatch and the limits to the
-// watches, and reports them in the metrics.
-func (a *Agent) setupPeerWatches() {
-	if a.peers == nil {
-		return
-	}
-	o := a.o.PeerWatch
-	if o.API != nil {
-		a.peers.api = o.API
-	}
-	conns := o.Connections
-	if conns == 0 {
-		conns = DefaultWatchConnections
-	}
-	a.peers.dedicatedMax, a.peers.workers = peerWatchSplit(conns)
-	a.peers.maxAddrs = func() int {
-		a.opMu.RLock()
-		defer a.opMu.RUnlock()
-		return a.operator.Limits.OrDefault().PeerSetAddresses
-	}
-	m := a.o.Metrics
-	a.peers.onBounds = func(dedicated, shared, truncated int) {
-		m.PeerWatches.WithLabelValues("dedicated").Set(float64(dedicated))
-		m.PeerWatches.WithLabelValues("shared").Set(float64(shared))
-		m.PeerSetsTruncated.Set(float64(truncated))
-	}
-	a.peers.open = o.Open
-}
-
 // enqueue queues a shared key for a refresh, once. Called with w.mu held.
-func (w *peerWatches) enqueue(key string) { w.enqueueAt(key, false) }
+func (w *Watches) enqueue(key string) { w.enqueueAt(key, false) }
 
 // enqueueAt queues key at the back, or at the front: a key just
 // referenced is waited for by a reconcile (waitPeers), so it does not
 // wait behind a whole refresh round. Called with w.mu held.
-func (w *peerWatches) enqueueAt(key string, front bool) {
+func (w *Watches) enqueueAt(key string, front bool) {
 	if w.queued[key] {
 		return
 	}
@@ -216,7 +108,7 @@ func (w *peerWatches) enqueueAt(key string, front bool) {
 }
 
 // enqueueShared queues every shared key.
-func (w *peerWatches) enqueueShared() {
+func (w *Watches) enqueueShared() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for k, pw := range w.running {
@@ -227,7 +119,7 @@ func (w *peerWatches) enqueueShared() {
 }
 
 // nextShared takes the next queued key still shared, with its watch.
-func (w *peerWatches) nextShared() (string, *peerWatch, bool) {
+func (w *Watches) nextShared() (string, *peerWatch, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for len(w.queue) > 0 {
@@ -244,7 +136,7 @@ func (w *peerWatches) nextShared() (string, *peerWatch, bool) {
 
 // startShared runs the catalog watch and the workers until ctx ends.
 // Called with w.mu held.
-func (w *peerWatches) startShared(ctx context.Context) {
+func (w *Watches) startShared(ctx context.Context) {
 	go w.catalogLoop(ctx)
 	for range w.workers {
 		go w.refreshLoop(ctx)
@@ -253,7 +145,7 @@ func (w *peerWatches) startShared(ctx context.Context) {
 
 // catalogLoop queues every shared key when the catalog's service index
 // moves (and every sharedResync), at most every sharedMinInterval.
-func (w *peerWatches) catalogLoop(ctx context.Context) {
+func (w *Watches) catalogLoop(ctx context.Context) {
 	ci, ok := w.api.(CatalogIndexer)
 	b := backoff.New(500*time.Millisecond, 30*time.Second)
 	var index uint64
@@ -290,7 +182,7 @@ func (w *peerWatches) catalogLoop(ctx context.Context) {
 
 // refreshLoop refreshes queued shared keys, one at a time, with
 // non-blocking queries.
-func (w *peerWatches) refreshLoop(ctx context.Context) {
+func (w *Watches) refreshLoop(ctx context.Context) {
 	for ctx.Err() == nil {
 		key, pw, ok := w.nextShared()
 		if !ok {
