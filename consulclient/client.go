@@ -73,7 +73,6 @@ func New(address, token, caFile, certFile, keyFile, datacenter string) (*consul.
 	return c, nil
 }
 
-
 // CatalogIndex runs one blocking query on /v1/catalog/services (up to 5
 // minutes, stale reads allowed) and returns the next index.
 func (c Client) CatalogIndex(ctx context.Context, waitIndex uint64) (uint64, error) {
@@ -84,7 +83,6 @@ func (c Client) CatalogIndex(ctx context.Context, waitIndex uint64) (uint64, err
 	}
 	return meta.LastIndex, nil
 }
-
 
 // NewWatch is a Consul client for the peer watches: pooled
 // HTTP/1.1 connections (a blocking query holds one), at most conns of
@@ -136,4 +134,3 @@ func (c *countedConn) Close() error {
 	}
 	return c.Conn.Close()
 }
-

@@ -201,4 +201,3 @@ func (r *Registrar) each(ctx context.Context, ids []string, f func(id string) er
 	}
 	return errs
 }
-

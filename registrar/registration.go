@@ -108,4 +108,3 @@ func (r Registration) ToConsul(node, hash string) *consul.AgentServiceRegistrati
 	reg.Check = c
 	return reg
 }
-
