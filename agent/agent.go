@@ -27,6 +27,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/peers"
 
 	"github.com/v6reg/v6reg/registrar"
@@ -172,7 +173,7 @@ type Agent struct {
 	// view and memo are the reconcile loop's: Docker's containers as
 	// events left them, and each one's evaluated policy.
 	view     *docker.View
-	memo     *evalMemo
+	memo     *desired.Memo
 	elements *firewall.ElementCounter
 
 	// regWork, while Run runs, hands the registrations to the registrar
@@ -185,7 +186,7 @@ type Agent struct {
 	// lastFW is the firewall state last applied successfully (readiness).
 	lastFW atomic.Pointer[firewall.State]
 	// lastDesired is the last reconcile's desired state, for explain.
-	lastDesired atomic.Pointer[Desired]
+	lastDesired atomic.Pointer[desired.Desired]
 
 	// peerWait bounds how long a reconcile waits for Consul's first
 	// answer on a newly referenced service:/job: peer.
@@ -227,7 +228,7 @@ func New(o Options) *Agent {
 		}, func() float64 { return float64(r.Restores()) }))
 	}
 	a := &Agent{o: o, log: o.Log, trig: make(chan struct{}, 1), operator: o.Operator, opRev: 1, peerWait: 5 * time.Second,
-		view: docker.NewView(), memo: newEvalMemo(), elements: firewall.NewElementCounter()}
+		view: docker.NewView(), memo: desired.NewMemo(), elements: firewall.NewElementCounter()}
 	if o.Ports != nil && o.Firewall != nil {
 		a.ports = docker.NewPortCache(o.Docker, o.Ports, o.Network, o.Log.With("source", "docker"))
 	}
@@ -515,11 +516,11 @@ func (a *Agent) consulTrigger(reason string) {
 	a.Trigger(reason)
 }
 
-func (a *Agent) input(containers []docker.Container) buildInput {
+func (a *Agent) input(containers []docker.Container) desired.Input {
 	a.opMu.RLock()
 	op, opRev := a.operator, a.opRev
 	a.opMu.RUnlock()
-	in := buildInput{
+	in := desired.Input{
 		Node: a.o.Node, IDPrefix: a.o.IDPrefix, Prefix: a.o.Prefix, Gateway: a.o.Gateway, Bridge: a.o.Bridge, NodePorts: a.o.NodePorts,
 		Operator: op, OperatorRev: opRev, Memo: a.memo, Elements: a.elements, Containers: containers, Nomad: a.nomad != nil,
 		Lookup: func(string) (nomad.Alloc, bool) { return nomad.Alloc{}, false },
@@ -590,9 +591,9 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	for _, c := range containers {
 		keep[c.ID] = true
 	}
-	a.memo.forget(keep)
+	a.memo.Forget(keep)
 	in := a.input(containers)
-	d := build(in)
+	d := desired.Build(in)
 	a.holdLimits(&d, in)
 	if a.peers != nil {
 		// Wait only for watches this pass started: a peer whose Consul
@@ -602,7 +603,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		// evaluates nothing again: only the peer sets are looked up.
 		if started := a.peers.Want(ctx, d.PeerKeys); len(started) > 0 {
 			a.waitPeers(ctx, started, a.peerWait)
-			d = build(in) // now with the peers' addresses
+			d = desired.Build(in) // now with the peers' addresses
 			a.holdLimits(&d, in)
 		}
 	}
@@ -626,7 +627,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		snap.FirewallErr = errString(err)
 	}
 	if a.reg != nil {
-		job := regJob{want: d.Registrations, hashes: d.regHashes, list: full || p.consul, full: full, events: p.containers}
+		job := regJob{want: d.Registrations, hashes: d.RegHashes, list: full || p.consul, full: full, events: p.containers}
 		if a.regWork != nil {
 			// Consul's agent takes each registration in a time that
 			// grows with the services it holds (several ms at 2,000):
@@ -743,14 +744,14 @@ func (a *Agent) waitPeers(ctx context.Context, keys []peers.Key, limit time.Dura
 
 // logFirewall writes one line per container whose firewall changed, with
 // its container, alloc and job, so the log reads as what happened.
-func (a *Agent) logFirewall(d Desired, ch firewall.Changes) {
+func (a *Agent) logFirewall(d desired.Desired, ch firewall.Changes) {
 	next := make(map[string]string, len(d.Firewall.Containers))
-	byID := make(map[string]*Workload, len(d.Workloads))
+	byID := make(map[string]*desired.Workload, len(d.Workloads))
 	for i := range d.Workloads {
 		byID[d.Workloads[i].Container.ID] = &d.Workloads[i]
 	}
 	for _, c := range d.Firewall.Containers {
-		digest := c.Addr.String() + " " + d.digests[c.ID]
+		digest := c.Addr.String() + " " + d.Digests[c.ID]
 		next[c.ID] = digest
 		old, had := a.applied[c.ID]
 		if had && old == digest {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/peers"
 
 	"context"
@@ -128,10 +129,10 @@ func metaKeyFor(dir string) string {
 	return "v6reg_ingress"
 }
 
-func findWorkload(ws []Workload, target string) (*Workload, error) {
+func findWorkload(ws []desired.Workload, target string) (*desired.Workload, error) {
 	addr, err := netip.ParseAddr(target)
 	isAddr := err == nil
-	var found, exact []*Workload
+	var found, exact []*desired.Workload
 	for i := range ws {
 		w := &ws[i]
 		c := w.Container
@@ -181,7 +182,7 @@ func ruleMatches(r policies.ResolvedRule, proto policies.Proto, port uint16) boo
 // peerMatches says whether peer is among the rule's peers: an address is
 // looked up in the resolved prefixes and Consul-backed sets, a name is
 // compared with the rule as written.
-func peerMatches(r policies.ResolvedRule, peer, namespace string, d *Desired) (bool, string) {
+func peerMatches(r policies.ResolvedRule, peer, namespace string, d *desired.Desired) (bool, string) {
 	if a, err := netip.ParseAddr(peer); err == nil {
 		for _, p := range r.Prefixes {
 			if p.Contains(a) {
@@ -235,21 +236,4 @@ func (a *Agent) explainHandler(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(ans)
-}
-
-// metaSource says where a policy value was written, for explain.
-func metaSource(v policies.Value, w *Workload) string {
-	if !v.Set() {
-		return ""
-	}
-	switch v.Level {
-	case policies.LevelLabel:
-		return fmt.Sprintf("label %q", v.Key)
-	case policies.LevelJob:
-		return fmt.Sprintf("job %q meta %q", w.Job, v.Key)
-	case policies.LevelGroup:
-		return fmt.Sprintf("job %q group %q meta %q", w.Job, w.Group, v.Key)
-	default:
-		return fmt.Sprintf("job %q group %q task %q meta %q", w.Job, w.Group, w.Task, v.Key)
-	}
 }

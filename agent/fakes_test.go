@@ -1,14 +1,13 @@
 package agent
 
 import (
-	"github.com/v6reg/v6reg/peers"
+	"github.com/v6reg/v6reg/desired"
+	"github.com/v6reg/v6reg/desired/desiredtest"
 	"github.com/v6reg/v6reg/peers/peerstest"
 
 	"github.com/v6reg/v6reg/docker"
 
 	"context"
-
-	"github.com/v6reg/v6reg/nomad"
 
 	"fmt"
 	"io"
@@ -33,12 +32,11 @@ import (
 	"github.com/v6reg/v6reg/policies"
 )
 
-// Shared test values: the node prefix of the recorded Nomad fixtures.
+// Shared test values: see desiredtest.
 var (
-	testPrefix  = netip.MustParsePrefix("fd00:f1:0:0:1::/80")
-	testGateway = netip.MustParseAddr("fd00:f1::1:0:0:1")
-	traefikV6   = netip.MustParsePrefix("fd00:aa::/64")
-	traefikV4   = netip.MustParsePrefix("10.1.0.0/16")
+	testPrefix  = desiredtest.Prefix
+	testGateway = desiredtest.Gateway
+	traefikV6   = desiredtest.TraefikV6
 )
 
 const testNetwork = "v6"
@@ -58,40 +56,23 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// addrN is the n-th address of the test prefix (fd00:f1::1:0:0:n).
-func addrN(n int) netip.Addr {
-	a := testPrefix.Addr().As16()
-	a[14], a[15] = byte(n>>8), byte(n)
-	return netip.AddrFrom16(a)
-}
-
-// cid is a 64-hex container ID that starts with tag (hex digits only).
-func cid(tag string) string { return (tag + strings.Repeat("0", 64))[:64] }
-
-// testOperator is DefaultOperator with real addresses in @traefik (one
-// IPv4 prefix too, which the IPv6 table must not get) and a namespace
-// "open" that may use any.
-func testOperator() policies.Operator {
-	op := policies.DefaultOperator()
-	op.Peers["traefik"] = []netip.Prefix{traefikV6, traefikV4}
-	op.Peers["ops"] = []netip.Prefix{netip.MustParsePrefix("fd00:0:0:ff::/64")}
-	op.Namespaces["open"] = policies.Bounds{AllowAny: true, AllowInternet: true}
-	// These tests give label-only containers namespaces by label; the
-	// operator's default (labels cannot choose) is TestLabelsNamespace's.
-	op.LabelsChooseNamespace = true
-	return op
-}
-
-func testInput(cs ...docker.Container) buildInput {
-	return buildInput{
+func addrN(n int) netip.Addr          { return desiredtest.Addr(n) }
+func cid(tag string) string           { return desiredtest.CID(tag) }
+func testOperator() policies.Operator { return desiredtest.Operator() }
+func testInput(cs ...docker.Container) desired.Input {
+	return desired.Input{
 		Node: "n1", IDPrefix: "v6reg", Prefix: testPrefix, Gateway: testGateway,
 		Operator: testOperator(), Containers: cs, Nomad: true,
-		Lookup: func(string) (nomad.Alloc, bool) { return nomad.Alloc{}, false },
-		Peers:  func(peers.Key) ([]netip.Prefix, bool) { return nil, false },
+		Lookup: desiredtest.NoAlloc, Peers: desiredtest.NoPeers,
 	}
 }
 
 // --- Docker ---
+
+const (
+	allocA = desiredtest.AllocA
+	allocB = desiredtest.AllocB
+)
 
 type fakeDocker struct {
 	mu        sync.Mutex

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/registrar"
 
 	"fmt"
@@ -45,7 +46,7 @@ func TestEventTouchesOnlyItsContainer(t *testing.T) {
 	if err := r.agent.reconcile(t.Context(), true); err != nil {
 		t.Fatal(err)
 	}
-	lists, svcLists, evals := r.docker.calls(), r.consul.servicesCalls(), r.agent.memo.evals
+	lists, svcLists, evals := r.docker.calls(), r.consul.servicesCalls(), r.agent.memo.Evaluations()
 	regs0, deregs0 := r.consul.counts()
 	r.docker.mu.Lock()
 	r.docker.inspects = nil
@@ -66,7 +67,7 @@ func TestEventTouchesOnlyItsContainer(t *testing.T) {
 	if !slices.Equal(inspects, []string{id}) {
 		t.Errorf("inspected %d containers, want only the started one", len(inspects))
 	}
-	if got := r.agent.memo.evals - evals; got != 1 {
+	if got := r.agent.memo.Evaluations() - evals; got != 1 {
 		t.Errorf("evaluated %d policies, want 1", got)
 	}
 	if got := r.consul.servicesCalls() - svcLists; got != 0 {
@@ -114,12 +115,12 @@ func TestMemoFollowsItsInputs(t *testing.T) {
 	if err := r.agent.reconcile(t.Context(), true); err != nil {
 		t.Fatal(err)
 	}
-	evals := r.agent.memo.evals
+	evals := r.agent.memo.Evaluations()
 	started(r.agent, cid("100000"))
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.agent.memo.evals - evals; got != 0 {
+	if got := r.agent.memo.Evaluations() - evals; got != 0 {
 		t.Errorf("an event for an unchanged container evaluated %d policies", got)
 	}
 	op := testOperator()
@@ -128,7 +129,7 @@ func TestMemoFollowsItsInputs(t *testing.T) {
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.agent.memo.evals - evals; got != 20 {
+	if got := r.agent.memo.Evaluations() - evals; got != 20 {
 		t.Errorf("an operator reload evaluated %d policies, want 20", got)
 	}
 	st := r.fw.states()
@@ -233,20 +234,20 @@ func benchBuild(b *testing.B, n int) {
 	for _, s := range manySummaries(n) {
 		v.Put(docker.NewContainer(s.ID, s.Names[0], s.Labels, time.Unix(s.Created, 0), s.NetworkSettings.Networks[testNetwork]), "")
 	}
-	memo := newEvalMemo()
+	memo := desired.NewMemo()
 	in := testInput(v.Containers()...)
 	in.Memo, in.OperatorRev = memo, 1
-	build(in)
-	evals0 := memo.evals
+	desired.Build(in)
+	evals0 := memo.Evaluations()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		c := v.Containers()[i%n]
 		c.Labels = map[string]string{"v6reg.ingress": fmt.Sprintf("tcp/%d from @traefik", 1000+i%1000)}
 		v.Put(c, "")
 		in.Containers = v.Containers()
-		build(in)
+		desired.Build(in)
 	}
-	b.ReportMetric(float64(memo.evals-evals0)/float64(b.N), "evals/op")
+	b.ReportMetric(float64(memo.Evaluations()-evals0)/float64(b.N), "evals/op")
 }
 
 func BenchmarkBuildOneChangedAt1000(b *testing.B)  { benchBuild(b, 1000) }
@@ -259,13 +260,13 @@ func BenchmarkLimitsAt1000(b *testing.B) {
 		v.Put(docker.NewContainer(s.ID, s.Names[0], s.Labels, time.Unix(s.Created, 0), s.NetworkSettings.Networks[testNetwork]), "")
 	}
 	in := testInput(v.Containers()...)
-	in.Memo, in.OperatorRev, in.Elements = newEvalMemo(), 1, firewall.NewElementCounter()
-	prev := build(in)
+	in.Memo, in.OperatorRev, in.Elements = desired.NewMemo(), 1, firewall.NewElementCounter()
+	prev := desired.Build(in)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		d := build(in)
+		d := desired.Build(in)
 		b.StartTimer()
-		enforceLimits(&d, in, &prev)
+		desired.EnforceLimits(&d, in, &prev)
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/peers"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,7 +92,7 @@ func NewMetrics() *Metrics {
 		WatchConnections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "v6reg_consul_watch_connections",
 			Help: "TCP connections the peer watches hold open to Consul (at most consul.watch_connections)."}),
 	}
-	for _, l := range LimitNames {
+	for _, l := range desired.LimitNames {
 		m.LimitRefusals.WithLabelValues(l)
 	}
 	for _, mode := range []string{"dedicated", "shared"} {
@@ -113,7 +114,7 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-func (m *Metrics) observe(d Desired, ipam IPAM, policyErrs int) {
+func (m *Metrics) observe(d desired.Desired, ipam IPAM, policyErrs int) {
 	closed, rules := 0, 0
 	for _, w := range d.Workloads {
 		if w.Closed {

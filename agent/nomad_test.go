@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/peers"
 
 	"github.com/v6reg/v6reg/registrar"
@@ -48,14 +49,14 @@ func TestRecordedContainersMatchAllocations(t *testing.T) {
 	in := testInput(cs...)
 	in.Operator = policies.DefaultOperator()
 	in.Lookup = src.Lookup
-	out := build(in)
+	out := desired.Build(in)
 	if err := out.Firewall.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	if len(out.Workloads) != 2 {
 		t.Fatalf("workloads = %+v", out.Workloads)
 	}
-	byTask := map[string]Workload{}
+	byTask := map[string]desired.Workload{}
 	for _, w := range out.Workloads {
 		byTask[w.Task] = w
 	}

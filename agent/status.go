@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/desired"
+	"github.com/v6reg/v6reg/internal/text"
 	"github.com/v6reg/v6reg/registrar"
 
 	"github.com/v6reg/v6reg/docker"
@@ -20,7 +22,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	consul "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -115,7 +116,7 @@ type DropState struct {
 	EgressPackets  uint64 `json:"egress_packets"`
 }
 
-func (s *Snapshot) fill(d Desired, n *nomad.Source) {
+func (s *Snapshot) fill(d desired.Desired, n *nomad.Source) {
 	s.Nomad = "disabled"
 	if n != nil {
 		s.Nomad = n.Status()
@@ -279,20 +280,7 @@ func serviceHealth(kind string, checks []*consul.AgentCheck) (health, output str
 	if output == "" {
 		output = strings.TrimSpace(worst.Notes)
 	}
-	return worst.Status, cutOutput(output, maxCheckOutput)
-}
-
-// cutOutput cuts s to at most n bytes on a rune boundary, marking the cut.
-func cutOutput(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	const mark = " [...]"
-	cut := n - len(mark)
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut-- // s[cut] continues a rune that must not be split
-	}
-	return s[:cut] + mark
+	return worst.Status, text.Cut(output, maxCheckOutput)
 }
 
 // refreshDrops copies the kernel's drop counters into the metrics.

@@ -11,9 +11,10 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/v6reg/v6reg/desired"
+
 	"github.com/hashicorp/nomad/api"
 
-	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/policies"
 )
 
@@ -301,7 +302,7 @@ func checkJob(job *api.Job, namespace string, op policies.Operator) checkReport 
 			pol, errs := policies.Evaluate(meta, policies.Context{Namespace: namespace, Job: name, Group: deref(tg.Name), Task: task.Name}, op)
 			// The per-container limits, as the agent holds them (with
 			// service:/job: peers counted empty: their size is the node's).
-			errs = append(errs, agent.ContainerLimitErrors(pol, namespace, op, deref(tg.Name), task.Name)...)
+			errs = append(errs, desired.ContainerLimitErrors(pol, namespace, op, deref(tg.Name), task.Name)...)
 			for _, e := range errs {
 				text := e.Error()
 				if seen[text] {

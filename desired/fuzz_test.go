@@ -1,4 +1,4 @@
-package agent
+package desired
 
 import (
 	"testing"
@@ -16,7 +16,7 @@ func FuzzBuildLabels(f *testing.F) {
 	f.Add("tcp/1-65535 from any", "udp/1000-3000 to 2001:db8::/32", "a:1", "")
 	f.Add("tcp/80 form @x", "any to any", "bad", "default")
 	f.Add("tcp/1-1024,2000-2001 from fd00:aa::1", "", "x:1:https;y:2", "open")
-	want, _ := fwOf(build(testInput(neighbour)), neighbour.ID)
+	want, _ := fwOf(Build(testInput(neighbour)), neighbour.ID)
 	f.Fuzz(func(t *testing.T, ingress, egress, services, namespace string) {
 		labels := map[string]string{"v6reg.ingress": ingress, "v6reg.egress": egress, "v6reg.services": services, docker.LabelJob: "p-x"}
 		if namespace != "" {

@@ -1,6 +1,13 @@
-package agent
+// Package desired computes the node's desired state: what the firewall and
+// Consul should hold for every container on the v6reg network, from the
+// containers (Docker), their allocations (Nomad), the operator's
+// configuration and the addresses of Consul-backed peers. It does no I/O:
+// Build is a pure function of its Input, so building twice with the same
+// input gives the same state, and tests need no fakes.
+package desired
 
 import (
+	"github.com/v6reg/v6reg/internal/text"
 	"github.com/v6reg/v6reg/peers"
 
 	"github.com/v6reg/v6reg/registrar"
@@ -51,17 +58,17 @@ type Desired struct {
 	// PeerKeys are the Consul-backed peers some local policy uses.
 	PeerKeys map[peers.Key]bool
 
-	// regHashes are the Registrations' hashes (computed once per
-	// evaluation, not per reconcile); digests identify each container's
-	// rules, for the log; peerUsers index the containers by the peers
+	// RegHashes are the Registrations' hashes (computed once per
+	// evaluation, not per reconcile); Digests identify each container's
+	// rules, for the log; PeerUsers index the containers by the peers
 	// they name.
-	regHashes map[string]string
-	digests   map[string]string
-	peerUsers map[peers.Key][]string
+	RegHashes map[string]string
+	Digests   map[string]string
+	PeerUsers map[peers.Key][]string
 }
 
-// buildInput is everything the builder reads; it does no I/O.
-type buildInput struct {
+// Input is everything the builder reads; it does no I/O.
+type Input struct {
 	Node       string
 	IDPrefix   string
 	Prefix     netip.Prefix
@@ -81,11 +88,11 @@ type buildInput struct {
 	// Consul has answered for it yet.
 	Peers func(peers.Key) ([]netip.Prefix, bool)
 	// Memo, if not nil, keeps each container's evaluation across builds
-	// (see evalMemo); OperatorRev names the version of Operator in it.
-	Memo        *evalMemo
+	// (see Memo); OperatorRev names the version of Operator in it.
+	Memo        *Memo
 	OperatorRev uint64
 	// Elements, if not nil, counts firewall elements for the size limits
-	// across passes (see enforceLimits).
+	// across passes (see EnforceLimits).
 	Elements *firewall.ElementCounter
 }
 
@@ -106,7 +113,7 @@ type evaluated struct {
 }
 
 // evaluate computes one container's evaluation. Pure, like build.
-func evaluate(c docker.Container, in buildInput) *evaluated {
+func evaluate(c docker.Container, in Input) *evaluated {
 	w := workloadFor(c, in)
 	e := &evaluated{w: w}
 	if !w.Closed {
@@ -131,13 +138,13 @@ func evaluate(c docker.Container, in buildInput) *evaluated {
 	return e
 }
 
-// evalMemo keeps the last evaluation of every container, keyed by the
+// Memo keeps the last evaluation of every container, keyed by the
 // versions of what it was computed from: the container as Docker gave it
 // (Container.rev), its allocation as Nomad gave it (Alloc.rev) and the
 // operator configuration. A build evaluates again only the containers one
 // of those changed for; the others cost a map lookup. Only the reconcile
 // loop uses it.
-type evalMemo struct {
+type Memo struct {
 	m map[string]memoEntry
 	// evals counts evaluations (not memo hits), for tests and benchmarks.
 	evals int
@@ -149,11 +156,16 @@ type memoEntry struct {
 	e                 *evaluated
 }
 
-func newEvalMemo() *evalMemo { return &evalMemo{m: map[string]memoEntry{}} }
+// NewMemo is an empty memo.
+func NewMemo() *Memo { return &Memo{m: map[string]memoEntry{}} }
+
+// Evaluations counts the evaluations the memo did not spare (tests,
+// benchmarks).
+func (m *Memo) Evaluations() int { return m.evals }
 
 // get returns c's evaluation, from the memo when nothing it depends on
 // changed. Without versions (rev 0: tests' inputs) it always evaluates.
-func (m *evalMemo) get(c docker.Container, in buildInput) *evaluated {
+func (m *Memo) get(c docker.Container, in Input) *evaluated {
 	if m == nil || c.Rev == 0 || in.OperatorRev == 0 {
 		return evaluate(c, in)
 	}
@@ -172,8 +184,8 @@ func (m *evalMemo) get(c docker.Container, in buildInput) *evaluated {
 	return k.e
 }
 
-// forget drops the containers not in keep.
-func (m *evalMemo) forget(keep map[string]bool) {
+// Forget drops the containers not in keep.
+func (m *Memo) Forget(keep map[string]bool) {
 	if m == nil {
 		return
 	}
@@ -184,9 +196,9 @@ func (m *evalMemo) forget(keep map[string]bool) {
 	}
 }
 
-// build computes the desired state. It is a pure function of its input, so
+// Build computes the desired state. It is a pure function of its input, so
 // reconciling twice with the same input changes nothing.
-func build(in buildInput) Desired {
+func Build(in Input) Desired {
 	d := Desired{
 		Firewall: firewall.State{
 			Prefix:    in.Prefix,
@@ -197,9 +209,9 @@ func build(in buildInput) Desired {
 		},
 		Registrations: make(map[string]registrar.Registration, 2*len(in.Containers)),
 		PeerKeys:      map[peers.Key]bool{},
-		regHashes:     make(map[string]string, 2*len(in.Containers)),
-		digests:       make(map[string]string, len(in.Containers)),
-		peerUsers:     map[peers.Key][]string{},
+		RegHashes:     make(map[string]string, 2*len(in.Containers)),
+		Digests:       make(map[string]string, len(in.Containers)),
+		PeerUsers:     map[peers.Key][]string{},
 		Workloads:     make([]Workload, 0, len(in.Containers)),
 	}
 	d.Firewall.Containers = make([]firewall.Container, 0, len(in.Containers))
@@ -235,19 +247,19 @@ func build(in buildInput) Desired {
 				d.Firewall.PeerSets[name] = ps
 			}
 			for _, k := range e.peerKeys {
-				d.peerUsers[k] = append(d.peerUsers[k], c.ID)
+				d.PeerUsers[k] = append(d.PeerUsers[k], c.ID)
 				if !d.PeerKeys[k] {
 					d.PeerKeys[k] = true
 					addrs, _ := in.Peers(k) // until Consul answers, the set is empty: closed
 					d.Firewall.PeerSets[k.String()] = addrs
 				}
 			}
-			d.digests[c.ID] = e.digest
+			d.Digests[c.ID] = e.digest
 		}
 		d.Firewall.Containers = append(d.Firewall.Containers, fc)
 		for i, r := range e.regs {
 			d.Registrations[r.ID] = r
-			d.regHashes[r.ID] = e.regHashes[i]
+			d.RegHashes[r.ID] = e.regHashes[i]
 		}
 		d.Workloads = append(d.Workloads, w)
 	}
@@ -305,10 +317,10 @@ func addrProblem(c docker.Container, prefix netip.Prefix, gateway netip.Addr, se
 	return ""
 }
 
-// maxErrorLen bounds one policy error as the agent keeps and shows it (a
+// MaxErrorLen bounds one policy error as the agent keeps and shows it (a
 // message may quote a token of a 64 KiB value); its location comes first,
 // so a cut one still says where it is.
-const maxErrorLen = 512
+const MaxErrorLen = 512
 
 // reNamespace is Nomad's rule for namespace names.
 var reNamespace = regexp.MustCompile(`^[a-zA-Z0-9-]{1,128}$`)
@@ -337,12 +349,12 @@ func quoteCut(s string) string {
 	if len(s) <= 64 {
 		return strconv.Quote(s)
 	}
-	return strconv.Quote(cutOutput(s, 64)) + fmt.Sprintf(" (%d bytes)", len(s))
+	return strconv.Quote(text.Cut(s, 64)) + fmt.Sprintf(" (%d bytes)", len(s))
 }
 
 // workloadFor finds the container's policy: from its Nomad allocation, or
 // from its v6reg.* labels when it has none.
-func workloadFor(c docker.Container, in buildInput) Workload {
+func workloadFor(c docker.Container, in Input) Workload {
 	w := Workload{Container: c}
 	var meta policies.Meta
 	if c.AllocID != "" {
@@ -399,7 +411,7 @@ func workloadFor(c docker.Container, in buildInput) Workload {
 	}, in.Operator)
 	w.Policy = pol
 	for _, e := range errs {
-		w.Errors = append(w.Errors, cutOutput(e.Error(), maxErrorLen))
+		w.Errors = append(w.Errors, text.Cut(e.Error(), MaxErrorLen))
 	}
 	if len(errs) > 0 {
 		w.Closed = true
@@ -499,7 +511,7 @@ func shortAlloc(id string) string {
 // stops routing before the container is killed), one in v6reg-jobs for
 // job:NAME peers, and a critical check carrying the error when its policy
 // is refused.
-func registrationsFor(w Workload, in buildInput) []registrar.Registration {
+func registrationsFor(w Workload, in Input) []registrar.Registration {
 	c := w.Container
 	if w.Stopping || !c.Addr.IsValid() {
 		return nil
@@ -563,4 +575,21 @@ func errorTags(tags []string, w Workload) []string {
 		out = append(out, registrar.JobTag(w.Namespace, w.Job))
 	}
 	return out
+}
+
+// metaSource says where a policy value was written, for explain.
+func metaSource(v policies.Value, w *Workload) string {
+	if !v.Set() {
+		return ""
+	}
+	switch v.Level {
+	case policies.LevelLabel:
+		return fmt.Sprintf("label %q", v.Key)
+	case policies.LevelJob:
+		return fmt.Sprintf("job %q meta %q", w.Job, v.Key)
+	case policies.LevelGroup:
+		return fmt.Sprintf("job %q group %q meta %q", w.Job, w.Group, v.Key)
+	default:
+		return fmt.Sprintf("job %q group %q task %q meta %q", w.Job, w.Group, w.Task, v.Key)
+	}
 }

@@ -1,6 +1,7 @@
-package agent
+package desired
 
 import (
+	"github.com/v6reg/v6reg/desired/desiredtest"
 	"github.com/v6reg/v6reg/peers"
 
 	"github.com/v6reg/v6reg/registrar"
@@ -17,18 +18,12 @@ import (
 	"github.com/v6reg/v6reg/firewall"
 )
 
-const (
-	allocA = "e91ea7ef-bbc8-da92-3308-4473535245fc"
-	allocB = "c3cc5a34-9704-946d-259f-aa915569ff21"
-)
-
 func labelContainer(tag, name string, n int, labels map[string]string) docker.Container {
-	return docker.Container{ID: cid(tag), Name: name, Addr: addrN(n), Labels: labels}
+	return desiredtest.LabelContainer(tag, name, n, labels)
 }
 
 func nomadContainer(tag, task, alloc string, n int) docker.Container {
-	return docker.Container{ID: cid(tag), Name: task + "-" + alloc, Addr: addrN(n),
-		Labels: map[string]string{docker.LabelNomadAlloc: alloc}, AllocID: alloc, Task: task}
+	return desiredtest.NomadContainer(tag, task, alloc, n)
 }
 
 // shopAlloc has meta at every level: egress from the job, ingress from the
@@ -97,12 +92,12 @@ func TestBuild(t *testing.T) {
 	})
 	tests := []struct {
 		name  string
-		in    func() buildInput
+		in    func() Input
 		check func(t *testing.T, d Desired)
 	}{
 		{
 			name: "label-only container takes policy, job and namespace from labels",
-			in:   func() buildInput { return testInput(web) },
+			in:   func() Input { return testInput(web) },
 			check: func(t *testing.T, d Desired) {
 				w := workloadOf(t, d, web.ID)
 				if w.Closed || w.Source != "labels" || w.Job != "p-web" || w.Namespace != "team" || w.Task != "web" {
@@ -153,7 +148,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "nomad container: meta merged job<group<task, task from the container name",
-			in: func() buildInput {
+			in: func() Input {
 				in := testInput(nomadContainer("bb01", "api", allocA, 11), nomadContainer("bb02", "sidecar", allocA, 12))
 				in.Lookup = lookupOf(shopAlloc(false))
 				return in
@@ -200,7 +195,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "allocation unknown: closed with a reason",
-			in:   func() buildInput { return testInput(nomadContainer("cc01", "api", allocA, 13)) },
+			in:   func() Input { return testInput(nomadContainer("cc01", "api", allocA, 13)) },
 			check: func(t *testing.T, d Desired) {
 				w := workloadOf(t, d, cid("cc01"))
 				if !w.Closed || !strings.Contains(w.Reason, "has not (yet) listed allocation "+allocA) {
@@ -211,7 +206,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "task not in the allocation's group: closed",
-			in: func() buildInput {
+			in: func() Input {
 				in := testInput(nomadContainer("cc02", "nope", allocA, 13))
 				in.Lookup = lookupOf(shopAlloc(false))
 				return in
@@ -226,7 +221,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "nomad disabled: a nomad container is closed",
-			in: func() buildInput {
+			in: func() Input {
 				in := testInput(nomadContainer("dd01", "api", allocA, 14))
 				in.Nomad = false
 				in.Lookup = lookupOf(shopAlloc(false))
@@ -242,7 +237,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "policy error: closed, critical registration carrying the error",
-			in: func() buildInput {
+			in: func() Input {
 				return testInput(labelContainer("ee01", "bad", 15, map[string]string{"v6reg.ingress": "tcp/80 form @traefik", "v6reg.job": "p-bad"}))
 			},
 			check: func(t *testing.T, d Desired) {
@@ -273,7 +268,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "policy error with services: each service registered critical",
-			in: func() buildInput {
+			in: func() Input {
 				return testInput(labelContainer("ee02", "bad", 16, map[string]string{"v6reg.egress": "tcp/80 to @nope", "v6reg.services": "web:80:http"}))
 			},
 			check: func(t *testing.T, d Desired) {
@@ -285,7 +280,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "stopping allocation: no registrations, firewall kept",
-			in: func() buildInput {
+			in: func() Input {
 				in := testInput(nomadContainer("ff01", "api", allocA, 17))
 				in.Lookup = lookupOf(shopAlloc(true))
 				return in
@@ -305,7 +300,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "duplicate address: the second container is closed",
-			in: func() buildInput {
+			in: func() Input {
 				a := labelContainer("aa10", "one", 20, map[string]string{"v6reg.ingress": "tcp/80 from @traefik"})
 				b := labelContainer("aa20", "two", 20, map[string]string{"v6reg.ingress": "tcp/80 from @traefik", "v6reg.services": "two:80"})
 				return testInput(a, b)
@@ -328,7 +323,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "no address and outside the prefix: closed, no firewall element",
-			in: func() buildInput {
+			in: func() Input {
 				a := labelContainer("ab01", "noaddr", 0, nil)
 				a.Addr = netip.Addr{}
 				b := labelContainer("ab02", "outside", 0, nil)
@@ -349,7 +344,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "service: and job: peers fill their sets from Consul and set PeerKeys",
-			in: func() buildInput {
+			in: func() Input {
 				in := testInput(labelContainer("ac01", "app", 21, map[string]string{
 					"v6reg.egress":    "tcp/5432 to service:postgres, job:p-db; udp/53 to service:dns",
 					"v6reg.namespace": "team",
@@ -391,7 +386,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "any resolves to firewall.PeerAny, not a prefix set",
-			in: func() buildInput {
+			in: func() Input {
 				return testInput(labelContainer("ad01", "open", 22, map[string]string{"v6reg.ingress": "tcp/443 from any", "v6reg.namespace": "open"}))
 			},
 			check: func(t *testing.T, d Desired) {
@@ -409,7 +404,7 @@ func TestBuild(t *testing.T) {
 			// agree: TestPortLimitsAgree), so one job's policy never
 			// makes the node's whole Apply fail.
 			name: "a port range the firewall cannot hold closes that container only",
-			in: func() buildInput {
+			in: func() Input {
 				return testInput(
 					labelContainer("af01", "wide", 24, map[string]string{"v6reg.ingress": "tcp/1000-3000 from @traefik", "v6reg.services": "wide:1000"}),
 					labelContainer("af02", "fine", 25, map[string]string{"v6reg.ingress": "tcp/1-1024 from @traefik; udp from @traefik"}),
@@ -431,7 +426,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "the gateway's address is never a container's",
-			in: func() buildInput {
+			in: func() Input {
 				c := labelContainer("ag01", "gw", 1, map[string]string{"v6reg.ingress": "tcp/80 from @traefik"})
 				return testInput(c)
 			},
@@ -446,7 +441,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "policy error without a job: no empty job tag",
-			in: func() buildInput {
+			in: func() Input {
 				return testInput(labelContainer("ah01", "bad", 26, map[string]string{"v6reg.ingres": "tcp/80 from @traefik"}))
 			},
 			check: func(t *testing.T, d Desired) {
@@ -458,7 +453,7 @@ func TestBuild(t *testing.T) {
 		},
 		{
 			name: "IPv4-only peer set opens IPv4 egress",
-			in: func() buildInput {
+			in: func() Input {
 				in := testInput(labelContainer("ae01", "v4", 23, map[string]string{"v6reg.egress": "tcp/80 to @legacy"}))
 				in.Operator.Peers["legacy"] = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
 				return in
@@ -474,13 +469,13 @@ func TestBuild(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := tt.in()
-			d := build(in)
+			d := Build(in)
 			if err := d.Firewall.Validate(); err != nil {
 				t.Fatalf("build made an invalid firewall state: %v", err)
 			}
 			tt.check(t, d)
 			// build is pure: the same input gives the same state.
-			if again := build(in); !desiredEqual(d, again) {
+			if again := Build(in); !desiredEqual(d, again) {
 				t.Errorf("a second build differs")
 			}
 		})

@@ -1,4 +1,4 @@
-package agent
+package desired
 
 import (
 	"fmt"
@@ -23,7 +23,7 @@ import (
 // hostileCase is one container's hostile input and where it was written.
 type hostileCase struct {
 	c      docker.Container
-	in     buildInput
+	in     Input
 	keys   []string // the keys the input set, as the errors must name them
 	anyOK  bool     // its namespace may use "any" (testOperator's "open")
 	source string   // "labels" or "nomad"
@@ -105,7 +105,7 @@ func nomadCase(r *rand.Rand) hostileCase {
 // where the namespace allows it).
 func checkHostile(t *testing.T, hc hostileCase, want firewall.Container) (Workload, bool) {
 	t.Helper()
-	d := build(hc.in)
+	d := Build(hc.in)
 	if err := d.Firewall.Validate(); err != nil {
 		t.Fatalf("%s input gave a state the firewall refuses: %v", hc.source, err)
 	}
@@ -126,7 +126,7 @@ func checkHostile(t *testing.T, hc hostileCase, want firewall.Container) (Worklo
 		t.Fatalf("namespace %q (allow_any false) got a rule open to any: %+v", w.Namespace, fc)
 	}
 	// Bounded output whatever the input: at most MaxErrorsPerValue (and
-	// one counting the rest) per value, each at most maxErrorLen, and the
+	// one counting the rest) per value, each at most MaxErrorLen, and the
 	// two identity labels; a 64 KiB value of broken rules must not turn
 	// into megabytes of errors in every reconcile, the status API and a
 	// Consul check.
@@ -134,8 +134,8 @@ func checkHostile(t *testing.T, hc hostileCase, want firewall.Container) (Worklo
 		t.Fatalf("%d errors for %d values, want at most %d", len(w.Errors), len(hc.keys), limit)
 	}
 	for _, e := range w.Errors {
-		if len(e) > maxErrorLen {
-			t.Fatalf("error of %d bytes, want at most %d: %.200q", len(e), maxErrorLen, e)
+		if len(e) > MaxErrorLen {
+			t.Fatalf("error of %d bytes, want at most %d: %.200q", len(e), MaxErrorLen, e)
 		}
 		if !slices.ContainsFunc(hc.keys, func(k string) bool { return strings.Contains(e, k) }) {
 			t.Fatalf("error does not name its source (one of %q): %q", hc.keys, e)
@@ -167,7 +167,7 @@ func TestHostileInput(t *testing.T) {
 		seed, _ = strconv.ParseUint(s, 10, 64)
 	}
 	r := rand.New(rand.NewPCG(seed, 1))
-	want, _ := fwOf(build(testInput(neighbour)), neighbour.ID)
+	want, _ := fwOf(Build(testInput(neighbour)), neighbour.ID)
 	var refused, accepted, errs, labels, meta, caseNo, anyOpened int
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -223,7 +223,7 @@ func TestIdentityLabels(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			labels := map[string]string{"v6reg.ingress": "tcp/80 from @traefik", docker.LabelJob: "p-x", tc.key: tc.value}
 			c := labelContainer("f1", "fz", 10, labels)
-			w := workloadOf(t, build(testInput(c)), c.ID)
+			w := workloadOf(t, Build(testInput(c)), c.ID)
 			if w.Closed != tc.refused {
 				t.Fatalf("closed = %v, want %v (errors %q)", w.Closed, tc.refused, w.Errors)
 			}

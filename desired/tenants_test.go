@@ -1,0 +1,158 @@
+package desired
+
+import (
+	"maps"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/v6reg/v6reg/peers"
+	"github.com/v6reg/v6reg/policies"
+	"github.com/v6reg/v6reg/registrar"
+)
+
+// TestServicePeerKeysCarryNamespace: service:NAME is the policy's own
+// namespace's NAME, service:NS/NAME namespace NS's where the bounds allow;
+// a v6reg-* name is refused, the container closed with the reason.
+func TestServicePeerKeysCarryNamespace(t *testing.T) {
+	in := testInput(
+		labelContainer("ad01", "app", 21, map[string]string{
+			"v6reg.egress":    "tcp/5432 to service:db, service:shared/db",
+			"v6reg.namespace": "team",
+		}),
+		labelContainer("ad02", "thief", 22, map[string]string{
+			"v6reg.services":  "v6reg-jobs:80",
+			"v6reg.namespace": "team",
+		}),
+	)
+	b := in.Operator.Namespaces["*"]
+	b.ServiceNamespaces = []string{"shared"}
+	in.Operator.Namespaces = map[string]policies.Bounds{"*": b}
+	d := Build(in)
+	want := map[peers.Key]bool{peers.ServiceKey("team", "db"): true, peers.ServiceKey("shared", "db"): true}
+	if !maps.Equal(d.PeerKeys, want) {
+		t.Errorf("PeerKeys = %v, want %v", d.PeerKeys, want)
+	}
+	for _, w := range d.Workloads {
+		if w.Container.ID != cid("ad02") {
+			continue
+		}
+		if !w.Closed || len(w.Errors) != 1 || !strings.Contains(w.Errors[0], `"v6reg-" are v6reg's own`) {
+			t.Errorf("v6reg-jobs registrant: closed %v errors %q", w.Closed, w.Errors)
+		}
+	}
+	for _, r := range d.Registrations {
+		if r.Name == registrar.JobsService && r.Meta[registrar.MetaContainer] == cid("ad02")[:12] {
+			t.Errorf("the refused container is in %s: %+v", registrar.JobsService, r)
+		}
+	}
+}
+
+// TestLabelsNamespace: a container without Nomad belongs to the operator's
+// labels namespace; its v6reg.namespace label may only repeat it, unless
+// the operator lets labels choose.
+func TestLabelsNamespace(t *testing.T) {
+	labels := func(ns string) map[string]string {
+		l := map[string]string{"v6reg.ingress": "tcp/443 from any"}
+		if ns != "" {
+			l["v6reg.namespace"] = ns
+		}
+		return l
+	}
+	for _, tc := range []struct {
+		name, label, def string
+		choose           bool
+		wantNS           string
+		wantErr          string
+	}{
+		{name: "no label: the default namespace", wantNS: "default", wantErr: "'any' is not allowed"},
+		{name: "no label: the operator's namespace", def: "open", wantNS: "open"},
+		{name: "label repeats the operator's namespace", label: "open", def: "open", wantNS: "open"},
+		{name: "label claims another namespace", label: "open", wantNS: "", wantErr: `belong to namespace "default" (docker.labels_namespace), not "open"`},
+		{name: "label chooses where permitted (positive control)", label: "open", choose: true, wantNS: "open"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := testInput(labelContainer("ae01", "app", 21, labels(tc.label)))
+			in.Operator.LabelsChooseNamespace = tc.choose
+			in.Operator.LabelsNamespace = tc.def
+			w := Build(in).Workloads[0]
+			if w.Namespace != tc.wantNS {
+				t.Errorf("namespace = %q, want %q", w.Namespace, tc.wantNS)
+			}
+			if tc.wantErr == "" {
+				if w.Closed {
+					t.Errorf("closed: %s %q", w.Reason, w.Errors)
+				}
+				return
+			}
+			if !w.Closed || len(w.Errors) != 1 || !strings.Contains(w.Errors[0], tc.wantErr) {
+				t.Errorf("closed %v errors %q, want one with %q", w.Closed, w.Errors, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestDuplicateMAC: of two containers with one MAC, the newer stays closed
+// (no firewall element, no registration) with the reason; the older keeps
+// working. Distinct MACs (positive control) are both open.
+func TestDuplicateMAC(t *testing.T) {
+	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	labels := map[string]string{"v6reg.ingress": "tcp/80 from @ops", "v6reg.services": "web:80"}
+	older := labelContainer("ff01", "older", 21, labels)
+	older.MAC, older.Created = mac("02:42:ac:11:00:02"), at
+	newer := labelContainer("0f02", "newer", 22, labels) // sorts first by ID
+	newer.MAC, newer.Created = mac("02:42:ac:11:00:02"), at.Add(time.Minute)
+	other := labelContainer("ff03", "other", 23, labels)
+	other.MAC, other.Created = mac("02:42:ac:11:00:03"), at.Add(2*time.Minute)
+	d := Build(testInput(newer, older, other))
+	for _, w := range d.Workloads {
+		wantClosed := w.Container.ID == newer.ID
+		if w.Closed != wantClosed {
+			t.Errorf("%s: closed %v (%s), want %v", w.Container.Name, w.Closed, w.Reason, wantClosed)
+		}
+		if wantClosed && !strings.Contains(w.Reason, "MAC 02:42:ac:11:00:02 is also container "+older.ShortID()) {
+			t.Errorf("reason %q", w.Reason)
+		}
+	}
+	var programmed []string
+	for _, c := range d.Firewall.Containers {
+		programmed = append(programmed, c.ID)
+	}
+	if want := []string{older.ID, other.ID}; !slices.Equal(programmed, want) {
+		t.Errorf("programmed %v, want the older and the other", programmed)
+	}
+	for _, r := range d.Registrations {
+		if r.Meta[registrar.MetaContainer] == newer.ShortID() {
+			t.Errorf("the newer is registered: %+v", r)
+		}
+	}
+}
+
+// TestDuplicateMACSameSecond: Docker lists creation in whole seconds; of
+// two containers created in one second, the one that held the MAC in the
+// last desired state keeps it, whatever the IDs.
+func TestDuplicateMACSameSecond(t *testing.T) {
+	mac, _ := net.ParseMAC("02:42:ac:11:00:02")
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	older := labelContainer("ff01", "older", 21, nil)
+	older.MAC, older.Created = mac, at
+	newer := labelContainer("0f02", "newer", 22, nil) // the smaller ID
+	newer.MAC, newer.Created = mac, at
+	first := Build(testInput(older))
+	in := testInput(newer, older)
+	in.MACHolders = first.MACHolders()
+	for _, w := range Build(in).Workloads {
+		if got, want := w.Closed, w.Container.ID == newer.ID; got != want {
+			t.Errorf("%s: closed %v (%s), want %v", w.Container.Name, got, w.Reason, want)
+		}
+	}
+	// Without a holder (a first build), the smaller ID wins the tie.
+	for _, w := range Build(testInput(newer, older)).Workloads {
+		if got, want := w.Closed, w.Container.ID == older.ID; got != want {
+			t.Errorf("no holder: %s closed %v, want %v", w.Container.Name, got, want)
+		}
+	}
+}
