@@ -183,8 +183,11 @@ type Agent struct {
 	consulErr atomic.Pointer[string]
 
 	snap atomic.Pointer[Snapshot]
-	// lastFW is the firewall state last applied successfully (readiness).
-	lastFW atomic.Pointer[firewall.State]
+	// lastFW is the firewall state last applied successfully (readiness,
+	// and the base of the next delta); fwFailed says the last apply
+	// failed (the next one sends the whole state).
+	lastFW   atomic.Pointer[firewall.State]
+	fwFailed bool
 	// lastDesired is the last reconcile's desired state, for explain.
 	lastDesired atomic.Pointer[desired.Desired]
 
@@ -611,7 +614,10 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	snap := &Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now(), BridgeNetfilterErr: a.bridgeNFProblem()}
 	fwOK, consulOK := true, true
 	if a.o.Firewall != nil {
-		ch, err := a.o.Firewall.Apply(ctx, d.Firewall)
+		// After a failed apply the firewall's own state is not lastFW:
+		// the next pass sends the whole state, not a delta from it.
+		ch, err := a.applyFirewall(ctx, a.lastFW.Load(), d.Firewall, full || a.fwFailed)
+		a.fwFailed = err != nil
 		if err != nil {
 			fwOK = false
 			a.o.Metrics.Errors.WithLabelValues("netlink").Inc()

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+
 	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/registrar"
 
@@ -268,5 +270,65 @@ func BenchmarkLimitsAt1000(b *testing.B) {
 		d := desired.Build(in)
 		b.StartTimer()
 		desired.EnforceLimits(&d, in, &prev)
+	}
+}
+
+// deltaFirewall is fakeFirewall that also takes deltas, recording them.
+type deltaFirewall struct {
+	fakeFirewall
+	deltas []firewall.Delta
+}
+
+func (f *deltaFirewall) ApplyDelta(_ context.Context, d firewall.Delta) (firewall.Changes, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deltas = append(f.deltas, d)
+	return firewall.Changes{Batches: 1}, nil
+}
+
+// TestFirewallGetsOnlyWhatChanged: with a firewall that takes deltas, a
+// start sends that container alone and a stop its removal; the periodic
+// resync sends the whole state.
+func TestFirewallGetsOnlyWhatChanged(t *testing.T) {
+	r := newRig(t, nil)
+	fw := &deltaFirewall{}
+	r.agent.o.Firewall = fw
+	r.agent.peerWait = time.Millisecond
+	list := manySummaries(50)
+	r.docker.set(list...)
+	if err := r.agent.reconcile(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(fw.states()); n != 1 {
+		t.Fatalf("%d full applies at start, want 1", n)
+	}
+	id, labels := webSummary("beef")
+	r.docker.set(append(slices.Clone(list), summary(id, "new", addrN(99), labels))...)
+	started(r.agent, id)
+	if err := r.agent.reconcile(t.Context(), false); err != nil {
+		t.Fatal(err)
+	}
+	r.docker.set(list...)
+	started(r.agent, id)
+	if err := r.agent.reconcile(t.Context(), false); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(fw.states()); n != 1 {
+		t.Errorf("%d full applies after a start and a stop, want still 1", n)
+	}
+	if len(fw.deltas) != 2 {
+		t.Fatalf("%d deltas, want 2", len(fw.deltas))
+	}
+	if d := fw.deltas[0]; len(d.Upsert) != 1 || d.Upsert[0].ID != id || len(d.Remove) != 0 {
+		t.Errorf("start: delta upserts %d, removes %v; want only the started container", len(d.Upsert), d.Remove)
+	}
+	if d := fw.deltas[1]; len(d.Upsert) != 0 || !slices.Equal(d.Remove, []string{id}) {
+		t.Errorf("stop: delta upserts %d, removes %v; want only its removal", len(d.Upsert), d.Remove)
+	}
+	if err := r.agent.reconcile(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(fw.states()); n != 2 {
+		t.Errorf("%d full applies after the resync, want 2", n)
 	}
 }

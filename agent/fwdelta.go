@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"slices"
+	"unsafe"
+
+	"github.com/v6reg/v6reg/firewall"
+)
+
+// DeltaApplier is a Firewall that also takes per-container changes
+// (*firewall.Firewall does): the agent then sends it only the containers
+// and peer sets a pass changed, and the full state on the periodic
+// resync (and whenever a delta is refused).
+type DeltaApplier interface {
+	Firewall
+	ApplyDelta(ctx context.Context, d firewall.Delta) (firewall.Changes, error)
+}
+
+// applyFirewall brings the firewall to next: by a delta from prev (the
+// state last applied) when it can, else with the whole state.
+func (a *Agent) applyFirewall(ctx context.Context, prev *firewall.State, next firewall.State, full bool) (firewall.Changes, error) {
+	da, ok := a.o.Firewall.(DeltaApplier)
+	if !ok || full || prev == nil || !sameTableWide(prev, &next) {
+		return a.o.Firewall.Apply(ctx, next)
+	}
+	d := firewallDelta(prev, &next)
+	if d.Empty() {
+		return firewall.Changes{}, nil
+	}
+	ch, err := da.ApplyDelta(ctx, d)
+	if err != nil {
+		// The delta was refused whole (nothing changed), or the table
+		// is not known: the full state says what is wrong, or repairs.
+		a.log.Warn("firewall delta failed; applying the whole state", "err", err)
+		return a.o.Firewall.Apply(ctx, next)
+	}
+	return ch, nil
+}
+
+// sameTableWide reports whether two states share what only Apply changes.
+func sameTableWide(a, b *firewall.State) bool {
+	return a.Prefix == b.Prefix && a.Gateway == b.Gateway && a.Bridge == b.Bridge &&
+		slices.EqualFunc(a.NodePorts, b.NodePorts, sameRule)
+}
+
+// firewallDelta is what turns prev into next. Containers are compared by
+// their fields; their rules first by identity (a memoized evaluation
+// gives the same slices pass after pass), then by content.
+func firewallDelta(prev, next *firewall.State) firewall.Delta {
+	var d firewall.Delta
+	old := make(map[string]*firewall.Container, len(prev.Containers))
+	for i := range prev.Containers {
+		old[prev.Containers[i].ID] = &prev.Containers[i]
+	}
+	seen := make(map[string]bool, len(next.Containers))
+	for i := range next.Containers {
+		c := &next.Containers[i]
+		seen[c.ID] = true
+		if o, ok := old[c.ID]; !ok || !sameFWContainer(o, c) {
+			d.Upsert = append(d.Upsert, *c)
+		}
+	}
+	for id := range old {
+		if !seen[id] {
+			d.Remove = append(d.Remove, id)
+		}
+	}
+	for name, ps := range next.PeerSets {
+		if o, ok := prev.PeerSets[name]; !ok || !slices.Equal(o, ps) {
+			if d.PeerSets == nil {
+				d.PeerSets = map[string][]netip.Prefix{}
+			}
+			d.PeerSets[name] = ps
+		}
+	}
+	for name := range prev.PeerSets {
+		if _, ok := next.PeerSets[name]; !ok {
+			d.RemovePeerSets = append(d.RemovePeerSets, name)
+		}
+	}
+	return d
+}
+
+func sameFWContainer(a, b *firewall.Container) bool {
+	return a.ID == b.ID && a.Addr == b.Addr && a.Addr4 == b.Addr4 && a.Port == b.Port && bytes.Equal(a.MAC, b.MAC) &&
+		sameRules(a.Ingress, b.Ingress) && sameRules(a.Egress, b.Egress)
+}
+
+func sameRules(a, b []firewall.Rule) bool {
+	if len(a) == len(b) && (len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b)) {
+		return true // the same evaluation's rules
+	}
+	return slices.EqualFunc(a, b, sameRule)
+}
+
+func sameRule(a, b firewall.Rule) bool {
+	return a.Peer == b.Peer && a.Proto == b.Proto && slices.Equal(a.Ports, b.Ports)
+}
