@@ -5,7 +5,6 @@ import (
 	"context"
 	"net/netip"
 	"slices"
-	"unsafe"
 
 	"github.com/v6reg/v6reg/firewall"
 )
@@ -90,7 +89,7 @@ func sameFWContainer(a, b *firewall.Container) bool {
 }
 
 func sameRules(a, b []firewall.Rule) bool {
-	if len(a) == len(b) && (len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b)) {
+	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
 		return true // the same evaluation's rules
 	}
 	return slices.EqualFunc(a, b, sameRule)
