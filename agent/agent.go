@@ -2,8 +2,19 @@
 // one desired state, and reconciles the outputs (firewall, Consul
 // registrations, IPAM store) against what is really there.
 //
-// Events only request a reconcile; they never carry state. A lost event
-// delays a change until the next resync, it never leaves a stale rule.
+// Events only request a reconcile and name what to look at again; they
+// never carry state. A Docker event names a container, which the next pass
+// inspects (one call) instead of listing every container; the pass
+// evaluates again only the policies whose container, allocation or
+// operator configuration changed (desired.Memo), and sends the firewall
+// and Consul only what changed. A lost event delays a change until the
+// periodic full resync, which lists every source again and counts what it
+// found that the events had not brought (v6reg_resync_drift_total); it
+// never leaves a stale rule.
+//
+// Consul registration runs in its own goroutine on the newest desired
+// state: Consul's agent takes registrations one at a time, in a time that
+// grows with the services it holds, and the firewall must not wait for it.
 //
 // What is in force survives a restart while Nomad or Consul does not
 // answer. The kernel table and v6reg's Consul registrations stay as they
