@@ -3,6 +3,7 @@ package agent
 import (
 	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/desired/desiredtest"
+	"github.com/v6reg/v6reg/internal/testlog"
 	"github.com/v6reg/v6reg/peers/peerstest"
 
 	"github.com/v6reg/v6reg/docker"
@@ -10,12 +11,10 @@ import (
 	"context"
 
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -41,20 +40,9 @@ var (
 
 const testNetwork = "v6"
 
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quietLog() *slog.Logger { return testlog.Quiet() }
 
-// testLog writes to the test's log, so a failure shows what the agent said.
-func testLog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
+func testLog(t *testing.T) *slog.Logger { return testlog.New(t) }
 
 func addrN(n int) netip.Addr          { return desiredtest.Addr(n) }
 func cid(tag string) string           { return desiredtest.CID(tag) }

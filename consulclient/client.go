@@ -53,9 +53,20 @@ func (c Client) Checks(ctx context.Context) (map[string]*consul.AgentCheck, erro
 	return c.C.Agent().ChecksWithFilterOpts("", (&consul.QueryOptions{}).WithContext(ctx))
 }
 
-// New builds a client from the agent's Consul settings.
+// New builds a client from the agent's Consul settings: one short
+// connection per call (the registrar's and the status API's calls are
+// few and far between).
 func New(address, token, caFile, certFile, keyFile, datacenter string) (*consul.Client, error) {
-	cfg := consul.DefaultNonPooledConfig()
+	c, err := consul.NewClient(config(consul.DefaultNonPooledConfig(), address, token, caFile, certFile, keyFile, datacenter))
+	if err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	return c, nil
+}
+
+// config fills cfg with the agent's Consul settings; address may carry
+// the scheme.
+func config(cfg *consul.Config, address, token, caFile, certFile, keyFile, datacenter string) *consul.Config {
 	cfg.Address = address
 	cfg.Token = token
 	cfg.Datacenter = datacenter
@@ -66,11 +77,7 @@ func New(address, token, caFile, certFile, keyFile, datacenter string) (*consul.
 	} else {
 		cfg.Address = strings.TrimPrefix(address, "http://")
 	}
-	c, err := consul.NewClient(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("consul client: %w", err)
-	}
-	return c, nil
+	return cfg
 }
 
 // CatalogIndex runs one blocking query on /v1/catalog/services (up to 5
@@ -105,16 +112,7 @@ func NewWatch(address, token, caFile, certFile, keyFile, datacenter string, conn
 	}
 	cfg := consul.DefaultConfig()
 	cfg.Transport = tr
-	cfg.Token = token
-	cfg.Datacenter = datacenter
-	cfg.TLSConfig = consul.TLSConfig{CAFile: caFile, CertFile: certFile, KeyFile: keyFile}
-	if strings.HasPrefix(address, "https://") {
-		cfg.Scheme = "https"
-		cfg.Address = strings.TrimPrefix(address, "https://")
-	} else {
-		cfg.Address = strings.TrimPrefix(address, "http://")
-	}
-	c, err := consul.NewClient(cfg)
+	c, err := consul.NewClient(config(cfg, address, token, caFile, certFile, keyFile, datacenter))
 	if err != nil {
 		return nil, nil, fmt.Errorf("consul watch client: %w", err)
 	}

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/v6reg/v6reg/internal/testlog"
 
 	"github.com/v6reg/v6reg/internal/testwait"
 
@@ -67,7 +68,7 @@ func TestWatchDockerReconnects(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Watch(ctx, api, testNetwork, testLog(t), funcSink{
+		Watch(ctx, api, testNetwork, testlog.New(t), funcSink{
 			container: func(id, r string) { triggers <- r + " " + id },
 			relist:    func(r string) { triggers <- r },
 		}, func() { errCount++ }, after)
@@ -130,18 +131,6 @@ func (f funcSink) ContainerEvent(id, reason string) { f.container(id, reason) }
 func (f funcSink) RelistEvent(reason string)        { f.relist(reason) }
 
 const testNetwork = "v6"
-
-func testLog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // eventsOnly is an engine that only serves events.
 type eventsOnly func(ctx context.Context, o events.ListOptions) (<-chan events.Message, <-chan error)

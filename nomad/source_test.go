@@ -2,14 +2,14 @@ package nomad
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/v6reg/v6reg/internal/testlog"
 
 	napi "github.com/hashicorp/nomad/api"
 
@@ -18,27 +18,12 @@ import (
 	"github.com/v6reg/v6reg/policies"
 )
 
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// testLog writes to the test's log, so a failure shows what the source said.
-func testLog(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func TestNomadSourceReplaysRecordedNode(t *testing.T) {
 	t.Setenv("NOMAD_TOKEN", "")
 	t.Setenv("NOMAD_NAMESPACE", "")
 	t.Setenv("NOMAD_REGION", "")
 	r := nomadtest.New(t)
-	src := NewSource(Client{C: r.API(t)}, "", testLog(t))
+	src := NewSource(Client{C: r.API(t)}, "", testlog.New(t))
 	src.retryMin, src.retryMax = 10*time.Millisecond, 50*time.Millisecond
 	triggers := make(chan string, 100)
 	errs := make(chan struct{}, 100)
@@ -178,7 +163,7 @@ func TestNomadSourceStopsWhileNomadHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, nodeID := range []string{"", nomadtest.FixtureNode} { // agent-self, then the allocation list
-		src := NewSource(Client{C: c}, nodeID, quietLog())
+		src := NewSource(Client{C: c}, nodeID, testlog.Quiet())
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
 		go func() {
