@@ -38,6 +38,7 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/api"
 	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/peers"
 
@@ -193,7 +194,7 @@ type Agent struct {
 	regWork   *regMailbox
 	consulErr atomic.Pointer[string]
 
-	snap atomic.Pointer[Snapshot]
+	snap atomic.Pointer[api.Snapshot]
 	// lastFW is the firewall state last applied successfully (readiness,
 	// and the base of the next delta); fwFailed says the last apply
 	// failed (the next one sends the whole state).
@@ -253,7 +254,7 @@ func New(o Options) *Agent {
 		a.reg = registrar.New(o.Consul, o.IDPrefix, o.Node, o.Log)
 		a.peers = a.newPeerWatches() // peerwatch.go
 	}
-	a.snap.Store(&Snapshot{Node: o.Node, Prefix: o.Prefix.String()})
+	a.snap.Store(&api.Snapshot{Node: o.Node, Prefix: o.Prefix.String()})
 	return a
 }
 
@@ -283,7 +284,7 @@ func (a *Agent) SetOperator(op policies.Operator) {
 }
 
 // Snapshot is the last reconcile's view, served by the status API.
-func (a *Agent) Snapshot() *Snapshot {
+func (a *Agent) Snapshot() *api.Snapshot {
 	s := *a.snap.Load()
 	// The registrar works beside the reconcile loop: its last result,
 	// not the one when the snapshot was taken.
@@ -622,7 +623,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		}
 	}
 	var errs []error
-	snap := &Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now(), BridgeNetfilterErr: a.bridgeNFProblem()}
+	snap := &api.Snapshot{Node: a.o.Node, Prefix: a.o.Prefix.String(), At: time.Now(), BridgeNetfilterErr: a.bridgeNFProblem()}
 	fwOK, consulOK := true, true
 	if a.o.Firewall != nil {
 		// After a failed apply the firewall's own state is not lastFW:
@@ -682,7 +683,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	}
 	a.saveKnown()
 	snap.StateErr = a.stateErr
-	snap.fill(d, a.nomad)
+	fillSnapshot(snap, d, a.nomad)
 	a.lastDesired.Store(&d)
 	a.snap.Store(snap)
 	return errors.Join(errs...)

@@ -1,71 +1,38 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/api"
 	"github.com/v6reg/v6reg/desired"
 	"github.com/v6reg/v6reg/peers"
 
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/v6reg/v6reg/policies"
 )
 
-// ExplainQuery asks why a flow to or from a container passes or not.
-type ExplainQuery struct {
-	// Target is the container: its address, its (short) container ID, or
-	// its (short) Nomad allocation ID.
-	Target string `json:"target"`
-	// Direction is "from" (ingress: PEER connects to the container) or "to"
-	// (egress: the container connects to PEER); empty asks for the
-	// container's rules only.
-	Direction string `json:"direction,omitempty"`
-	// Peer is an IPv6 address, or a peer as written in policies (@name,
-	// service:NAME, job:NAME, any).
-	Peer  string `json:"peer,omitempty"`
-	Port  uint16 `json:"port,omitempty"`
-	Proto string `json:"proto,omitempty"` // tcp, udp, icmp
-}
-
-// ExplainAnswer is the verdict and where it came from.
-type ExplainAnswer struct {
-	Container ContainerState `json:"container"`
-	// Verdict is "allow" or "deny" for a flow, "" for a rules listing.
-	Verdict string `json:"verdict,omitempty"`
-	Rule    string `json:"rule,omitempty"`
-	// Source says which meta key (or label) at which level holds the rule.
-	Source string `json:"source,omitempty"`
-	Reason string `json:"reason"`
-	// IngressSource and EgressSource say where each direction's policy was
-	// written.
-	IngressSource string `json:"ingress_source,omitempty"`
-	EgressSource  string `json:"egress_source,omitempty"`
-}
-
 // Explain answers q from the last reconcile's state and the kernel's
 // counters.
-func (a *Agent) Explain(ctx context.Context, q ExplainQuery) (ExplainAnswer, error) {
+func (a *Agent) Explain(ctx context.Context, q api.ExplainQuery) (api.ExplainAnswer, error) {
 	d := a.lastDesired.Load()
 	if d == nil {
-		return ExplainAnswer{}, fmt.Errorf("no reconcile has run yet; try again in a few seconds")
+		return api.ExplainAnswer{}, fmt.Errorf("no reconcile has run yet; try again in a few seconds")
 	}
 	w, err := findWorkload(d.Workloads, q.Target)
 	if err != nil {
-		return ExplainAnswer{}, err
+		return api.ExplainAnswer{}, err
 	}
 	snap, _ := a.withDrops(ctx)
-	var cs ContainerState
+	var cs api.ContainerState
 	for _, c := range snap.Containers {
 		if c.ID == w.Container.ID {
 			cs = c
 		}
 	}
-	ans := ExplainAnswer{Container: cs, IngressSource: w.IngressSource, EgressSource: w.EgressSource}
+	ans := api.ExplainAnswer{Container: cs, IngressSource: w.IngressSource, EgressSource: w.EgressSource}
 	if q.Direction == "" {
 		ans.Reason = "rules listed; add 'from PEER port N/proto' or 'to PEER port N/proto' to check a flow"
 		if w.Closed {
@@ -77,7 +44,7 @@ func (a *Agent) Explain(ctx context.Context, q ExplainQuery) (ExplainAnswer, err
 	if q.Direction == "to" {
 		rules, src = w.Policy.Egress, w.EgressSource
 	} else if q.Direction != "from" {
-		return ExplainAnswer{}, fmt.Errorf("direction %q: use from (ingress) or to (egress)", q.Direction)
+		return api.ExplainAnswer{}, fmt.Errorf("direction %q: use from (ingress) or to (egress)", q.Direction)
 	}
 	ans.Verdict = "deny"
 	if w.Closed {
@@ -92,7 +59,7 @@ func (a *Agent) Explain(ctx context.Context, q ExplainQuery) (ExplainAnswer, err
 	case "icmp", "icmpv6", "ping":
 		proto = policies.ICMP
 	default:
-		return ExplainAnswer{}, fmt.Errorf("protocol %q: use tcp, udp or icmp", q.Proto)
+		return api.ExplainAnswer{}, fmt.Errorf("protocol %q: use tcp, udp or icmp", q.Proto)
 	}
 	if a, err := netip.ParseAddr(q.Peer); err == nil && a.Unmap().Is4() && q.Direction == "from" {
 		ans.Reason = fmt.Sprintf("%s is IPv4: containers take IPv6-only ingress; IPv4 reaches a container only as replies to its own egress", q.Peer)
@@ -215,25 +182,4 @@ func peerMatches(r policies.ResolvedRule, peer, namespace string, d *desired.Des
 
 func inSet(ps []netip.Prefix, a netip.Addr) bool {
 	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
-}
-
-// explainHandler serves GET /v1/explain?target=&direction=&peer=&port=&proto=.
-func (a *Agent) explainHandler(w http.ResponseWriter, r *http.Request) {
-	v := r.URL.Query()
-	q := ExplainQuery{Target: v.Get("target"), Direction: v.Get("direction"), Peer: v.Get("peer"), Proto: v.Get("proto")}
-	if p := v.Get("port"); p != "" {
-		n, err := strconv.ParseUint(p, 10, 16)
-		if err != nil {
-			http.Error(w, fmt.Sprintf("port %q is not a port number", p), http.StatusBadRequest)
-			return
-		}
-		q.Port = uint16(n)
-	}
-	ans, err := a.Explain(r.Context(), q)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(ans)
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/v6reg/v6reg/api"
+
 	consul "github.com/hashicorp/consul/api"
 )
 
@@ -31,7 +33,7 @@ func explainRig(t *testing.T) *rig {
 
 func TestExplain(t *testing.T) {
 	r := explainRig(t)
-	if _, err := r.agent.Explain(t.Context(), ExplainQuery{Target: "web"}); err == nil || !strings.Contains(err.Error(), "no reconcile") {
+	if _, err := r.agent.Explain(t.Context(), api.ExplainQuery{Target: "web"}); err == nil || !strings.Contains(err.Error(), "no reconcile") {
 		t.Errorf("explain before any reconcile: %v", err)
 	}
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
@@ -40,39 +42,39 @@ func TestExplain(t *testing.T) {
 	web := addrN(10).String()
 	tests := []struct {
 		name    string
-		q       ExplainQuery
+		q       api.ExplainQuery
 		verdict string
 		rule    string
 		reason  string // substring
 		err     string // substring; the query fails
 	}{
-		{name: "allowed by a prefix rule", q: ExplainQuery{Target: web, Direction: "from", Peer: "fd00:aa::5", Port: 443},
+		{name: "allowed by a prefix rule", q: api.ExplainQuery{Target: web, Direction: "from", Peer: "fd00:aa::5", Port: 443},
 			verdict: "allow", rule: "tcp/80,443 from @traefik", reason: "fd00:aa::5 is in fd00:aa::/64"},
-		{name: "allowed by a service: peer address", q: ExplainQuery{Target: "web", Direction: "to", Peer: "fd00:1::5", Port: 5432, Proto: "tcp"},
+		{name: "allowed by a service: peer address", q: api.ExplainQuery{Target: "web", Direction: "to", Peer: "fd00:1::5", Port: 5432, Proto: "tcp"},
 			verdict: "allow", rule: "tcp/5432 to service:postgres", reason: "instance of Consul service postgres"},
-		{name: "allowed by name", q: ExplainQuery{Target: cid("aa01")[:12], Direction: "from", Peer: "@ops", Proto: "icmp"},
+		{name: "allowed by name", q: api.ExplainQuery{Target: cid("aa01")[:12], Direction: "from", Peer: "@ops", Proto: "icmp"},
 			verdict: "allow", rule: "icmp from @ops", reason: "the rule names @ops"},
-		{name: "denied: other peer", q: ExplainQuery{Target: web, Direction: "from", Peer: "fd00:bb::1", Port: 80},
+		{name: "denied: other peer", q: api.ExplainQuery{Target: web, Direction: "from", Peer: "fd00:bb::1", Port: 80},
 			verdict: "deny", reason: "no ingress rule allows from fd00:bb::1 port 80/tcp"},
-		{name: "denied: IPv4 ingress, even from a set's IPv4 prefix", q: ExplainQuery{Target: web, Direction: "from", Peer: "10.1.2.3", Port: 443},
+		{name: "denied: IPv4 ingress, even from a set's IPv4 prefix", q: api.ExplainQuery{Target: web, Direction: "from", Peer: "10.1.2.3", Port: 443},
 			verdict: "deny", reason: "containers take IPv6-only ingress"},
-		{name: "denied: other port", q: ExplainQuery{Target: web, Direction: "from", Peer: "fd00:aa::5", Port: 8080},
+		{name: "denied: other port", q: api.ExplainQuery{Target: web, Direction: "from", Peer: "fd00:aa::5", Port: 8080},
 			verdict: "deny", reason: "no ingress rule allows"},
-		{name: "denied: other protocol", q: ExplainQuery{Target: web, Direction: "from", Peer: "fd00:aa::5", Port: 80, Proto: "udp"},
+		{name: "denied: other protocol", q: api.ExplainQuery{Target: web, Direction: "from", Peer: "fd00:aa::5", Port: 80, Proto: "udp"},
 			verdict: "deny", reason: "no ingress rule allows"},
-		{name: "denied: no egress rule for this service", q: ExplainQuery{Target: web, Direction: "to", Peer: "fd00:1::6", Port: 5432},
+		{name: "denied: no egress rule for this service", q: api.ExplainQuery{Target: web, Direction: "to", Peer: "fd00:1::6", Port: 5432},
 			verdict: "deny", reason: "no egress rule allows"},
-		{name: "denied: no rules in that direction", q: ExplainQuery{Target: "twin1", Direction: "from", Peer: "fd00:aa::5", Port: 80},
+		{name: "denied: no rules in that direction", q: api.ExplainQuery{Target: "twin1", Direction: "from", Peer: "fd00:aa::5", Port: 80},
 			verdict: "deny", reason: "has no ingress rules (set v6reg_ingress)"},
-		{name: "closed container", q: ExplainQuery{Target: "bad", Direction: "from", Peer: "fd00:aa::5", Port: 80},
+		{name: "closed container", q: api.ExplainQuery{Target: "bad", Direction: "from", Peer: "fd00:aa::5", Port: 80},
 			verdict: "deny", reason: "the container is closed: policy refused"},
-		{name: "rules listing of a closed container", q: ExplainQuery{Target: "bad"}, reason: "closed: policy refused"},
-		{name: "ID prefix too short to mean anything", q: ExplainQuery{Target: "cc0", Direction: "from"}, err: "no managed container"},
-		{name: "ambiguous ID prefix", q: ExplainQuery{Target: "cc00", Direction: "from"}, err: `"cc00" matches 2 containers (twin1, twin2)`},
-		{name: "whole name wins over an ID prefix", q: ExplainQuery{Target: "twin2"}, reason: "rules listed"},
-		{name: "unknown target", q: ExplainQuery{Target: "fd00:f1::1:0:0:99"}, err: "no managed container"},
-		{name: "bad direction", q: ExplainQuery{Target: "web", Direction: "sideways"}, err: "use from (ingress) or to (egress)"},
-		{name: "bad protocol", q: ExplainQuery{Target: "web", Direction: "from", Proto: "sctp"}, err: `protocol "sctp"`},
+		{name: "rules listing of a closed container", q: api.ExplainQuery{Target: "bad"}, reason: "closed: policy refused"},
+		{name: "ID prefix too short to mean anything", q: api.ExplainQuery{Target: "cc0", Direction: "from"}, err: "no managed container"},
+		{name: "ambiguous ID prefix", q: api.ExplainQuery{Target: "cc00", Direction: "from"}, err: `"cc00" matches 2 containers (twin1, twin2)`},
+		{name: "whole name wins over an ID prefix", q: api.ExplainQuery{Target: "twin2"}, reason: "rules listed"},
+		{name: "unknown target", q: api.ExplainQuery{Target: "fd00:f1::1:0:0:99"}, err: "no managed container"},
+		{name: "bad direction", q: api.ExplainQuery{Target: "web", Direction: "sideways"}, err: "use from (ingress) or to (egress)"},
+		{name: "bad protocol", q: api.ExplainQuery{Target: "web", Direction: "from", Proto: "sctp"}, err: `protocol "sctp"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -104,7 +106,7 @@ func TestExplainHandler(t *testing.T) {
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(r.agent.APIHandler())
+	srv := httptest.NewServer(api.Handler(r.agent))
 	defer srv.Close()
 	get := func(q string) (*http.Response, string) {
 		t.Helper()
@@ -120,7 +122,7 @@ func TestExplainHandler(t *testing.T) {
 		return resp, string(b)
 	}
 	resp, body := get("target=web&direction=from&peer=fd00:aa::5&port=80&proto=tcp")
-	var ans ExplainAnswer
+	var ans api.ExplainAnswer
 	if resp.StatusCode != 200 || json.Unmarshal([]byte(body), &ans) != nil || ans.Verdict != "allow" || ans.Source != `label "v6reg.ingress"` {
 		t.Errorf("GET explain = %d %s", resp.StatusCode, body)
 	}

@@ -1,32 +1,24 @@
 package agent
 
 import (
+	"github.com/v6reg/v6reg/api"
 	"github.com/v6reg/v6reg/registrar"
 
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
-	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
 
-	"github.com/v6reg/v6reg/internal/testwait"
-
 	consul "github.com/hashicorp/consul/api"
-
-	"github.com/v6reg/v6reg/internal/keepalive"
 )
 
 func TestStatusAPI(t *testing.T) {
 	r := explainRig(t)
-	srv := httptest.NewServer(r.agent.APIHandler())
+	srv := httptest.NewServer(api.Handler(r.agent))
 	defer srv.Close()
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
@@ -50,7 +42,7 @@ func TestStatusAPI(t *testing.T) {
 			t.Errorf("status JSON lacks %q: %s", k, body)
 		}
 	}
-	var s Snapshot
+	var s api.Snapshot
 	if err := json.Unmarshal(body, &s); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +52,7 @@ func TestStatusAPI(t *testing.T) {
 	if len(s.Containers) != 4 {
 		t.Fatalf("containers = %+v", s.Containers)
 	}
-	byName := map[string]ContainerState{}
+	byName := map[string]api.ContainerState{}
 	for _, c := range s.Containers {
 		byName[c.Name] = c
 	}
@@ -135,73 +127,6 @@ func grepLines(s, sub string) string {
 	return strings.Join(out, "\n")
 }
 
-func TestListenAPIIsRootOnly(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "run")
-	path := filepath.Join(dir, "api.sock")
-	// A stale socket of a previous run is replaced.
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	l, err := ListenAPI(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
-		t.Errorf("socket mode = %v, want a socket with 0600", fi.Mode())
-	}
-	r := explainRig(t)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); Serve(ctx, l, r.agent.APIHandler(), quietLog()) }()
-	c := http.Client{Transport: &http.Transport{DialContext: func(ctx2 context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx2, "unix", path)
-	}}}
-	resp, err := c.Get("http://v6reg/v1/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Errorf("status over the socket = %d", resp.StatusCode)
-	}
-	cancel()
-	testwait.Recv(t, done, "Serve to return")
-}
-
-// TestServeClosesIdleConnections: a client that keeps a connection open
-// without sending (a dropped transport) is cut off after idleTimeout, so
-// such clients cannot pile up connections and goroutines in the agent.
-func TestServeClosesIdleConnections(t *testing.T) {
-	defer func(d time.Duration) { idleTimeout = d }(idleTimeout)
-	idleTimeout = 200 * time.Millisecond
-	path := filepath.Join(t.TempDir(), "api.sock")
-	l, err := ListenAPI(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	r := explainRig(t)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); Serve(ctx, l, r.agent.APIHandler(), quietLog()) }()
-	defer func() { cancel(); testwait.Recv(t, done, "Serve to return") }()
-	took, err := keepalive.ClosedWhenIdle(path, "GET /v1/status HTTP/1.1\r\nHost: v6reg\r\n\r\n", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if took > 3*time.Second {
-		t.Errorf("idle connection closed after %s, want about %s", took, idleTimeout)
-	}
-}
-
 // healthRig is a node with two services on one container (an HTTP one
 // whose check passes, a TCP one with no listener) and a container whose
 // policy is refused.
@@ -217,19 +142,19 @@ func healthRig(t *testing.T) (*rig, *httptest.Server) {
 	if err := r.agent.reconcile(t.Context(), false); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(r.agent.APIHandler())
+	srv := httptest.NewServer(api.Handler(r.agent))
 	t.Cleanup(srv.Close)
 	return r, srv
 }
 
-func getStatus(t *testing.T, srv *httptest.Server) Snapshot {
+func getStatus(t *testing.T, srv *httptest.Server) api.Snapshot {
 	t.Helper()
 	resp, err := srv.Client().Get(srv.URL + "/v1/status")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var s Snapshot
+	var s api.Snapshot
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		t.Fatal(err)
 	}
@@ -237,8 +162,8 @@ func getStatus(t *testing.T, srv *httptest.Server) Snapshot {
 }
 
 // servicesByName lists every registration of the snapshot by service name.
-func servicesByName(s Snapshot) map[string]ServiceState {
-	out := map[string]ServiceState{}
+func servicesByName(s api.Snapshot) map[string]api.ServiceState {
+	out := map[string]api.ServiceState{}
 	for _, c := range s.Containers {
 		for _, sv := range c.Services {
 			out[sv.Name] = sv
@@ -290,7 +215,7 @@ func TestStatusHealth(t *testing.T) {
 	r.consul.mu.Lock()
 	delete(r.consul.checks, apiID)
 	r.consul.mu.Unlock()
-	if sv := servicesByName(getStatus(t, srv))["api"]; sv.Health != HealthUnknown || !strings.Contains(sv.Output, "no check") {
+	if sv := servicesByName(getStatus(t, srv))["api"]; sv.Health != api.HealthUnknown || !strings.Contains(sv.Output, "no check") {
 		t.Errorf("api without a check in Consul = %+v, want unknown", sv)
 	}
 }
@@ -305,7 +230,7 @@ func TestStatusHealthConsulDown(t *testing.T) {
 		t.Errorf("health error = %q, want Consul's error", s.HealthErr)
 	}
 	for name, sv := range servicesByName(s) {
-		want := HealthUnknown
+		want := api.HealthUnknown
 		if sv.Check == "" {
 			want = "" // no check: nothing to be unknown about
 		}
@@ -330,7 +255,7 @@ func TestStatusHealthConsulFrozen(t *testing.T) {
 	if !strings.Contains(s.HealthErr, "deadline exceeded") {
 		t.Errorf("health error = %q, want the timeout", s.HealthErr)
 	}
-	if sv := servicesByName(s)["web"]; sv.Health != HealthUnknown {
+	if sv := servicesByName(s)["web"]; sv.Health != api.HealthUnknown {
 		t.Errorf("web health %q with a frozen Consul, want unknown", sv.Health)
 	}
 }

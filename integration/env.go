@@ -30,10 +30,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/v6reg/v6reg/api"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/network"
 
-	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/integration/consul"
 	"github.com/v6reg/v6reg/integration/dockerd"
 	"github.com/v6reg/v6reg/internal/netns"
@@ -311,12 +312,12 @@ func (e *Env) AgentLogTail(n int) string {
 }
 
 // Status reads the agent's status API.
-func (e *Env) Status() (*agent.Snapshot, error) {
+func (e *Env) Status() (*api.Snapshot, error) {
 	b, err := e.APIGet("/v1/status")
 	if err != nil {
 		return nil, err
 	}
-	var s agent.Snapshot
+	var s api.Snapshot
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, fmt.Errorf("decoding status: %w", err)
 	}

@@ -21,9 +21,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/v6reg/v6reg/api"
+
 	"github.com/google/nftables"
 
-	"github.com/v6reg/v6reg/agent"
 	"github.com/v6reg/v6reg/firewall"
 )
 
@@ -317,7 +318,7 @@ func TestFault9SpoofingAndEscapes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st agent.Snapshot
+	var st api.Snapshot
 	if err := json.Unmarshal(body, &st); err != nil {
 		t.Fatalf("status API: %v\n%s", err, body)
 	}

@@ -24,7 +24,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/v6reg/v6reg/agent"
+	"github.com/v6reg/v6reg/api"
+
 	"github.com/v6reg/v6reg/integration/consul"
 	"github.com/v6reg/v6reg/internal/golden"
 )
@@ -123,8 +124,8 @@ func sendDenied(t *testing.T, from interface {
 }
 
 // servicesByName lists a snapshot's registrations by service name.
-func servicesByName(s *agent.Snapshot) map[string]agent.ServiceState {
-	out := map[string]agent.ServiceState{}
+func servicesByName(s *api.Snapshot) map[string]api.ServiceState {
+	out := map[string]api.ServiceState{}
 	for _, c := range s.Containers {
 		for _, sv := range c.Services {
 			out[sv.Name] = sv
@@ -170,7 +171,7 @@ func TestOpsStatusExplain(t *testing.T) {
 	// Consul runs a new check first at a random point of its 10 s
 	// interval, and a new check is critical with no output until then.
 	start := time.Now()
-	var last map[string]agent.ServiceState
+	var last map[string]api.ServiceState
 	if err := WaitFor(ctx, 30*time.Second, func() error {
 		s, err := e.Status()
 		if err != nil {
@@ -224,7 +225,7 @@ func TestOpsStatusExplain(t *testing.T) {
 
 	t.Run("status json parses", func(t *testing.T) {
 		raw := v6regCLI(t, e, "status", "-format", "json")
-		var s agent.Snapshot
+		var s api.Snapshot
 		if err := json.Unmarshal([]byte(raw), &s); err != nil {
 			t.Fatalf("status -format json: %v\n%s", err, raw)
 		}
@@ -288,7 +289,7 @@ func TestOpsStatusExplain(t *testing.T) {
 		}
 		golden.Check(t, "testdata/explain-web-deny.golden", n.apply(raw))
 
-		var ans agent.ExplainAnswer
+		var ans api.ExplainAnswer
 		js := v6regCLI(t, e, "explain", "-format", "json", web.Addr.String(), "from", InternetAddr.String(), "port", "8080/tcp")
 		if err := json.Unmarshal([]byte(js), &ans); err != nil {
 			t.Fatalf("explain -format json: %v\n%s", err, js)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/v6reg/v6reg/api"
 	"github.com/v6reg/v6reg/consulclient"
 
 	"context"
@@ -305,17 +306,17 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 	}
 	a := agent.New(opts)
 
-	l, err := agent.ListenAPI(cfg.APISocket)
+	l, err := api.Listen(cfg.APISocket)
 	if err != nil {
 		return err
 	}
-	go agent.Serve(ctx, l, a.APIHandler(), log)
+	go api.Serve(ctx, l, api.Handler(a), log)
 	if cfg.MetricsAddress != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsAddress)
 		if err != nil {
 			return fmt.Errorf("metrics listener on %s: %w", cfg.MetricsAddress, err)
 		}
-		go agent.Serve(ctx, ml, a.MetricsHandler(), log)
+		go api.Serve(ctx, ml, a.MetricsHandler(), log)
 	}
 	go reloadOnHUP(ctx, a, f, cfg, log)
 	go watchdog(ctx, a, log)

@@ -6,7 +6,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/v6reg/v6reg/agent"
+	"github.com/v6reg/v6reg/api"
 )
 
 // escapeText makes text that containers control (names, labels, Consul
@@ -61,20 +61,20 @@ func escapeAll(ss []string) []string {
 
 // escapeContainer escapes every text field of c that its container or
 // job controls, for the text formats (JSON escapes on its own).
-func escapeContainer(c agent.ContainerState) agent.ContainerState {
+func escapeContainer(c api.ContainerState) api.ContainerState {
 	for _, p := range []*string{&c.ID, &c.Name, &c.Address, &c.Source, &c.Namespace, &c.Job, &c.Group, &c.Task, &c.AllocID, &c.Reason} {
 		*p = escapeText(*p)
 	}
 	c.Errors = escapeAll(c.Errors)
-	rules := func(rs []agent.RuleState) []agent.RuleState {
-		out := make([]agent.RuleState, len(rs))
+	rules := func(rs []api.RuleState) []api.RuleState {
+		out := make([]api.RuleState, len(rs))
 		for i, r := range rs {
-			out[i] = agent.RuleState{Rule: escapeText(r.Rule), Prefixes: escapeAll(r.Prefixes), Services: escapeAll(r.Services), Jobs: escapeAll(r.Jobs)}
+			out[i] = api.RuleState{Rule: escapeText(r.Rule), Prefixes: escapeAll(r.Prefixes), Services: escapeAll(r.Services), Jobs: escapeAll(r.Jobs)}
 		}
 		return out
 	}
 	c.Ingress, c.Egress = rules(c.Ingress), rules(c.Egress)
-	svcs := make([]agent.ServiceState, len(c.Services))
+	svcs := make([]api.ServiceState, len(c.Services))
 	for i, sv := range c.Services {
 		sv.ID, sv.Name, sv.Check, sv.Health, sv.Output = escapeText(sv.ID), escapeText(sv.Name), escapeText(sv.Check), escapeText(sv.Health), escapeText(sv.Output)
 		sv.Tags = escapeAll(sv.Tags)

@@ -7,7 +7,7 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/v6reg/v6reg/agent"
+	"github.com/v6reg/v6reg/api"
 )
 
 func TestEscapeText(t *testing.T) {
@@ -31,13 +31,13 @@ func TestEscapeText(t *testing.T) {
 // container controls reach the terminal without a control character.
 func TestStatusExplainEscape(t *testing.T) {
 	evil := "x\x1b]0;owned\x07\r\u202e"
-	c := agent.ContainerState{ID: "0123456789abcdef", Name: "n" + evil, Address: "2001:db8::5", Source: "labels",
+	c := api.ContainerState{ID: "0123456789abcdef", Name: "n" + evil, Address: "2001:db8::5", Source: "labels",
 		Namespace: "default", Job: "j" + evil, Task: "t" + evil, Closed: true, Reason: "r" + evil, Errors: []string{"e" + evil},
-		Ingress:  []agent.RuleState{{Rule: "tcp/80 from @ops"}},
-		Services: []agent.ServiceState{{Name: "web", Port: 80, Check: "http", Health: "critical", Output: "HTTP GET: " + evil}}}
+		Ingress:  []api.RuleState{{Rule: "tcp/80 from @ops"}},
+		Services: []api.ServiceState{{Name: "web", Port: 80, Check: "http", Health: "critical", Output: "HTTP GET: " + evil}}}
 	var b bytes.Buffer
-	printStatus(&b, &agent.Snapshot{Node: "n1", Prefix: "2001:db8::/80", At: time.Now(), Containers: []agent.ContainerState{c}})
-	printExplain(&b, &agent.ExplainAnswer{Container: c, Verdict: "deny", Reason: "no rule " + evil})
+	printStatus(&b, &api.Snapshot{Node: "n1", Prefix: "2001:db8::/80", At: time.Now(), Containers: []api.ContainerState{c}})
+	printExplain(&b, &api.ExplainAnswer{Container: c, Verdict: "deny", Reason: "no rule " + evil})
 	out := b.String()
 	for _, r := range out {
 		if r != '\n' && (unicode.IsControl(r) || r == '\u202e') {

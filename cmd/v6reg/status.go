@@ -17,7 +17,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/v6reg/v6reg/agent"
+	"github.com/v6reg/v6reg/api"
+
 	"github.com/v6reg/v6reg/agent/config"
 	"github.com/v6reg/v6reg/ipam"
 	"github.com/v6reg/v6reg/policies"
@@ -84,7 +85,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	var s agent.Snapshot
+	var s api.Snapshot
 	if err := apiGet(*socket, "/v1/status", &s); err != nil {
 		fmt.Fprintf(stderr, "v6reg status: %v\n", err)
 		return 1
@@ -108,7 +109,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 // and drop counts are in/out pairs, the CONSUL column ends with the worst
 // live health of the container's services (details and Consul's output
 // below the table), and long names are cut with a '~'.
-func printStatus(w io.Writer, s *agent.Snapshot) {
+func printStatus(w io.Writer, s *api.Snapshot) {
 	// Errors may quote what containers control: escape like their fields.
 	esc := *s
 	for _, p := range []*string{&esc.Node, &esc.Prefix, &esc.Nomad, &esc.FirewallErr, &esc.BridgeNetfilterErr, &esc.ConsulErr, &esc.StateErr, &esc.HealthErr} {
@@ -224,7 +225,7 @@ func healthMark(h string) string {
 // consulCell is the CONSUL column: the declared services as name:port,
 // cut to leave room for the worst health of all of the container's
 // registrations (a refused policy's check included), within width.
-func consulCell(services []agent.ServiceState, width int) string {
+func consulCell(services []api.ServiceState, width int) string {
 	var names []string
 	worst := ""
 	for _, sv := range services {
@@ -251,10 +252,10 @@ func consulCell(services []agent.ServiceState, width int) string {
 // Consul does not count as passing, and why, in Consul's words, wrapped
 // to width. A refused policy's check carries the error already listed; an
 // unknown health without output is explained by the line on top.
-func healthNotes(name string, c agent.ContainerState, width int) []string {
+func healthNotes(name string, c api.ContainerState, width int) []string {
 	var out []string
 	for _, sv := range c.Services {
-		if sv.Health == "" || sv.Health == "passing" || sv.Health == agent.HealthUnknown && sv.Output == "" {
+		if sv.Health == "" || sv.Health == "passing" || sv.Health == api.HealthUnknown && sv.Output == "" {
 			continue
 		}
 		what := sv.Name
@@ -350,8 +351,8 @@ Flags:
 `
 
 // parseFlow reads "from|to PEER [port N[/PROTO]]" or "... icmp".
-func parseFlow(words []string) (agent.ExplainQuery, error) {
-	var q agent.ExplainQuery
+func parseFlow(words []string) (api.ExplainQuery, error) {
+	var q api.ExplainQuery
 	if len(words) == 0 {
 		return q, nil
 	}
@@ -412,7 +413,7 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	if q.Port != 0 {
 		v.Set("port", strconv.Itoa(int(q.Port)))
 	}
-	var ans agent.ExplainAnswer
+	var ans api.ExplainAnswer
 	if err := apiGet(*socket, "/v1/explain?"+v.Encode(), &ans); err != nil {
 		fmt.Fprintf(stderr, "v6reg explain: %v\n", err)
 		return 1
@@ -427,7 +428,7 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func printExplain(w io.Writer, ans *agent.ExplainAnswer) {
+func printExplain(w io.Writer, ans *api.ExplainAnswer) {
 	a := *ans
 	a.Container = escapeContainer(a.Container)
 	for _, p := range []*string{&a.Verdict, &a.Rule, &a.Source, &a.Reason, &a.IngressSource, &a.EgressSource} {
@@ -444,7 +445,7 @@ func printExplain(w io.Writer, ans *agent.ExplainAnswer) {
 	if len(who) > 0 {
 		fmt.Fprintf(w, "  %s\n", strings.Join(who, ", "))
 	}
-	printRules := func(title, src string, rules []agent.RuleState) {
+	printRules := func(title, src string, rules []api.RuleState) {
 		fmt.Fprintf(w, "  %s", title)
 		if src != "" {
 			fmt.Fprintf(w, " (from %s)", src)

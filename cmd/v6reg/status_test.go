@@ -9,35 +9,36 @@ import (
 	"testing"
 	"time"
 
-	"github.com/v6reg/v6reg/agent"
+	"github.com/v6reg/v6reg/api"
+
 	"github.com/v6reg/v6reg/internal/golden"
 )
 
 // healthSnapshot is a node as the status API serves it: widest host parts
 // and drop counts of a /80, a service whose check passes, one that Consul
 // finds critical, one it does not know, and a refused policy.
-func healthSnapshot() *agent.Snapshot {
-	return &agent.Snapshot{
+func healthSnapshot() *api.Snapshot {
+	return &api.Snapshot{
 		Node: "n1", Prefix: "2001:db8:1:2:3::/80", At: time.Now(), Nomad: "ok",
-		Containers: []agent.ContainerState{
+		Containers: []api.ContainerState{
 			{ID: "aa01", Name: "web", Address: "2001:db8:1:2:3:fffe:ffff:ffff", Job: "p-cerebro-frontend", Task: "cerebro",
-				AllocID: "5f3a2c1b-0000-0000-0000-000000000000", Ingress: make([]agent.RuleState, 2), Egress: make([]agent.RuleState, 1),
-				Drops: &agent.DropState{IngressPackets: 12345, EgressPackets: 7},
-				Services: []agent.ServiceState{
+				AllocID: "5f3a2c1b-0000-0000-0000-000000000000", Ingress: make([]api.RuleState, 2), Egress: make([]api.RuleState, 1),
+				Drops: &api.DropState{IngressPackets: 12345, EgressPackets: 7},
+				Services: []api.ServiceState{
 					{Name: "cerebro", Port: 9000, Check: "http", Health: "passing", Output: "HTTP GET http://[2001:db8:1:2:3:fffe:ffff:ffff]:9000/: 200 OK Output: ok"},
 					{Name: "cerebro-admin", Port: 9001, Check: "tcp", Health: "critical",
 						Output: "dial tcp [2001:db8:1:2:3:fffe:ffff:ffff]:9001: connect: connection refused"},
 					{Name: "v6reg-jobs", Check: ""},
 				}},
-			{ID: "bb01", Name: "db", Address: "2001:db8:1:2:3:1:2:3", Job: "p-db", Task: "p-db", Ingress: make([]agent.RuleState, 1),
-				Drops:    &agent.DropState{},
-				Services: []agent.ServiceState{{Name: "db", Port: 5432, Check: "tcp", Health: agent.HealthUnknown, Output: "consul holds no check for this service (not registered yet?)"}}},
+			{ID: "bb01", Name: "db", Address: "2001:db8:1:2:3:1:2:3", Job: "p-db", Task: "p-db", Ingress: make([]api.RuleState, 1),
+				Drops:    &api.DropState{},
+				Services: []api.ServiceState{{Name: "db", Port: 5432, Check: "tcp", Health: api.HealthUnknown, Output: "consul holds no check for this service (not registered yet?)"}}},
 			{ID: "cc01", Name: "bad", Address: "2001:db8:1:2:3:abcd::1", Job: "p-bad", Task: "p-bad", Closed: true,
 				Reason: "policy refused", Errors: []string{`v6reg.ingress:1:8: unknown word "form"; want from`},
-				Drops: &agent.DropState{},
-				Services: []agent.ServiceState{{Name: "v6reg-policy-errors", Check: "critical", Health: "critical",
+				Drops: &api.DropState{},
+				Services: []api.ServiceState{{Name: "v6reg-policy-errors", Check: "critical", Health: "critical",
 					Output: "v6reg refused this container's policy; it stays closed until fixed:\nv6reg.ingress:1:8: ..."}}},
-			{ID: "dd01", Name: "fetch", Address: "2001:db8:1:2:3:9::9", Job: "p-fetch", Task: "p-fetch", Egress: make([]agent.RuleState, 1)},
+			{ID: "dd01", Name: "fetch", Address: "2001:db8:1:2:3:9::9", Job: "p-fetch", Task: "p-fetch", Egress: make([]api.RuleState, 1)},
 		},
 	}
 }
@@ -78,7 +79,7 @@ func TestPrintStatusConsulSilent(t *testing.T) {
 	s.HealthErr = `asking consul for its checks: Get "http://127.0.0.1:8500/v1/agent/checks": context deadline exceeded`
 	for i := range s.Containers {
 		for j := range s.Containers[i].Services {
-			s.Containers[i].Services[j].Health, s.Containers[i].Services[j].Output = agent.HealthUnknown, ""
+			s.Containers[i].Services[j].Health, s.Containers[i].Services[j].Output = api.HealthUnknown, ""
 		}
 	}
 	var b bytes.Buffer
@@ -98,7 +99,7 @@ func TestPrintStatusConsulSilent(t *testing.T) {
 
 func TestPrintStatusSpoofing(t *testing.T) {
 	s := healthSnapshot()
-	s.Spoofed = &agent.SpoofState{BridgePortPackets: 27, SourcePackets: 1234567}
+	s.Spoofed = &api.SpoofState{BridgePortPackets: 27, SourcePackets: 1234567}
 	var b bytes.Buffer
 	printStatus(&b, s)
 	line := "SPOOFING: 27 frames dropped at bridge ports, 1234567 packets with forged sources\n"
@@ -109,7 +110,7 @@ func TestPrintStatusSpoofing(t *testing.T) {
 		t.Errorf("spoofing line is %d columns (max 80)", len(line)-1)
 	}
 	// Nothing dropped: no line.
-	s.Spoofed = &agent.SpoofState{}
+	s.Spoofed = &api.SpoofState{}
 	b.Reset()
 	printStatus(&b, s)
 	if strings.Contains(b.String(), "SPOOFING") {
