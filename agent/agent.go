@@ -628,7 +628,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	if a.o.Firewall != nil {
 		// After a failed apply the firewall's own state is not lastFW:
 		// the next pass sends the whole state, not a delta from it.
-		ch, err := a.applyFirewall(ctx, a.lastFW.Load(), d.Firewall, full || a.fwFailed)
+		ch, err := a.applyFirewall(ctx, a.lastFW.Load(), d.Firewall, d.PeerUsers, full || a.fwFailed)
 		a.fwFailed = err != nil
 		if err != nil {
 			fwOK = false

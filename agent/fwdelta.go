@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/v6reg/v6reg/firewall"
+	"github.com/v6reg/v6reg/peers"
 )
 
 // DeltaApplier is a Firewall that also takes per-container changes
@@ -20,7 +21,9 @@ type DeltaApplier interface {
 
 // applyFirewall brings the firewall to next: by a delta from prev (the
 // state last applied) when it can, else with the whole state.
-func (a *Agent) applyFirewall(ctx context.Context, prev *firewall.State, next firewall.State, full bool) (firewall.Changes, error) {
+// users index the containers by the Consul-backed peers they name (for
+// the log of what a peer change touches).
+func (a *Agent) applyFirewall(ctx context.Context, prev *firewall.State, next firewall.State, users map[peers.Key][]string, full bool) (firewall.Changes, error) {
 	da, ok := a.o.Firewall.(DeltaApplier)
 	if !ok || full || prev == nil || !sameTableWide(prev, &next) {
 		return a.o.Firewall.Apply(ctx, next)
@@ -28,6 +31,11 @@ func (a *Agent) applyFirewall(ctx context.Context, prev *firewall.State, next fi
 	d := firewallDelta(prev, &next)
 	if d.Empty() {
 		return firewall.Changes{}, nil
+	}
+	for name := range d.PeerSets {
+		if key, err := peers.ParseKey(name); err == nil && users != nil {
+			a.log.Debug("peer set changed", "peer", name, "containers", len(users[key]))
+		}
 	}
 	ch, err := da.ApplyDelta(ctx, d)
 	if err != nil {
