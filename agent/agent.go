@@ -301,11 +301,13 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 		return errors.New("agent: no Docker client")
 	}
 	seeded := a.loadKnown()
+	// Last, once every goroutine ended: a reconcile after Run applies
+	// Consul itself.
+	defer func() { a.regWork = nil }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	defer func() { a.regWork = nil }() // the loop has ended: a reconcile after Run applies Consul itself
 	if a.o.BridgeNetfilter != nil {
 		wg.Add(1)
 		go func() {
@@ -314,11 +316,12 @@ func (a *Agent) Run(ctx context.Context, ready func()) error {
 		}()
 	}
 	if a.reg != nil {
-		a.regWork = newRegMailbox()
+		mail := newRegMailbox()
+		a.regWork = mail
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			a.runRegistrar(ctx, a.regWork)
+			a.runRegistrar(ctx, mail)
 		}()
 	}
 	wg.Add(1)
