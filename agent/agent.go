@@ -575,7 +575,7 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 		ids := slices.Sorted(maps.Keys(p.containers))
 		if err := a.view.Refresh(ctx, a.o.Docker, a.o.Network, ids); err != nil {
 			a.o.Metrics.Errors.WithLabelValues("docker").Inc()
-			a.log.Warn("inspecting a container failed; listing all of them instead", "err", err)
+			a.log.Warn("reading the containers events named failed; listing all of them instead", "err", err)
 			list = true
 		}
 	}
@@ -600,10 +600,10 @@ func (a *Agent) reconcile(ctx context.Context, full bool) error {
 	}
 	containers := slices.Clone(a.view.Containers())
 	if a.ports != nil {
-		// New endpoints only; the periodic full reconcile retries the
-		// ones whose port was not found. The inspect an event caused
-		// gave the network namespace already.
-		a.ports.Fill(ctx, containers, full, a.view.SandboxOf)
+		// New endpoints only (one inspect each, of a running
+		// container); the periodic full reconcile retries the ones whose
+		// port was not found.
+		a.ports.Fill(ctx, containers, full)
 	}
 	keep := make(map[string]bool, len(containers))
 	for _, c := range containers {

@@ -75,7 +75,8 @@ type fakeDocker struct {
 	// sandbox is each container's network namespace file for
 	// ContainerInspect (by ID); a container without one is not found.
 	sandbox  map[string]string
-	inspects []string // IDs inspected, in order
+	inspects []string   // IDs inspected, in order
+	idLists  [][]string // the IDs of each list filtered by ID
 }
 
 func (f *fakeDocker) ContainerInspect(_ context.Context, id string) (container.InspectResponse, error) {
@@ -118,7 +119,25 @@ func started(a *Agent, ids ...string) {
 	}
 }
 
-func (f *fakeDocker) ContainerList(ctx context.Context, _ container.ListOptions) ([]container.Summary, error) {
+// ContainerList serves the whole list (counted in listCalls, after the
+// onList hook) or, with id filters, those containers (recorded in
+// idLists), as Docker filters a list.
+func (f *fakeDocker) ContainerList(ctx context.Context, o container.ListOptions) ([]container.Summary, error) {
+	if ids := o.Filters.Get("id"); len(ids) > 0 {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.idLists = append(f.idLists, slices.Sorted(slices.Values(ids)))
+		if f.listErr != nil {
+			return nil, f.listErr
+		}
+		var out []container.Summary
+		for _, s := range f.list {
+			if slices.Contains(ids, s.ID) {
+				out = append(out, s)
+			}
+		}
+		return out, nil
+	}
 	f.mu.Lock()
 	f.listCalls++
 	n, hook := f.listCalls, f.onList

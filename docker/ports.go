@@ -46,11 +46,7 @@ func NewPortCache(docker API, finder BridgePorts, network string, log *slog.Logg
 // all of them. A container whose port is not found keeps Port 0 (the
 // firewall then binds its address to its MAC only) and is logged; it
 // never holds up the others or the reconcile.
-//
-// sandbox, if not nil, gives the network namespace file an inspect already
-// read for a container's endpoint ("" if none): that container is not
-// inspected again.
-func (pc *PortCache) Fill(ctx context.Context, cs []Container, retryFailed bool, sandbox func(id, endpoint string) string) {
+func (pc *PortCache) Fill(ctx context.Context, cs []Container, retryFailed bool) {
 	alive := make(map[string]bool, len(cs))
 	var todo []int // indexes into cs
 	for i, c := range cs {
@@ -69,7 +65,7 @@ func (pc *PortCache) Fill(ctx context.Context, cs []Container, retryFailed bool,
 		}
 	}
 	if len(todo) > 0 {
-		pc.lookup(ctx, cs, todo, sandbox)
+		pc.lookup(ctx, cs, todo)
 	}
 	for i := range cs {
 		if e, ok := pc.known[cs[i].ID]; ok && e.endpoint == cs[i].EndpointID {
@@ -83,16 +79,11 @@ func (pc *PortCache) Fill(ctx context.Context, cs []Container, retryFailed bool,
 // hundred inspects held the first apply for seconds (fault case 1).
 const inspectParallel = 16
 
-func (pc *PortCache) lookup(ctx context.Context, cs []Container, todo []int, sandbox func(id, endpoint string) string) {
+func (pc *PortCache) lookup(ctx context.Context, cs []Container, todo []int) {
 	sandboxes, errs := make([]string, len(todo)), make([]error, len(todo))
 	var g errgroup.Group
 	g.SetLimit(inspectParallel)
 	for j, i := range todo {
-		if sandbox != nil {
-			if sandboxes[j] = sandbox(cs[i].ID, cs[i].EndpointID); sandboxes[j] != "" {
-				continue
-			}
-		}
 		g.Go(func() error {
 			sandboxes[j], errs[j] = pc.sandbox(ctx, cs[i])
 			return nil // each container's error is its own

@@ -5,8 +5,6 @@ import (
 	"context"
 	"maps"
 	"sort"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // View is the agent's copy of the containers on the v6reg network,
@@ -24,10 +22,6 @@ type View struct {
 
 type viewEntry struct {
 	c Container
-	// sandbox is the container's network namespace file, from the
-	// inspect an event caused ("" after a list): its bridge port is
-	// found without inspecting it again.
-	sandbox string
 }
 
 // NewView is an empty view; the first reconcile lists the containers.
@@ -35,17 +29,14 @@ func NewView() *View { return &View{byID: map[string]*viewEntry{}} }
 
 // Put stores c, keeping its rev when nothing of it changed. It reports
 // whether it changed.
-func (v *View) Put(c Container, sandbox string) bool {
+func (v *View) Put(c Container) bool {
 	old, ok := v.byID[c.ID]
 	if ok && SameInfo(old.c, c) {
-		if sandbox != "" {
-			old.sandbox = sandbox
-		}
 		return false
 	}
 	v.revs++
 	c.Rev = v.revs
-	v.byID[c.ID] = &viewEntry{c: c, sandbox: sandbox}
+	v.byID[c.ID] = &viewEntry{c: c}
 	v.sorted = nil
 	return true
 }
@@ -73,15 +64,6 @@ func (v *View) Containers() []Container {
 	return v.sorted
 }
 
-// SandboxOf is the network namespace file an inspect gave for the
-// container's current endpoint, "" if none.
-func (v *View) SandboxOf(id, endpoint string) string {
-	if e, ok := v.byID[id]; ok && e.c.EndpointID == endpoint {
-		return e.sandbox
-	}
-	return ""
-}
-
 // Replace makes the view equal to a full list and returns the IDs that
 // differed (added, removed or changed), sorted.
 func (v *View) Replace(list []Container) []string {
@@ -89,11 +71,7 @@ func (v *View) Replace(list []Container) []string {
 	keep := make(map[string]bool, len(list))
 	for _, c := range list {
 		keep[c.ID] = true
-		sandbox := ""
-		if old, ok := v.byID[c.ID]; ok && old.c.EndpointID == c.EndpointID {
-			sandbox = old.sandbox
-		}
-		if v.Put(c, sandbox) {
+		if v.Put(c) {
 			drift = append(drift, c.ID)
 		}
 	}
@@ -116,43 +94,25 @@ func SameInfo(a, b Container) bool {
 		a.Task == b.Task && a.Created.Equal(b.Created) && maps.Equal(a.Labels, b.Labels)
 }
 
-// Refresh inspects the containers events named (bounded parallelism) and
-// updates the view. A container that is gone, stopped or off the network
-// leaves it. An inspect that fails for another reason returns its
-// error: the caller lists everything instead.
+// Refresh reads again the containers events named (one filtered list)
+// and updates the view: a container that is not running on the network
+// any more, or not yet, leaves it (its start event brings it back).
 func (v *View) Refresh(ctx context.Context, api API, network string, ids []string) error {
-	type result struct {
-		c       Container
-		sandbox string
-		present bool
-		err     error
+	lctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	list, err := List(lctx, api, network, ids...)
+	if err != nil {
+		return err
 	}
-	res := make([]result, len(ids))
-	var g errgroup.Group
-	g.SetLimit(inspectParallel)
-	for i, id := range ids {
-		g.Go(func() error {
-			ictx, cancel := context.WithTimeout(ctx, CallTimeout)
-			defer cancel()
-			r := &res[i]
-			r.c, r.sandbox, r.present, r.err = Inspect(ictx, api, network, id)
-			return nil
-		})
+	found := make(map[string]bool, len(list))
+	for _, c := range list {
+		found[c.ID] = true
+		v.Put(c)
 	}
-	_ = g.Wait() // each result carries its own error
-	var firstErr error
-	for i, id := range ids {
-		r := res[i]
-		switch {
-		case r.err != nil:
-			if firstErr == nil {
-				firstErr = r.err
-			}
-		case r.present:
-			v.Put(r.c, r.sandbox)
-		default:
+	for _, id := range ids {
+		if !found[id] {
 			v.Remove(id)
 		}
 	}
-	return firstErr
+	return nil
 }

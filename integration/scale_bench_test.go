@@ -37,18 +37,18 @@ import (
 // 1,100 real containers do not fit a 2-core machine beside dockerd, so
 // Docker is replayed: replayDocker serves the list, inspect and event
 // calls the agent makes, with the bodies Docker 20.10-28 give (the
-// client's own types, every field the agent reads), and answers an
-// inspect after inspectLatency, what one inspect costs on a real dockerd
-// here. Everything else is real: the agent's code (agent.New and Run as
+// client's own types, every field the agent reads), and answers each call
+// after callLatency, what a list of a few containers or an inspect costs
+// on a real dockerd here. Everything else is real: the agent's code (agent.New and Run as
 // the daemon runs them), the kernel firewall in a network namespace of
 // its own (google/nftables, netlink), and a Consul agent (registrations,
 // checks, the blocking query of a service: peer). The bridge port lookup
 // is off (there are no veths), and policies come from labels, not Nomad.
 // TestBenchEndToEnd gives the same figures with real dockerd, smaller.
 
-// inspectLatency is what an inspect costs on this machine's dockerd
-// (measured: 1-3 ms for a running container on 20.10).
-const inspectLatency = 2 * time.Millisecond
+// callLatency is what a list of a few containers or an inspect costs on
+// this machine's idle dockerd (1-3 ms on 20.10).
+const callLatency = 2 * time.Millisecond
 
 type replayDocker struct {
 	network string
@@ -115,10 +115,25 @@ func (d *replayDocker) stop(ids ...string) {
 	}
 }
 
-func (d *replayDocker) ContainerList(context.Context, container.ListOptions) ([]container.Summary, error) {
+// ContainerList answers after callLatency, all running containers or
+// those the id filters name, as dockerd filters.
+func (d *replayDocker) ContainerList(ctx context.Context, o container.ListOptions) ([]container.Summary, error) {
+	select {
+	case <-time.After(callLatency):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]container.Summary, 0, len(d.running))
+	var out []container.Summary
+	if ids := o.Filters.Get("id"); len(ids) > 0 {
+		for _, id := range ids {
+			if c, ok := d.running[id]; ok {
+				out = append(out, c)
+			}
+		}
+		return out, nil
+	}
 	for _, c := range d.running {
 		out = append(out, c)
 	}
@@ -127,7 +142,7 @@ func (d *replayDocker) ContainerList(context.Context, container.ListOptions) ([]
 
 func (d *replayDocker) ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error) {
 	select {
-	case <-time.After(inspectLatency):
+	case <-time.After(callLatency):
 	case <-ctx.Done():
 		return container.InspectResponse{}, ctx.Err()
 	}
