@@ -4,7 +4,8 @@
 //
 // Events only request a reconcile and name what to look at again; they
 // never carry state. A Docker event names a container, which the next pass
-// inspects (one call) instead of listing every container; the pass
+// reads back (one list filtered by the IDs a pass's events named) instead
+// of listing every container; the pass
 // evaluates again only the policies whose container, allocation or
 // operator configuration changed (desired.Memo), and sends the firewall
 // and Consul only what changed. A lost event delays a change until the
