@@ -149,7 +149,7 @@ func NewContainer(id, name string, labels map[string]string, created time.Time, 
 }
 
 // Sink receives what Watch sees: a container an event names
-// (the agent inspects that one container), or a relist request when events
+// (the agent reads that one container back), or a relist request when events
 // may have been missed (the agent lists every container).
 type Sink interface {
 	ContainerEvent(id, reason string)

@@ -9,7 +9,8 @@ import (
 
 // View is the agent's copy of the containers on the v6reg network,
 // kept by events: an event names one container, and the reconcile loop
-// inspects that one (one round trip) instead of listing every container.
+// reads back those its events named (Refresh: one filtered list) instead
+// of listing every container.
 // The periodic full resync lists them all and counts what the events had
 // missed (the drift, which should be zero). Only the reconcile loop uses
 // it.
