@@ -32,7 +32,7 @@ func TestFaults8HostileLabels(t *testing.T) {
 	cases := envInt("V6REG_FAULT_HOSTILE_CASES", 200000)
 	const slots = 3
 	row := recordFault(t, "8", "hostile input",
-		fmt.Sprintf("%d real containers (%d slots recreated %d times) with mutated/random v6reg.ingress, v6reg.egress, v6reg.services labels (NUL, invalid UTF-8, huge values, edge numbers); and %d generated cases of hostile job meta (job/group/task level, both key spellings) and labels through the agent's state builder (agent TestHostileInput). And 1,000 containers x 50 rules applied to a fresh table (TestFault8FirewallScale)", slots*rounds, slots, rounds, cases),
+		fmt.Sprintf("%d real containers (%d slots recreated %d times) with mutated/random v6reg.ingress, v6reg.egress, v6reg.services labels (NUL, invalid UTF-8, huge values, edge numbers); and %d generated cases of hostile job meta (job/group/task level, both key spellings) and labels through the desired-state builder (desired TestHostileInput). And 1,000 containers x 50 rules applied to a fresh table (TestFault8FirewallScale)", slots*rounds, slots, rounds, cases),
 		"the agent stays up (same pid); a refused container is closed (office and internet -> :8080 dropped); every error names its label key; invariants. Generated cases: no panic, the node's state stays appliable, a refused container has no rules and only critical checks, no rule open to any outside allow_any namespaces, every error names its meta key or label, the neighbour's rules unchanged")
 	f := newFaultEnv(t, nil)
 	pid := f.agentPid()
@@ -140,13 +140,13 @@ func TestFaults8HostileLabels(t *testing.T) {
 
 var reHostileSummary = regexp.MustCompile(`hostile input: ([^\n]*)`)
 
-// hostileCorpus runs the agent's TestHostileInput with n generated cases
+// hostileCorpus runs the desired-state builder's TestHostileInput with n generated cases
 // of hostile job meta and labels: the tens of thousands of cases that real
 // containers cannot carry, through the code that turns them into the
 // node's state. It returns the test's own summary.
 func hostileCorpus(t *testing.T, n int) string {
 	t.Helper()
-	cmd := exec.Command("go", "test", "-count=1", "-run", "^TestHostileInput$", "-v", "../agent/")
+	cmd := exec.Command("go", "test", "-count=1", "-run", "^TestHostileInput$", "-v", "../desired/")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("V6REG_HOSTILE_CASES=%d", n))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -156,7 +156,7 @@ func hostileCorpus(t *testing.T, n int) string {
 	if m == nil {
 		t.Fatalf("hostile input corpus: no summary in its output:\n%s", tail(string(out), 20))
 	}
-	return "agent TestHostileInput: " + m[1]
+	return "desired TestHostileInput: " + m[1]
 }
 
 // TestFault8FirewallScale programs 1,000 containers with 50 rules each
