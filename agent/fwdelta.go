@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"net/netip"
 	"slices"
@@ -50,12 +49,12 @@ func (a *Agent) applyFirewall(ctx context.Context, prev *firewall.State, next fi
 // sameTableWide reports whether two states share what only Apply changes.
 func sameTableWide(a, b *firewall.State) bool {
 	return a.Prefix == b.Prefix && a.Gateway == b.Gateway && a.Bridge == b.Bridge &&
-		slices.EqualFunc(a.NodePorts, b.NodePorts, sameRule)
+		firewall.SameRules(a.NodePorts, b.NodePorts)
 }
 
-// firewallDelta is what turns prev into next. Containers are compared by
-// their fields; their rules first by identity (a memoized evaluation
-// gives the same slices pass after pass), then by content.
+// firewallDelta is what turns prev into next (containers compared with
+// firewall.SameContainer, which takes a memoized evaluation's rules, the
+// same slices pass after pass, as equal at once).
 func firewallDelta(prev, next *firewall.State) firewall.Delta {
 	var d firewall.Delta
 	old := make(map[string]*firewall.Container, len(prev.Containers))
@@ -66,7 +65,7 @@ func firewallDelta(prev, next *firewall.State) firewall.Delta {
 	for i := range next.Containers {
 		c := &next.Containers[i]
 		seen[c.ID] = true
-		if o, ok := old[c.ID]; !ok || !sameFWContainer(o, c) {
+		if o, ok := old[c.ID]; !ok || !firewall.SameContainer(o, c) {
 			d.Upsert = append(d.Upsert, *c)
 		}
 	}
@@ -89,20 +88,4 @@ func firewallDelta(prev, next *firewall.State) firewall.Delta {
 		}
 	}
 	return d
-}
-
-func sameFWContainer(a, b *firewall.Container) bool {
-	return a.ID == b.ID && a.Addr == b.Addr && a.Addr4 == b.Addr4 && a.Port == b.Port && bytes.Equal(a.MAC, b.MAC) &&
-		sameRules(a.Ingress, b.Ingress) && sameRules(a.Egress, b.Egress)
-}
-
-func sameRules(a, b []firewall.Rule) bool {
-	if len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) {
-		return true // the same evaluation's rules
-	}
-	return slices.EqualFunc(a, b, sameRule)
-}
-
-func sameRule(a, b firewall.Rule) bool {
-	return a.Peer == b.Peer && a.Proto == b.Proto && slices.Equal(a.Ports, b.Ports)
 }

@@ -78,7 +78,7 @@ func (ec *ElementCounter) StartPass() {
 // call of a pass.
 func (ec *ElementCounter) Count(c Container, peerSets func(name string) []netip.Prefix) ElementCount {
 	comp, ok := ec.byID[c.ID]
-	if !ok || !sameContainer(&comp.c, &c) {
+	if !ok || !SameContainer(&comp.c, &c) {
 		comp = ec.cp.container(c)
 		ec.byID[c.ID] = comp
 	}

@@ -135,7 +135,7 @@ func (m *model) applyDelta(d Delta, cp *compiler, withPlan bool) (plan, error) {
 			continue
 		}
 		prev := m.conts[c.ID]
-		if prev != nil && sameContainer(&prev.c, c) {
+		if prev != nil && SameContainer(&prev.c, c) {
 			continue
 		}
 		if prev != nil {

@@ -73,7 +73,7 @@ func newModel(s State) *model {
 // model at 10,000 containers spent a third of its time sorting them.
 func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPlan bool) (p plan, ok bool) {
 	if s.Prefix != m.prefix || s.Gateway != m.gateway || s.Bridge != m.bridge ||
-		len(s.NodePorts) != len(m.nodePorts) || !sameRules(s.NodePorts, m.nodePorts) {
+		len(s.NodePorts) != len(m.nodePorts) || !SameRules(s.NodePorts, m.nodePorts) {
 		return plan{}, false
 	}
 	m.epoch++
@@ -106,7 +106,7 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 		}
 		if prev != nil {
 			prev.seen = ep
-			if sameContainer(&prev.c, c) {
+			if SameContainer(&prev.c, c) {
 				prev.kept = ep
 				order[i] = prev
 				continue
@@ -117,7 +117,7 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 			return plan{}, false
 		}
 		var nc *compiled
-		if r := reuse[c.ID]; r != nil && sameContainer(&r.c, c) {
+		if r := reuse[c.ID]; r != nil && SameContainer(&r.c, c) {
 			nc = &compiled{c: r.c, elems: r.elems, lists: r.lists, peers: r.peers}
 		} else {
 			nc = cp.container(*c)

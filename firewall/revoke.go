@@ -245,7 +245,7 @@ func affectedBy(prev, next *model) map[netip.Addr]bool {
 	}
 	add := func(c *Container) { c.addAddrs(out) }
 	for id, old := range prev.conts {
-		if nc := next.conts[id]; nc == nil || !sameContainer(&old.c, &nc.c) {
+		if nc := next.conts[id]; nc == nil || !SameContainer(&old.c, &nc.c) {
 			add(&old.c)
 		}
 	}
@@ -255,7 +255,7 @@ func affectedBy(prev, next *model) map[netip.Addr]bool {
 			shrunk = append(shrunk, name)
 		}
 	}
-	if len(prev.nodePorts) != len(next.nodePorts) || !sameRules(prev.nodePorts, next.nodePorts) {
+	if len(prev.nodePorts) != len(next.nodePorts) || !SameRules(prev.nodePorts, next.nodePorts) {
 		for _, c := range next.conts {
 			add(&c.c)
 		}

@@ -331,17 +331,23 @@ func cloneRules(rs []Rule) []Rule {
 	return out
 }
 
-// sameContainer reports whether a and b compile to the same elements. It
-// runs for every container on every Apply, so it is kept cheap.
-func sameContainer(a, b *Container) bool {
-	if a.ID != b.ID || a.Addr != b.Addr || a.Addr4 != b.Addr4 || a.Port != b.Port || !bytes.Equal(a.MAC, b.MAC) ||
-		len(a.Ingress) != len(b.Ingress) || len(a.Egress) != len(b.Egress) {
-		return false
-	}
-	return sameRules(a.Ingress, b.Ingress) && sameRules(a.Egress, b.Egress)
+// SameContainer reports whether a and b compile to the same elements. It
+// runs for every container on every Apply, so it is kept cheap; the agent
+// compares states with it to build a Delta.
+func SameContainer(a, b *Container) bool {
+	return a.ID == b.ID && a.Addr == b.Addr && a.Addr4 == b.Addr4 && a.Port == b.Port && bytes.Equal(a.MAC, b.MAC) &&
+		SameRules(a.Ingress, b.Ingress) && SameRules(a.Egress, b.Egress)
 }
 
-func sameRules(a, b []Rule) bool {
+// SameRules reports whether two rule lists are equal. The same slice (a
+// memoized evaluation's rules, pass after pass) is equal at once.
+func SameRules(a, b []Rule) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
 	for i := range a {
 		x, y := &a[i], &b[i]
 		if x.Peer != y.Peer || x.Proto != y.Proto || !slices.Equal(x.Ports, y.Ports) {
