@@ -252,7 +252,7 @@ func New(o Options) *Agent {
 		a.nomad = nomad.NewSource(o.Nomad, o.NomadID, o.Log.With("source", "nomad"))
 	}
 	if o.Consul != nil {
-		a.reg = registrar.New(o.Consul, o.IDPrefix, o.Node, o.Log)
+		a.reg = registrar.New(o.Consul, o.IDPrefix, o.Node)
 		a.peers = a.newPeerWatches() // peerwatch.go
 	}
 	a.snap.Store(&api.Snapshot{Node: o.Node, Prefix: o.Prefix.String()})

@@ -124,7 +124,7 @@ func TestRestartWhileNomadAndConsulDown(t *testing.T) {
 	r2.agent.o.Docker = r.docker
 	r2.consul = r.consul // the local agent keeps the registrations
 	r2.agent.o.Consul = r.consul
-	r2.agent.reg = registrar.New(r.consul, "v6reg", "n1", quietLog())
+	r2.agent.reg = registrar.New(r.consul, "v6reg", "n1")
 	r2.agent.peers = r2.agent.newPeerWatches()
 	r.consul.mu.Lock()
 	r.consul.healthErr = errors.New("connection refused")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -24,8 +23,8 @@ type API interface {
 
 // New is a registrar of node's registrations, whose IDs start with
 // idPrefix-node-.
-func New(api API, idPrefix, node string, log *slog.Logger) *Registrar {
-	return &Registrar{api: api, prefix: idPrefix, node: node, log: log}
+func New(api API, idPrefix, node string) *Registrar {
+	return &Registrar{api: api, prefix: idPrefix, node: node}
 }
 
 // Registrar makes the local Consul agent hold exactly the desired
@@ -40,7 +39,6 @@ type Registrar struct {
 	api    API
 	prefix string
 	node   string
-	log    *slog.Logger
 
 	have  map[string]string // owned registration ID -> hash, as in Consul
 	valid bool              // have is known to match Consul
