@@ -79,10 +79,11 @@ func TestTenantsPeersFromRealConsul(t *testing.T) {
 		{peers.JobKey("default", "p-db"), []string{"2001:db8:0:2:2::5/128"}, map[string]int{"foreign": 1, "outside_prefix": 1}},
 		{peers.JobKey("dev", "p-db"), []string{}, nil},
 	} {
-		got, ignored, err := peers.Resolve(ctx, api, "v6reg", tc.key)
+		res, err := peers.Resolve(ctx, api, "v6reg", tc.key, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
+		got, ignored := res.Addrs, res.Ignored
 		strs := []string{}
 		for _, p := range got {
 			strs = append(strs, p.String())
