@@ -72,6 +72,13 @@ func (a *Agent) Explain(ctx context.Context, q api.ExplainQuery) (api.ExplainAns
 		if ok, why := peerMatches(r, q.Peer, w.Namespace, d); ok {
 			ans.Verdict, ans.Rule, ans.Source = "allow", r.Source, src
 			ans.Reason = why
+			if key, err := peers.ParseKey(peerKeyOf(q.Peer, w.Namespace)); err == nil {
+				if c, ok := a.peerCut(key); ok {
+					pc := apiCut(c, nil)
+					ans.PeerCut = &pc
+					ans.Reason += fmt.Sprintf("; but %s: the later ones are denied", cutWords(c))
+				}
+			}
 			return ans, nil
 		}
 	}
@@ -79,7 +86,77 @@ func (a *Agent) Explain(ctx context.Context, q api.ExplainQuery) (api.ExplainAns
 	if len(rules) == 0 {
 		ans.Reason = fmt.Sprintf("the container has no %s rules (set %s); the default is deny", directionWord(q.Direction), metaKeyFor(q.Direction))
 	}
+	if addr, err := netip.ParseAddr(q.Peer); err == nil {
+		a.explainCut(ctx, &ans, rules, proto, q.Port, addr, w.Namespace, d)
+	}
 	return ans, nil
+}
+
+// explainCut adds to a deny why a rule that names a service: or job: peer
+// of addr does not admit it: the peer's set is cut to
+// limits.peer_set_addresses and addr is one of the registrations past the
+// limit. Consul is asked (peers.Resolve, cut as the watches cut) only for
+// the sets the rules could hinge on that are full.
+func (a *Agent) explainCut(ctx context.Context, ans *api.ExplainAnswer, rules []policies.ResolvedRule, proto policies.Proto, port uint16,
+	addr netip.Addr, namespace string, d *desired.Desired) {
+	if a.peers == nil {
+		return
+	}
+	now := a.peerSetAddresses()
+	for _, r := range rules {
+		if !ruleMatches(r, proto, port) {
+			continue
+		}
+		var keys []peers.Key
+		for _, s := range r.Services {
+			keys = append(keys, peers.ServiceKey(namespace, s))
+		}
+		for _, j := range r.Jobs {
+			keys = append(keys, peers.JobKey(namespace, j))
+		}
+		for _, k := range keys {
+			// The limit the firewall's set was cut with; a set that is
+			// not cut and smaller than the limit cannot hinge on it.
+			limit := now
+			if c, ok := a.peerCut(k); ok {
+				limit = c.Limit
+			} else if len(d.Firewall.PeerSets[k.String()]) < limit {
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, consulHealthTimeout)
+			res, err := peers.Resolve(cctx, a.peerAPI(), a.o.IDPrefix, k, limit)
+			cancel()
+			if err != nil {
+				ans.Reason += fmt.Sprintf("; %s is cut to limits.peer_set_addresses, and whether %s is among the registrations cut is unknown: %v", k, addr, err)
+				continue
+			}
+			c, ok := res.Cut(k)
+			if !ok || !inSet(res.Over, addr) {
+				continue
+			}
+			pc := apiCut(c, nil)
+			ans.PeerCut = &pc
+			ans.Reason = fmt.Sprintf("%s; rule %q would admit it, but %s: %s is not among them (registered later)", ans.Reason, r.Source, cutWords(c), addr)
+			return
+		}
+	}
+}
+
+// cutWords says how a peer set is cut.
+func cutWords(c peers.Cut) string {
+	return fmt.Sprintf("%s has %d addresses in Consul; limits.peer_set_addresses keeps the first %d registered", c.Key, c.Registrations, c.Limit)
+}
+
+// peerKeyOf is the key string of a peer as policies write it
+// (service:NAME, service:NS/NAME, job:NAME) in namespace, or "".
+func peerKeyOf(peer, namespace string) string {
+	if name, ok := strings.CutPrefix(peer, "service:"); ok {
+		return peers.ServiceKey(namespace, name).String()
+	}
+	if job, ok := strings.CutPrefix(peer, "job:"); ok {
+		return peers.JobKey(namespace, job).String()
+	}
+	return ""
 }
 
 func directionWord(dir string) string {

@@ -243,5 +243,6 @@ func (a *Agent) Status(ctx context.Context) *api.Snapshot {
 	if s.HealthErr != "" {
 		a.log.Warn("status: consul health unavailable", "err", s.HealthErr)
 	}
+	a.withPeerCuts(s)
 	return s
 }

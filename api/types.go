@@ -28,6 +28,22 @@ type Snapshot struct {
 	// the tables were created); nil where the firewall does not count them.
 	Spoofed    *SpoofState      `json:"spoofed,omitempty"`
 	Containers []ContainerState `json:"containers"`
+	// PeerSetsCut are the service:/job: peer sets in use that Consul's
+	// last answer cut to limits.peer_set_addresses, in peer order.
+	PeerSetsCut []PeerSetCut `json:"peer_sets_cut,omitempty"`
+}
+
+// PeerSetCut is a service:/job: peer set with more v6reg registrations in
+// Consul than limits.peer_set_addresses: the firewall holds the Kept
+// registered first (lowest Consul create index) and denies the others.
+type PeerSetCut struct {
+	Peer          string `json:"peer"`          // service:NAMESPACE/NAME or job:NAMESPACE/JOB
+	Registrations int    `json:"registrations"` // addresses v6reg registered in Consul
+	Kept          int    `json:"kept"`          // in the firewall's set
+	Limit         int    `json:"limit"`         // limits.peer_set_addresses that cut it
+	// Containers are the IDs of the containers whose rules use the peer
+	// (status only).
+	Containers []string `json:"containers,omitempty"`
 }
 
 // SpoofState splits the anti-spoofing drops by check: frames at a
@@ -123,4 +139,8 @@ type ExplainAnswer struct {
 	// written.
 	IngressSource string `json:"ingress_source,omitempty"`
 	EgressSource  string `json:"egress_source,omitempty"`
+	// PeerCut is set when the verdict hinges on a peer set cut to
+	// limits.peer_set_addresses: the address is one of the peer's
+	// registrations past the limit (deny), or the peer named is cut.
+	PeerCut *PeerSetCut `json:"peer_cut,omitempty"`
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -355,6 +356,15 @@ func TestLimitsNodeRealDockerd(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Status names the cut set, its counts and the container using it.
+	s, err := e.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := s.PeerSetsCut; len(c) != 1 || c[0].Peer != "service:default/a" || c[0].Registrations != 5 || c[0].Kept != 3 || c[0].Limit != 3 ||
+		!slices.Contains(c[0].Containers, p1.ID) {
+		t.Errorf("status peer_sets_cut = %+v, want service:default/a 5 in Consul, 3 kept, limit 3, used by p1", c)
 	}
 	// In the kernel: the first three registered (::1e to ::20, one range
 	// in set lists), not the later ones with lower addresses.

@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"os"
@@ -79,10 +81,11 @@ func TestTenantsPeersFromRealConsul(t *testing.T) {
 		{peers.JobKey("default", "p-db"), []string{"2001:db8:0:2:2::5/128"}, map[string]int{"foreign": 1, "outside_prefix": 1}},
 		{peers.JobKey("dev", "p-db"), []string{}, nil},
 	} {
-		got, ignored, err := peers.Resolve(ctx, api, "v6reg", tc.key)
+		res, err := peers.Resolve(ctx, api, "v6reg", tc.key, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
+		got, ignored := res.Addrs, res.Ignored
 		strs := []string{}
 		for _, p := range got {
 			strs = append(strs, p.String())
@@ -93,6 +96,45 @@ func TestTenantsPeersFromRealConsul(t *testing.T) {
 		if !maps.Equal(ignored, tc.ignored) {
 			t.Errorf("%s ignored %v, want %v", tc.key, ignored, tc.ignored)
 		}
+	}
+
+	// Past limits.peer_set_addresses (3 here) a set keeps the
+	// registrations Consul created first, in the watches (what status
+	// lists) as in Resolve (what explain asks): five of flood, each
+	// later one with a lower address.
+	for i := range 5 {
+		r := v6regReg("n2", n2Prefix, fmt.Sprintf("dddddddddd%02d", i), "flood", fmt.Sprintf("2001:db8:0:2:2::%x", 0x20-i), "default", "p-flood")
+		if _, err := cc.Catalog().Register(r, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flood := peers.ServiceKey("default", "flood")
+	wantCut := peers.Cut{Key: flood, Registrations: 5, Kept: 3, Limit: 3}
+	res, err := peers.Resolve(ctx, api, "v6reg", flood, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first3 := []netip.Prefix{netip.MustParsePrefix("2001:db8:0:2:2::1e/128"), netip.MustParsePrefix("2001:db8:0:2:2::1f/128"), netip.MustParsePrefix("2001:db8:0:2:2::20/128")}
+	later := []netip.Prefix{netip.MustParsePrefix("2001:db8:0:2:2::1c/128"), netip.MustParsePrefix("2001:db8:0:2:2::1d/128")}
+	if c, ok := res.Cut(flood); !ok || c != wantCut || !slices.Equal(res.Addrs, first3) || !slices.Equal(res.Over, later) {
+		t.Errorf("Resolve(%s, 3) = %v, over %v, cut %+v; want %v, over %v", flood, res.Addrs, res.Over, c, first3, later)
+	}
+	w := peers.NewWatches(peers.Options{API: api, IDPrefix: "v6reg", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		MaxAddrs: func() int { return 3 }})
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	w.Want(wctx, map[peers.Key]bool{flood: true})
+	err = WaitFor(ctx, 10*time.Second, func() error {
+		if cuts := w.Cuts(); len(cuts) != 1 || cuts[0] != wantCut {
+			return fmt.Errorf("watches' cuts = %+v, want %+v", cuts, wantCut)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := w.Get(flood); !slices.Equal(got, first3) {
+		t.Errorf("watched set = %v, want %v (as Resolve cuts)", got, first3)
 	}
 }
 

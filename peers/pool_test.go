@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,7 +211,8 @@ func TestPeerWatchesBoundedQueries(t *testing.T) {
 }
 
 // A set over limits.peer_set_addresses keeps the registrations that came
-// first, whatever their addresses: a flood cannot displace them.
+// first, whatever their addresses: a flood cannot displace them. Resolve
+// (explain's one-off answer) cuts the same way and says which were cut.
 func TestPeerSetTruncatedToOldest(t *testing.T) {
 	p := newPoolConsul()
 	p.register("db", "2001:db8:0:2:2::ff") // first
@@ -218,14 +220,75 @@ func TestPeerSetTruncatedToOldest(t *testing.T) {
 	for i := range 100 {                   // a flood of lower addresses
 		p.register("db", fmt.Sprintf("2001:db8:0:2:2::%x", i+1))
 	}
-	q, _ := peerQueryOf("service:default/db")
-	list, _, total := q.prefixes("v6reg", p.entries["db"], 2)
-	if total != 102 || len(list) != 2 || list[0].Addr() != netip.MustParseAddr("2001:db8:0:2:2::fe") || list[1].Addr() != netip.MustParseAddr("2001:db8:0:2:2::ff") {
-		t.Fatalf("cut = %v of %d, want ::fe and ::ff of 102", list, total)
+	key := mustKey("service:default/db")
+	q := queryOf(key)
+	list, over, _ := q.prefixes("v6reg", p.entries["db"], 2)
+	if len(over) != 100 || len(list) != 2 || list[0].Addr() != netip.MustParseAddr("2001:db8:0:2:2::fe") || list[1].Addr() != netip.MustParseAddr("2001:db8:0:2:2::ff") {
+		t.Fatalf("cut = %v and %d over, want ::fe and ::ff and 100 over", list, len(over))
 	}
-	full, _, total := q.prefixes("v6reg", p.entries["db"], 0)
-	if len(full) != 102 || total != 102 {
-		t.Fatalf("uncut = %d of %d", len(full), total)
+	if !slices.IsSortedFunc(over, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) }) || over[0].Addr() != netip.MustParseAddr("2001:db8:0:2:2::1") {
+		t.Errorf("over is not the flood, sorted: %v...", over[:3])
+	}
+	full, over, _ := q.prefixes("v6reg", p.entries["db"], 0)
+	if len(full) != 102 || over != nil {
+		t.Fatalf("uncut = %d, %d over", len(full), len(over))
+	}
+	res, err := Resolve(t.Context(), p, "v6reg", key, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut, ok := res.Cut(key)
+	if !ok || !slices.Equal(res.Addrs, list) || cut != (Cut{Key: key, Registrations: 102, Kept: 2, Limit: 2}) {
+		t.Errorf("Resolve = %v, cut %+v %v; want the watches' cut", res.Addrs, cut, ok)
+	}
+	if res, _ := Resolve(t.Context(), p, "v6reg", key, 0); len(res.Addrs) != 102 || res.Over != nil {
+		t.Errorf("Resolve without a limit = %d addresses, %d over", len(res.Addrs), len(res.Over))
+	}
+}
+
+// The watches report each set they cut (status shows them), with the
+// limit applied, and forget it once the set fits or is no longer used.
+func TestWatchesReportCuts(t *testing.T) {
+	p := newPoolConsul()
+	for i := range 5 {
+		p.register("db", fmt.Sprintf("2001:db8:0:2:2::%x", 0x20-i))
+	}
+	p.register("web", "2001:db8:0:2:2::1")
+	var limit atomic.Int64
+	limit.Store(3)
+	var truncated atomic.Int64
+	w := NewWatches(Options{API: p, IDPrefix: "v6reg", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		MaxAddrs: func() int { return int(limit.Load()) },
+		OnBounds: func(_, _, n int) { truncated.Store(int64(n)) }})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	db, web := mustKey("service:default/db"), mustKey("service:default/web")
+	w.Want(ctx, map[Key]bool{db: true, web: true})
+	waitFor(t, func() bool { return len(w.Cuts()) == 1 }, "the cut of db")
+	if got := w.Cuts(); got[0] != (Cut{Key: db, Registrations: 5, Kept: 3, Limit: 3}) || truncated.Load() != 1 {
+		t.Fatalf("cuts = %+v, metric %d", got, truncated.Load())
+	}
+	// Raised: the next answer fits.
+	limit.Store(10)
+	p.register("db", "2001:db8:0:2:2::40")
+	waitFor(t, func() bool { return len(w.Cuts()) == 0 }, "db no longer cut")
+	limit.Store(2)
+	p.register("db", "2001:db8:0:2:2::41")
+	waitFor(t, func() bool { return len(w.Cuts()) == 1 && w.Cuts()[0].Registrations == 7 }, "db cut to 2 of 7")
+	w.Want(ctx, map[Key]bool{web: true})
+	if got := w.Cuts(); len(got) != 0 || truncated.Load() != 0 {
+		t.Errorf("after db is no longer used: cuts %+v, metric %d", got, truncated.Load())
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -6,7 +6,6 @@ package peers
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -74,8 +73,8 @@ type Watches struct {
 	// ignored counts, per peer key and reason, the entries of the last
 	// answer that are not v6reg's registrations.
 	ignored map[string]map[string]int
-	// truncated holds, per key cut to maxAddrs, how many peers it had.
-	truncated map[string]int
+	// truncated holds the keys cut to maxAddrs, and how.
+	truncated map[string]Cut
 	// shared keys waiting for a refresh, in order, each at most once.
 	queue  []string
 	queued map[string]bool
@@ -155,7 +154,7 @@ func NewWatches(o Options) *Watches {
 	return &Watches{api: o.API, idPrefix: o.IDPrefix, log: o.Log, trigger: o.Trigger, onError: o.OnError, onIgnored: o.OnIgnored,
 		dedicatedMax: dedicated, workers: workers, maxAddrs: o.MaxAddrs, onBounds: o.OnBounds, open: o.Open,
 		running: map[string]*peerWatch{}, addrs: map[string][]netip.Prefix{}, ignored: map[string]map[string]int{},
-		truncated: map[string]int{}, queued: map[string]bool{}, wake: make(chan struct{}, peerWatchWorkers)}
+		truncated: map[string]Cut{}, queued: map[string]bool{}, wake: make(chan struct{}, peerWatchWorkers)}
 }
 
 // OpenConnections reports the connections the watch client holds, if
@@ -242,9 +241,10 @@ func queryOf(k Key) peerQuery {
 // prefixes keeps the addresses of the entries that are peers, sorted, and
 // counts the others by reason (nil if none). With limit > 0 and more peers
 // than that, it keeps the limit registered first (lowest create index, then
-// address: the same choice on every node, and stable while they stay)
-// and returns how many there were; else total is len(list).
-func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, limit int) (list []netip.Prefix, ignored map[string]int, total int) {
+// address: the same choice on every node, and stable while they stay);
+// over holds the others, sorted. The watches and Resolve both cut here,
+// so that what explain says is what the firewall holds.
+func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, limit int) (kept, over []netip.Prefix, ignored map[string]int) {
 	first := map[netip.Addr]uint64{} // address -> lowest create index
 	for _, e := range entries {
 		a, why := peerAddr(idPrefix, q.namespace, q.job, e)
@@ -263,35 +263,30 @@ func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, lim
 	for a := range first {
 		addrs = append(addrs, a)
 	}
-	total = len(addrs)
-	if limit > 0 && total > limit {
+	var cut []netip.Addr
+	if limit > 0 && len(addrs) > limit {
 		sort.Slice(addrs, func(i, j int) bool {
 			if first[addrs[i]] != first[addrs[j]] {
 				return first[addrs[i]] < first[addrs[j]]
 			}
 			return addrs[i].Less(addrs[j])
 		})
-		addrs = addrs[:limit]
+		addrs, cut = addrs[:limit], addrs[limit:]
 	}
-	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
-	list = make([]netip.Prefix, len(addrs))
-	for i, a := range addrs {
-		list[i] = netip.PrefixFrom(a, 128)
-	}
-	return list, ignored, total
+	return hostPrefixes(addrs), hostPrefixes(cut), ignored
 }
 
-// Resolve answers, once, what a peer key (service:NAMESPACE/NAME or
-// job:NAMESPACE/NAME) resolves to in Consul now, exactly as the agent's
-// watches do, with the entries ignored by reason.
-func Resolve(ctx context.Context, api API, idPrefix string, key Key) ([]netip.Prefix, map[string]int, error) {
-	q := queryOf(key)
-	entries, _, err := api.HealthService(ctx, q.service, q.tag, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("consul query for %s: %w", key, err)
+// hostPrefixes sorts addrs and writes each as a /128 (nil if none).
+func hostPrefixes(addrs []netip.Addr) []netip.Prefix {
+	if addrs == nil {
+		return nil
 	}
-	list, ignored, _ := q.prefixes(idPrefix, entries, 0)
-	return list, ignored, nil
+	sort.Slice(addrs, func(i, j int) bool { return addrs[i].Less(addrs[j]) })
+	out := make([]netip.Prefix, len(addrs))
+	for i, a := range addrs {
+		out[i] = netip.PrefixFrom(a, 128)
+	}
+	return out
 }
 
 // setIgnored records the ignored counts of one key and reports the sum.
@@ -490,7 +485,7 @@ func (w *Watches) store(key string, me *peerWatch, q peerQuery, entries []*consu
 	if w.maxAddrs != nil {
 		limit = w.maxAddrs()
 	}
-	list, ignored, total := q.prefixes(w.idPrefix, entries, limit)
+	list, over, ignored := q.prefixes(w.idPrefix, entries, limit)
 	w.mu.Lock()
 	old, seen := w.addrs[key]
 	if w.running[key] != me {
@@ -502,12 +497,14 @@ func (w *Watches) store(key string, me *peerWatch, q peerQuery, entries []*consu
 		w.log.Warn("consul: entries ignored for peer; only v6reg's own registrations are peers", "peer", key, "ignored", ignored)
 	}
 	w.setIgnored(key, ignored)
-	if total > len(list) {
-		if w.truncated[key] != total {
+	if len(over) > 0 {
+		k, _ := ParseKey(key) // a running key parses: peerQueryOf did
+		c := Cut{Key: k, Registrations: len(list) + len(over), Kept: len(list), Limit: limit}
+		if w.truncated[key] != c {
 			w.log.Warn("consul: peer set truncated to limits.peer_set_addresses; the registrations that came first are kept",
-				"peer", key, "registrations", total, "kept", len(list))
+				"peer", key, "registrations", c.Registrations, "kept", c.Kept)
 		}
-		w.truncated[key] = total
+		w.truncated[key] = c
 	} else {
 		delete(w.truncated, key)
 	}

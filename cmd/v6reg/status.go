@@ -144,12 +144,7 @@ func printStatus(w io.Writer, s *api.Snapshot) {
 	var notes []string
 	for _, c := range s.Containers {
 		c = escapeContainer(c)
-		name := c.Task
-		if c.Job != "" && c.Job != c.Task {
-			name = c.Job + "/" + c.Task
-		} else if c.Job != "" {
-			name = c.Job
-		}
+		name := displayName(c)
 		alloc := "-"
 		if c.AllocID != "" {
 			alloc = c.AllocID[:min(8, len(c.AllocID))]
@@ -179,9 +174,55 @@ func printStatus(w io.Writer, s *api.Snapshot) {
 	_ = tw.Flush()
 	fmt.Fprintf(w, "%d containers (ADDRESS: host part in the prefix; RULES, DROPS: in/out)\n", len(s.Containers))
 	fmt.Fprintln(w, "CONSUL: services, then the worst check: ok, warn, CRIT, ? (unknown)")
+	for _, l := range peerCutLines(s, 80) {
+		fmt.Fprintln(w, l)
+	}
 	for _, n := range notes {
 		fmt.Fprintln(w, n)
 	}
+}
+
+// displayName is how the table names a container: job/task, or the one
+// of them it has. The fields are escaped already.
+func displayName(c api.ContainerState) string {
+	switch {
+	case c.Job != "" && c.Job != c.Task:
+		return c.Job + "/" + c.Task
+	case c.Job != "":
+		return c.Job
+	}
+	return c.Task
+}
+
+// peerCutLines says which service:/job: peer sets Consul has more
+// registrations of than limits.peer_set_addresses: the firewall keeps
+// the first registered and denies the others, so a container that uses
+// the peer does not reach (or is not reached by) all of them. Each set
+// names the containers that use it, wrapped to width.
+func peerCutLines(s *api.Snapshot, width int) []string {
+	if len(s.PeerSetsCut) == 0 {
+		return nil
+	}
+	names := make(map[string]string, len(s.Containers))
+	for _, c := range s.Containers {
+		names[c.ID] = displayName(escapeContainer(c))
+	}
+	out := []string{"PEER SETS CUT to limits.peer_set_addresses (the first registered are kept):"}
+	for _, pc := range s.PeerSetsCut {
+		out = append(out, trunc(fmt.Sprintf("  %s: %d in Consul, %d kept (limit %d)", escapeText(pc.Peer), pc.Registrations, pc.Kept, pc.Limit), width))
+		var users []string
+		for _, id := range pc.Containers {
+			n, ok := names[id]
+			if !ok {
+				n = escapeText(id[:min(12, len(id))])
+			}
+			users = append(users, n)
+		}
+		if len(users) > 0 {
+			out = append(out, wrap("used by "+strings.Join(users, ", "), "    ", width, 3)...)
+		}
+	}
+	return out
 }
 
 // internalService says whether a registration is v6reg's own (job peers,
