@@ -278,9 +278,13 @@ func (a *Agent) Trigger(reason string) {
 // reconciles.
 func (a *Agent) SetOperator(op policies.Operator) {
 	a.opMu.Lock()
+	cut := a.operator.Limits.OrDefault().PeerSetAddresses != op.Limits.OrDefault().PeerSetAddresses
 	a.operator = op
 	a.opRev++ // every policy is evaluated again
 	a.opMu.Unlock()
+	if cut && a.peers != nil {
+		a.peers.Recut() // now, not at each set's next change in Consul
+	}
 	a.Trigger("operator config reloaded")
 }
 

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -57,6 +58,37 @@ func TestStatusShowsPeerSetCut(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("status still lists the cut: %+v", r.agent.Status(t.Context()).PeerSetsCut)
 		}
+	}
+}
+
+// A SIGHUP that changes limits.peer_set_addresses cuts the sets again at
+// once, from Consul's last answer: nothing changes in Consul, and the
+// next pass gives the firewall the set the new limit allows.
+func TestReloadedLimitRecutsPeerSets(t *testing.T) {
+	r := peerCutRig(t)
+	peerSet := func() []netip.Prefix {
+		st := r.fw.states()
+		return st[len(st)-1].PeerSets["service:default/postgres"]
+	}
+	if got := peerSet(); len(got) != 2 {
+		t.Fatalf("before: firewall set %v, want the 2 registered first", got)
+	}
+	op := testOperator()
+	op.Limits = policies.Limits{PeerSetAddresses: 3}
+	r.agent.SetOperator(op)
+	if err := r.agent.reconcile(t.Context(), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := peerSet(); len(got) != 3 || len(r.agent.Status(t.Context()).PeerSetsCut) != 0 {
+		t.Fatalf("after the limit rose to 3: firewall set %v, cut %+v; want all 3, none cut", got, r.agent.Status(t.Context()).PeerSetsCut)
+	}
+	op.Limits = policies.Limits{PeerSetAddresses: 1}
+	r.agent.SetOperator(op)
+	if err := r.agent.reconcile(t.Context(), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := peerSet(); len(got) != 1 || got[0].Addr().String() != "fd00:1::6" {
+		t.Fatalf("after the limit fell to 1: firewall set %v, want fd00:1::6 (registered first)", got)
 	}
 }
 

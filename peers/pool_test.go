@@ -281,6 +281,60 @@ func TestWatchesReportCuts(t *testing.T) {
 	}
 }
 
+// A changed limit (SIGHUP) cuts every set again at once, from Consul's
+// last answer: nothing in Consul changes, and the sets follow the limit
+// down and back up, keeping the registrations that came first.
+func TestRecutFollowsTheLimitWithoutConsul(t *testing.T) {
+	p := newPoolConsul()
+	for i := range 5 {
+		p.register("db", fmt.Sprintf("2001:db8:0:2:2::%x", 0x20-i)) // ::20 first, ::1c last
+	}
+	var limit atomic.Int64
+	limit.Store(10)
+	var trigMu sync.Mutex
+	var triggers []string
+	w := NewWatches(Options{API: p, IDPrefix: "v6reg", Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		MaxAddrs: func() int { return int(limit.Load()) },
+		Trigger:  func(r string) { trigMu.Lock(); triggers = append(triggers, r); trigMu.Unlock() }})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	db := mustKey("service:default/db")
+	w.Want(ctx, map[Key]bool{db: true})
+	waitFor(t, func() bool { a, ok := w.Get(db); return ok && len(a) == 5 }, "db's five addresses")
+	trigMu.Lock()
+	before := len(triggers)
+	trigMu.Unlock()
+
+	limit.Store(2)
+	w.Recut()
+	got, _ := w.Get(db)
+	want := []netip.Prefix{netip.MustParsePrefix("2001:db8:0:2:2::1f/128"), netip.MustParsePrefix("2001:db8:0:2:2::20/128")}
+	if !slices.Equal(got, want) {
+		t.Fatalf("after the limit fell to 2: %v, want the two registered first %v", got, want)
+	}
+	if c := w.Cuts(); len(c) != 1 || c[0] != (Cut{Key: db, Registrations: 5, Kept: 2, Limit: 2}) {
+		t.Errorf("cuts = %+v", c)
+	}
+	trigMu.Lock()
+	if len(triggers) != before+1 {
+		t.Errorf("triggers after the recut: %v, want one more than %d", triggers, before)
+	}
+	trigMu.Unlock()
+
+	w.Recut() // the same limit: nothing changes, no reconcile
+	trigMu.Lock()
+	if len(triggers) != before+1 {
+		t.Errorf("a recut at the same limit triggered: %v", triggers)
+	}
+	trigMu.Unlock()
+
+	limit.Store(10)
+	w.Recut()
+	if got, _ := w.Get(db); len(got) != 5 || len(w.Cuts()) != 0 {
+		t.Errorf("after the limit rose to 10: %v, cuts %+v; want all five, none cut", got, w.Cuts())
+	}
+}
+
 func waitFor(t *testing.T, cond func() bool, what string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

@@ -6,6 +6,7 @@ package peers
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -65,6 +66,9 @@ type Watches struct {
 	mu      sync.Mutex
 	running map[string]*peerWatch
 	addrs   map[string][]netip.Prefix // by peer key; absent until first answer
+	// ranked is, by peer key, every peer address of Consul's last answer
+	// in the order the cut takes them: Recut cuts again from it.
+	ranked map[string][]netip.Addr
 	// seed is the last known set of each peer persisted by the agent's
 	// last run, used until Consul answers for it: a restart while Consul
 	// does not answer keeps the sets in force, never empty ones.
@@ -153,7 +157,7 @@ func NewWatches(o Options) *Watches {
 	}
 	return &Watches{api: o.API, idPrefix: o.IDPrefix, log: o.Log, trigger: o.Trigger, onError: o.OnError, onIgnored: o.OnIgnored,
 		dedicatedMax: dedicated, workers: workers, maxAddrs: o.MaxAddrs, onBounds: o.OnBounds, open: o.Open,
-		running: map[string]*peerWatch{}, addrs: map[string][]netip.Prefix{}, ignored: map[string]map[string]int{},
+		running: map[string]*peerWatch{}, addrs: map[string][]netip.Prefix{}, ranked: map[string][]netip.Addr{}, ignored: map[string]map[string]int{},
 		truncated: map[string]Cut{}, queued: map[string]bool{}, wake: make(chan struct{}, peerWatchWorkers)}
 }
 
@@ -245,6 +249,15 @@ func queryOf(k Key) peerQuery {
 // over holds the others, sorted. The watches and Resolve both cut here,
 // so that what explain says is what the firewall holds.
 func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, limit int) (kept, over []netip.Prefix, ignored map[string]int) {
+	ranked, ignored := q.rank(idPrefix, entries)
+	kept, over = cutRanked(ranked, limit)
+	return kept, over, ignored
+}
+
+// rank returns the addresses of the entries that are peers in the order
+// the cut takes them (lowest create index, then address), and counts the
+// others by reason (nil if none).
+func (q peerQuery) rank(idPrefix string, entries []*consul.ServiceEntry) (ranked []netip.Addr, ignored map[string]int) {
 	first := map[netip.Addr]uint64{} // address -> lowest create index
 	for _, e := range entries {
 		a, why := peerAddr(idPrefix, q.namespace, q.job, e)
@@ -259,21 +272,28 @@ func (q peerQuery) prefixes(idPrefix string, entries []*consul.ServiceEntry, lim
 			first[a] = e.Service.CreateIndex
 		}
 	}
-	addrs := make([]netip.Addr, 0, len(first))
+	ranked = make([]netip.Addr, 0, len(first))
 	for a := range first {
-		addrs = append(addrs, a)
+		ranked = append(ranked, a)
 	}
+	sort.Slice(ranked, func(i, j int) bool {
+		if first[ranked[i]] != first[ranked[j]] {
+			return first[ranked[i]] < first[ranked[j]]
+		}
+		return ranked[i].Less(ranked[j])
+	})
+	return ranked, ignored
+}
+
+// cutRanked keeps the first limit of ranked (all with limit <= 0), sorted,
+// and returns the others, sorted, as over (nil unless cut).
+func cutRanked(ranked []netip.Addr, limit int) (kept, over []netip.Prefix) {
+	addrs := slices.Clone(ranked)
 	var cut []netip.Addr
 	if limit > 0 && len(addrs) > limit {
-		sort.Slice(addrs, func(i, j int) bool {
-			if first[addrs[i]] != first[addrs[j]] {
-				return first[addrs[i]] < first[addrs[j]]
-			}
-			return addrs[i].Less(addrs[j])
-		})
 		addrs, cut = addrs[:limit], addrs[limit:]
 	}
-	return hostPrefixes(addrs), hostPrefixes(cut), ignored
+	return hostPrefixes(addrs), hostPrefixes(cut)
 }
 
 // hostPrefixes sorts addrs and writes each as a /128 (nil if none).
@@ -331,6 +351,7 @@ func (w *Watches) Want(ctx context.Context, want map[Key]bool) []Key {
 			}
 			delete(w.running, k)
 			delete(w.addrs, k)
+			delete(w.ranked, k)
 			delete(w.truncated, k)
 			w.setIgnored(k, nil)
 			w.gen++
@@ -485,7 +506,8 @@ func (w *Watches) store(key string, me *peerWatch, q peerQuery, entries []*consu
 	if w.maxAddrs != nil {
 		limit = w.maxAddrs()
 	}
-	list, over, ignored := q.prefixes(w.idPrefix, entries, limit)
+	ranked, ignored := q.rank(w.idPrefix, entries)
+	list, over := cutRanked(ranked, limit)
 	w.mu.Lock()
 	old, seen := w.addrs[key]
 	if w.running[key] != me {
@@ -493,21 +515,12 @@ func (w *Watches) store(key string, me *peerWatch, q peerQuery, entries []*consu
 		return false
 	}
 	w.addrs[key] = list
+	w.ranked[key] = ranked
 	if !maps.Equal(ignored, w.ignored[key]) {
 		w.log.Warn("consul: entries ignored for peer; only v6reg's own registrations are peers", "peer", key, "ignored", ignored)
 	}
 	w.setIgnored(key, ignored)
-	if len(over) > 0 {
-		k, _ := ParseKey(key) // a running key parses: peerQueryOf did
-		c := Cut{Key: k, Registrations: len(list) + len(over), Kept: len(list), Limit: limit}
-		if w.truncated[key] != c {
-			w.log.Warn("consul: peer set truncated to limits.peer_set_addresses; the registrations that came first are kept",
-				"peer", key, "registrations", c.Registrations, "kept", c.Kept)
-		}
-		w.truncated[key] = c
-	} else {
-		delete(w.truncated, key)
-	}
+	w.setCut(key, list, over, limit)
 	w.reportBounds()
 	seed, seeded := w.seed[key]
 	delete(w.seed, key)
@@ -523,6 +536,50 @@ func (w *Watches) store(key string, me *peerWatch, q peerQuery, entries []*consu
 		w.trigger("consul: peer " + key + " changed")
 	}
 	return true
+}
+
+// setCut records whether key's set was cut, and how. Called with w.mu
+// held.
+func (w *Watches) setCut(key string, kept, over []netip.Prefix, limit int) {
+	if len(over) == 0 {
+		delete(w.truncated, key)
+		return
+	}
+	k, _ := ParseKey(key) // a watched key parses: peerQueryOf did
+	c := Cut{Key: k, Registrations: len(kept) + len(over), Kept: len(kept), Limit: limit}
+	if w.truncated[key] != c {
+		w.log.Warn("consul: peer set truncated to limits.peer_set_addresses; the registrations that came first are kept",
+			"peer", key, "registrations", c.Registrations, "kept", c.Kept)
+	}
+	w.truncated[key] = c
+}
+
+// Recut applies limits.peer_set_addresses as it is now to every set
+// Consul has answered, from that answer: a changed limit (SIGHUP) takes
+// effect at once, not at each set's next change in Consul, which for a
+// quiet set can be minutes away. It triggers a reconcile if a set
+// changed.
+func (w *Watches) Recut() {
+	limit := 0
+	if w.maxAddrs != nil {
+		limit = w.maxAddrs()
+	}
+	var changed []string
+	w.mu.Lock()
+	for _, key := range slices.Sorted(maps.Keys(w.ranked)) {
+		list, over := cutRanked(w.ranked[key], limit)
+		w.setCut(key, list, over, limit)
+		if !prefixesEqual(w.addrs[key], list) {
+			w.addrs[key] = list
+			w.gen++
+			changed = append(changed, key)
+		}
+	}
+	w.reportBounds()
+	w.mu.Unlock()
+	if len(changed) > 0 {
+		w.trigger(fmt.Sprintf("limits.peer_set_addresses is %d now: %d peer sets cut again", limit, len(changed)))
+	}
 }
 
 func prefixesEqual(a, b []netip.Prefix) bool { return slices.Equal(a, b) }
