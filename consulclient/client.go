@@ -5,6 +5,7 @@ package consulclient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -15,8 +16,12 @@ import (
 	"github.com/hashicorp/go-cleanhttp"
 )
 
-// Client adapts *consul.Client to ConsulAPI.
-type Client struct{ C *consul.Client }
+// Client adapts *consul.Client to ConsulAPI. Build it with New: the
+// registrations go through reg, which New sets up.
+type Client struct {
+	C   *consul.Client
+	reg *registerer
+}
 
 // Services lists the local agent's services; see the users' interfaces.
 func (c Client) Services(ctx context.Context) (map[string]*consul.AgentService, error) {
@@ -24,9 +29,13 @@ func (c Client) Services(ctx context.Context) (map[string]*consul.AgentService, 
 }
 
 // Register registers reg with the local agent, replacing its checks
-// so a changed check does not leave the old one behind.
+// so a changed check does not leave the old one behind. An HTTP check
+// never follows a redirect (see registerer).
 func (c Client) Register(ctx context.Context, reg *consul.AgentServiceRegistration) error {
-	return c.C.Agent().ServiceRegisterOpts(reg, consul.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx))
+	if c.reg == nil {
+		return errors.New("consulclient: Client built without consulclient.New; its registrations would let HTTP checks follow redirects")
+	}
+	return c.reg.register(ctx, reg)
 }
 
 // Deregister removes the service id from the local agent.
@@ -56,12 +65,17 @@ func (c Client) Checks(ctx context.Context) (map[string]*consul.AgentCheck, erro
 // New builds a client from the agent's Consul settings: one short
 // connection per call (the registrar's and the status API's calls are
 // few and far between).
-func New(address, token, caFile, certFile, keyFile, datacenter string) (*consul.Client, error) {
-	c, err := consul.NewClient(config(consul.DefaultNonPooledConfig(), address, token, caFile, certFile, keyFile, datacenter))
+func New(address, token, caFile, certFile, keyFile, datacenter string) (Client, error) {
+	cfg := config(consul.DefaultNonPooledConfig(), address, token, caFile, certFile, keyFile, datacenter)
+	c, err := consul.NewClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("consul client: %w", err)
+		return Client{}, fmt.Errorf("consul client: %w", err)
 	}
-	return c, nil
+	reg, err := newRegisterer(cfg)
+	if err != nil {
+		return Client{}, fmt.Errorf("consul client: %w", err)
+	}
+	return Client{C: c, reg: reg}, nil
 }
 
 // config fills cfg with the agent's Consul settings; address may carry

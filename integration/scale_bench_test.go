@@ -286,7 +286,7 @@ func BenchmarkBurst100At1000(b *testing.B) {
 		c := d.summary(i, prefix)
 		d.running[c.ID] = c
 	}
-	tc := &timedConsul{Client: consulclient.Client{C: cc}}
+	tc := &timedConsul{Client: cc}
 	obs := &applied{more: make(chan struct{}, 1)}
 	obs.reset()
 	a := agent.New(agent.Options{
@@ -307,7 +307,7 @@ func BenchmarkBurst100At1000(b *testing.B) {
 	// answer on service:postgres): wait until Consul holds them.
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
-		svcs, err := cc.Agent().Services()
+		svcs, err := cc.C.Agent().Services()
 		if err == nil && len(svcs) >= 2*managed {
 			break
 		}
@@ -397,7 +397,7 @@ func BenchmarkConsulAlone(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			c := consulclient.Client{C: cc}
+			c := cc
 			ctx := context.Background()
 			for i := range managed {
 				for _, r := range regs(i) {

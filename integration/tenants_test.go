@@ -66,11 +66,11 @@ func TestTenantsPeersFromRealConsul(t *testing.T) {
 			Service: "v6reg-jobs", Address: "2001:db8:0:2:2::66", Tags: []string{"job=default/p-db"}, Meta: map[string]string{"external-source": "nomad"}}},
 	}
 	for _, r := range regs {
-		if _, err := cc.Catalog().Register(r, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
+		if _, err := cc.C.Catalog().Register(r, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	api := consulclient.Client{C: cc}
+	api := cc
 	for _, tc := range []struct {
 		key     peers.Key
 		want    []string
@@ -104,7 +104,7 @@ func TestTenantsPeersFromRealConsul(t *testing.T) {
 	// later one with a lower address.
 	for i := range 5 {
 		r := v6regReg("n2", n2Prefix, fmt.Sprintf("dddddddddd%02d", i), "flood", fmt.Sprintf("2001:db8:0:2:2::%x", 0x20-i), "default", "p-flood")
-		if _, err := cc.Catalog().Register(r, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
+		if _, err := cc.C.Catalog().Register(r, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
 			t.Fatal(err)
 		}
 	}

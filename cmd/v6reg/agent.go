@@ -289,13 +289,13 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 			return err
 		}
 		if cfg.Dev {
-			if _, err := cc.Agent().Self(); err != nil {
+			if _, err := cc.C.Agent().Self(); err != nil {
 				log.Warn("dev mode: no Consul answers; running without registration", "address", cfg.Consul.Address, "err", err)
-				cc = nil
+				cc.C = nil
 			}
 		}
-		if cc != nil {
-			opts.Consul = consulclient.Client{C: cc}
+		if cc.C != nil {
+			opts.Consul = cc
 			// The peer watches' own client: pooled, capped at the budget.
 			wc, open, err := consulclient.NewWatch(cfg.Consul.Address, cfg.Consul.Token, cfg.Consul.CAFile, cfg.Consul.CertFile, cfg.Consul.KeyFile, cfg.Consul.Datacenter, cfg.Consul.WatchConnections)
 			if err != nil {
