@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"github.com/v6reg/v6reg/integration/benchdata"
 	"io"
 	"math"
 	"os"
@@ -27,6 +26,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/v6reg/v6reg/integration/benchdata"
 )
 
 // step is one `go test -bench` invocation.

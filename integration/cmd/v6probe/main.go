@@ -40,8 +40,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/v6reg/v6reg/internal/ethframe"
 	"golang.org/x/sys/unix"
+
+	"github.com/v6reg/v6reg/internal/ethframe"
 )
 
 func main() {
