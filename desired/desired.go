@@ -555,7 +555,7 @@ func registrationsFor(w Workload, in Input) []registrar.Registration {
 		out = append(out, registrar.Registration{
 			ID: registrar.ServiceID(in.IDPrefix, in.Node, c.ID, s.Name, int(s.Port)), Name: s.Name,
 			Addr: c.Addr, Port: int(s.Port), Tags: append(append([]string{}, tags...), s.Tags...), Meta: meta,
-			Check: registrar.Check{Kind: s.Check.String(), Path: "/"},
+			Check: registrar.Check{Kind: s.Check.String(), Path: s.Path},
 		})
 	}
 	if w.Job != "" {

@@ -1,6 +1,8 @@
 package desired
 
 import (
+	"fmt"
+
 	"github.com/v6reg/v6reg/desired/desiredtest"
 	"github.com/v6reg/v6reg/peers"
 
@@ -95,6 +97,36 @@ func TestBuild(t *testing.T) {
 		in    func() Input
 		check func(t *testing.T, d Desired)
 	}{
+		{
+			name: "an http check asks for the path the service names, and follows no redirect",
+			in: func() Input {
+				return testInput(labelContainer("aa30", "health", 30, map[string]string{"v6reg.services": "web:80:http/healthz?deep=1, tls:443:https, raw:7000"}))
+			},
+			check: func(t *testing.T, d Desired) {
+				want := map[string]string{"web": "http://[%s]:80/healthz?deep=1", "tls": "https://[%s]:443/", "raw": ""}
+				regs := regsOf(d, cid("aa30"))
+				for _, r := range regs {
+					w, ok := want[r.Name]
+					if !ok {
+						continue
+					}
+					delete(want, r.Name)
+					c := r.ToConsul("n1", r.Hash()).Check
+					if w == "" {
+						if c.TCP == "" || c.HTTP != "" {
+							t.Errorf("%s: check %+v, want tcp", r.Name, c)
+						}
+						continue
+					}
+					if url := fmt.Sprintf(w, r.Addr); c.HTTP != url {
+						t.Errorf("%s: check URL %q, want %q", r.Name, c.HTTP, url)
+					}
+				}
+				if len(want) > 0 {
+					t.Errorf("no registration for %v in %+v", want, regs)
+				}
+			},
+		},
 		{
 			name: "label-only container takes policy, job and namespace from labels",
 			in:   func() Input { return testInput(web) },

@@ -210,17 +210,33 @@ func (c CheckKind) String() string {
 	return "check(" + strconv.Itoa(int(c)) + ")"
 }
 
-// Service is one parsed entry of v6reg_services: "name:port[:kind]".
+// Service is one parsed entry of v6reg_services: "name:port[:kind[path]]".
 type Service struct {
 	Name  string
 	Port  uint16
 	Check CheckKind
-	Col   int // 1-based column of the entry in the meta value
+	// Path is what an http(s) check asks for ("" is "/"). The check
+	// follows no redirect: the path must answer 2xx itself.
+	Path string
+	Col  int // 1-based column of the entry in the meta value
 }
 
-// String prints the entry in canonical form (the check kind always written).
+// CheckPath is the path an http(s) check asks for.
+func (s Service) CheckPath() string {
+	if s.Path == "" {
+		return "/"
+	}
+	return s.Path
+}
+
+// String prints the entry in canonical form (the check kind always written,
+// the path when it is not "/").
 func (s Service) String() string {
-	return s.Name + ":" + strconv.Itoa(int(s.Port)) + ":" + s.Check.String()
+	out := s.Name + ":" + strconv.Itoa(int(s.Port)) + ":" + s.Check.String()
+	if s.Path != "" && s.Path != "/" {
+		out += s.Path
+	}
+	return out
 }
 
 // FormatServices prints entries in canonical form, separated by ", ".

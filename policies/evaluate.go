@@ -38,6 +38,7 @@ type ServiceSpec struct {
 	Name  string
 	Port  uint16
 	Check CheckKind
+	Path  string // what an http(s) check asks for: Service.CheckPath
 	Tags  []string
 }
 
@@ -356,7 +357,7 @@ func (e *evaluator) services(v Value, tier string, b Bounds) []ServiceSpec {
 		data := TagData{Namespace: e.ctx.Namespace, Job: e.ctx.Job, Group: e.ctx.Group, Task: e.ctx.Task,
 			AllocID: e.ctx.AllocID, ShortAllocID: short, Service: s.Name, Port: int(s.Port), Check: s.Check.String(),
 			Tier: tier, Domain: e.op.Services.Domain, Name: name}
-		spec := ServiceSpec{Name: s.Name, Port: s.Port, Check: s.Check}
+		spec := ServiceSpec{Name: s.Name, Port: s.Port, Check: s.Check, Path: s.CheckPath()}
 		if tags, err := renderTags(tpls, data); err != nil {
 			e.add(&Error{Column: s.Col, Text: s.Name, Msg: "rendering tags: " + err.Error(), Hint: "tell the operator: the tag templates fail for this service"}, v)
 		} else {

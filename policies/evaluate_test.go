@@ -151,9 +151,9 @@ func TestEvaluateResolves(t *testing.T) {
 		t.Error("@internet holds the operator's internal prefix")
 	}
 	wantSvcs := []ServiceSpec{
-		{Name: "cerebro", Port: 9000, Check: CheckHTTP, Tags: []string{"traefik.enable=true", "traefik.http.routers.p-cerebro.rule=Host(`p-cerebro.cloud.example`)"}},
-		{Name: "admin", Port: 9001, Check: CheckHTTPS, Tags: []string{"traefik.enable=true", "traefik.http.routers.p-admin.rule=Host(`p-admin.cloud.example`)", "traefik.http.services.p-admin.loadbalancer.server.scheme=https"}},
-		{Name: "raw", Port: 7000, Check: CheckTCP},
+		{Name: "cerebro", Port: 9000, Check: CheckHTTP, Path: "/", Tags: []string{"traefik.enable=true", "traefik.http.routers.p-cerebro.rule=Host(`p-cerebro.cloud.example`)"}},
+		{Name: "admin", Port: 9001, Check: CheckHTTPS, Path: "/", Tags: []string{"traefik.enable=true", "traefik.http.routers.p-admin.rule=Host(`p-admin.cloud.example`)", "traefik.http.services.p-admin.loadbalancer.server.scheme=https"}},
+		{Name: "raw", Port: 7000, Check: CheckTCP, Path: "/"},
 	}
 	if !reflect.DeepEqual(pol.Services, wantSvcs) {
 		t.Errorf("services\n got %+v\nwant %+v", pol.Services, wantSvcs)

@@ -429,8 +429,9 @@ func (s *scanner) peer(t token) (Peer, bool) {
 }
 
 // ParseServices parses the value of v6reg_services: entries
-// "name:port[:http|https|tcp]" separated by ',' or ';'. The check kind
-// defaults to tcp, which needs nothing from the application.
+// "name:port[:http|https|tcp]" separated by ',' or ';', http and https
+// optionally followed by the path their check asks for ("web:80:http/healthz").
+// The check kind defaults to tcp, which needs nothing from the application.
 func ParseServices(value string) ([]Service, []*Error) {
 	s := &scanner{src: value}
 	if s.tooLong() {
@@ -478,10 +479,40 @@ func validServiceName(s string) bool {
 
 var checkByName = map[string]CheckKind{"tcp": CheckTCP, "http": CheckHTTP, "https": CheckHTTPS}
 
+// maxCheckPath bounds the path of an http(s) check.
+const maxCheckPath = 256
+
+// checkPathProblem says what is wrong with the path of an http(s) check
+// ("" if nothing): a URL path and query of printable ASCII, no fragment,
+// and percent signs only as %XX.
+func checkPathProblem(p string) string {
+	if len(p) > maxCheckPath {
+		return fmt.Sprintf("the check path is %d bytes; at most %d", len(p), maxCheckPath)
+	}
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("-._~!$&'()*+=:@/?", c) >= 0:
+		case c == '%':
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				return "a '%' in the check path must start %XX"
+			}
+		default:
+			return fmt.Sprintf("the check path holds %q: write it percent-encoded (%%%02X)", c, c)
+		}
+	}
+	return ""
+}
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
 func (s *scanner) service(t token) (Service, bool) {
 	svc := Service{Col: s.col(t.off), Check: CheckTCP}
-	parts := strings.Split(t.text, ":")
-	if len(parts) < 2 || len(parts) > 3 {
+	parts := strings.SplitN(t.text, ":", 3)
+	if len(parts) < 2 || strings.Contains(parts[1], "/") {
 		s.errorf(t.off, t.text, "write name:port[:http|https|tcp], e.g. web:8080:http", "invalid service %q", t.text)
 		return svc, false
 	}
@@ -500,17 +531,34 @@ func (s *scanner) service(t token) (Service, bool) {
 	}
 	svc.Name, svc.Port = name, n
 	if len(parts) == 3 {
-		k, ok := checkByName[parts[2]]
+		off := t.off + len(name) + len(port) + 2
+		kind, path := parts[2], ""
+		if i := strings.IndexByte(kind, '/'); i >= 0 {
+			kind, path = kind[:i], kind[i:]
+		}
+		k, ok := checkByName[kind]
 		if !ok {
-			off := t.off + len(name) + len(port) + 2
-			hint := "the check is http, https or tcp"
-			if lk := strings.ToLower(parts[2]); checkByName[lk] != 0 {
+			hint := "the check is http, https or tcp, e.g. web:8080:http or web:8080:http/healthz"
+			if lk := strings.ToLower(kind); checkByName[lk] != 0 {
 				hint = "write " + lk
 			}
-			s.errorf(off, parts[2], hint, "unknown check %q", parts[2])
+			s.errorf(off, kind, hint, "unknown check %q", kind)
 			return svc, false
 		}
 		svc.Check = k
+		if path != "" {
+			if k == CheckTCP {
+				s.errorf(off+len(kind), path, "a tcp check connects to the port; use http or https to check a path", "a tcp check has no path (%q)", path)
+				return svc, false
+			}
+			if p := checkPathProblem(path); p != "" {
+				s.errorf(off+len(kind), path, "e.g. web:8080:http/healthz; the path must answer 2xx itself (the check follows no redirect)", "invalid check path %q: %s", path, p)
+				return svc, false
+			}
+			if path != "/" {
+				svc.Path = path // "/" is the default: kept as ""
+			}
+		}
 	}
 	return svc, true
 }

@@ -140,6 +140,17 @@ func TestParseServices(t *testing.T) {
 		{"web_api:80", "", 1},
 		{"-web:80", "", 1},
 		{"web:80:http:/health", "", 1},
+		{"web:80:http/healthz", "web:80:http/healthz", 0},
+		{"web:80:https/api/v1/health?full=1", "web:80:https/api/v1/health?full=1", 0},
+		{"web:80:http/", "web:80:http", 0},
+		{"web:80:http/a%2Cb", "web:80:http/a%2Cb", 0},
+		{"web:80:tcp/health", "", 1},
+		{"web:80/x:http", "", 1},
+		{"web:80:http/a%zz", "", 1},
+		{"web:80:http/a#frag", "", 1},
+		{"web:80:http/a\"b", "", 1},
+		{"web:80:http/" + strings.Repeat("a", 256), "", 1},
+		{"web:80:http/a,b:81", "web:80:http/a, b:81:tcp", 0}, // a comma ends the entry
 		{"web:80 http", "", 1},
 		{"web:80, web:81", "web:80:tcp", 1},
 		{strings.Repeat("a", 64) + ":80", "", 1},
@@ -281,7 +292,7 @@ func FuzzParseRules(f *testing.F) {
 }
 
 func FuzzParseServices(f *testing.F) {
-	for _, s := range []string{"cerebro:9000:http", "a:1, b:2:https; c:3:tcp", "web:80:grpc", "web:80, web:81", ""} {
+	for _, s := range []string{"cerebro:9000:http", "a:1, b:2:https; c:3:tcp", "web:80:grpc", "web:80, web:81", "", "web:80:http/", "web:80:https/a/b?c=%2C", "web:80:tcp/x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {

@@ -265,6 +265,7 @@ type checkService struct {
 	Name  string   `json:"name"`
 	Port  uint16   `json:"port"`
 	Check string   `json:"check"`
+	Path  string   `json:"path,omitempty"` // of an http(s) check
 	Tags  []string `json:"tags"`
 }
 
@@ -329,7 +330,11 @@ func checkJob(job *api.Job, namespace string, op policies.Operator) checkReport 
 				if tags == nil {
 					tags = []string{}
 				}
-				ct.Services = append(ct.Services, checkService{Name: s.Name, Port: s.Port, Check: s.Check.String(), Tags: tags})
+				cs := checkService{Name: s.Name, Port: s.Port, Check: s.Check.String(), Tags: tags}
+				if s.Check != policies.CheckTCP {
+					cs.Path = s.Path
+				}
+				ct.Services = append(ct.Services, cs)
 			}
 			rep.Tasks = append(rep.Tasks, ct)
 		}
