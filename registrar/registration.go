@@ -71,8 +71,21 @@ func ServiceID(prefix, node, containerID, name string, port int) string {
 
 // Hash identifies the registration's content; Consul keeps it in meta,
 // so a changed registration is seen without comparing checks.
+//
+// It covers how the registration is sent too, where that changed: an
+// http(s) check is registered with DisableRedirects (consulclient) since
+// form 2, and the new form changes its hash so that an upgraded agent
+// registers again the checks an older one left following redirects.
+// Other registrations hash as they always did (no re-registration).
 func (r Registration) Hash() string {
-	b, _ := json.Marshal(r)
+	form := 0
+	if r.Check.Kind == "http" || r.Check.Kind == "https" {
+		form = 2
+	}
+	b, _ := json.Marshal(struct {
+		Registration
+		Form int `json:",omitempty"`
+	}{r, form})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }
