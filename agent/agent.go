@@ -553,7 +553,7 @@ func (a *Agent) input(containers []docker.Container) desired.Input {
 		in.Lookup = a.nomad.Lookup
 	}
 	if last := a.lastDesired.Load(); last != nil {
-		in.MACHolders = last.MACHolders()
+		in.Holders = last.Holders()
 	}
 	if a.peers != nil {
 		in.Peers = a.peers.Get

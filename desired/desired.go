@@ -80,10 +80,11 @@ type Input struct {
 	// Nomad says whether Nomad is enabled, and looks allocations up.
 	Nomad  bool
 	Lookup func(allocID string) (nomad.Alloc, bool)
-	// MACHolders are, by MAC, the containers that had it in the last
-	// desired state: the one in force keeps it (Docker lists creation
+	// Holders are, by MAC, IPv6 and IPv4 address (their string forms),
+	// the containers that had it in the last desired state
+	// (Desired.Holders): the one in force keeps it (Docker lists creation
 	// times in whole seconds, too coarse to tell two starts apart).
-	MACHolders map[string]string
+	Holders map[string]string
 	// Peers returns the addresses of a Consul-backed peer and whether
 	// Consul has answered for it yet.
 	Peers func(peers.Key) ([]netip.Prefix, bool)
@@ -215,14 +216,37 @@ func Build(in Input) Desired {
 		Workloads:     make([]Workload, 0, len(in.Containers)),
 	}
 	d.Firewall.Containers = make([]firewall.Container, 0, len(in.Containers))
-	seen := make(map[netip.Addr]string, 2*len(in.Containers))
-	macOwner := macOwners(in.Containers, in.MACHolders)
+	// One MAC or address on two containers (a task may ask Docker for
+	// any MAC and address, another's included, and Docker lets the IPAM
+	// driver decide): the one in force, else the oldest, keeps it.
+	macOwner := owners(in.Containers, in.Holders, func(c docker.Container) string {
+		if len(c.MAC) == 0 {
+			return ""
+		}
+		return c.MAC.String()
+	})
+	addrOwner := owners(in.Containers, in.Holders, func(c docker.Container) string {
+		if !c.Addr.IsValid() {
+			return ""
+		}
+		return c.Addr.String()
+	})
+	addr4Owner := owners(in.Containers, in.Holders, func(c docker.Container) string {
+		if !c.Addr4.Is4() || c.Addr4.IsUnspecified() {
+			return ""
+		}
+		return c.Addr4.String()
+	})
 	for _, c := range in.Containers {
 		e := in.Memo.get(c, in)
 		w := e.w
 		w.Container = c // the bridge port is not part of the evaluation
-		reason := addrProblem(c, in.Prefix, in.Gateway, seen)
-		if o, ok := macOwner[c.MAC.String()]; reason == "" && ok && o.ID != c.ID {
+		reason := addrProblem(c, in.Prefix, in.Gateway)
+		if o := addrOwner[c.Addr.String()]; reason == "" && o.ID != c.ID {
+			// Never program one address for two containers.
+			reason = fmt.Sprintf("address %s is also container %s's (created earlier); request another address or none", c.Addr, o.ShortID())
+		}
+		if o, ok := macOwner[c.MAC.String()]; reason == "" && len(c.MAC) > 0 && ok && o.ID != c.ID {
 			// One MAC on two bridge ports: neighbour discovery and the
 			// bridge's forwarding table would send the older one's
 			// traffic to the newer. The older keeps working.
@@ -235,11 +259,9 @@ func Build(in Input) Desired {
 			d.Workloads = append(d.Workloads, w)
 			continue
 		}
-		seen[c.Addr] = c.ShortID()
 		fc := firewall.Container{ID: c.ID, Addr: c.Addr, MAC: c.MAC, Port: c.Port}
-		if c.Addr4.Is4() && !c.Addr4.IsUnspecified() && seen[c.Addr4] == "" {
+		if o, ok := addr4Owner[c.Addr4.String()]; ok && o.ID == c.ID {
 			fc.Addr4 = c.Addr4
-			seen[c.Addr4] = c.ShortID()
 		}
 		if !w.Closed {
 			fc.Ingress, fc.Egress = e.ingress, e.egress
@@ -266,17 +288,18 @@ func Build(in Input) Desired {
 	return d
 }
 
-// macOwners maps each MAC address on the network to the container that
-// has it first, so that a container started later with another's MAC
-// cannot take its place: the one that held it in the last desired state
-// (holders), else the oldest, by creation then ID.
-func macOwners(cs []docker.Container, holders map[string]string) map[string]docker.Container {
+// owners maps each key (a MAC or an address, by key; "" for none) on the
+// network to the container that has it first, so that a container
+// started later with another's cannot take its place: the one that held
+// it in the last desired state (holders), else the oldest, by creation
+// then ID.
+func owners(cs []docker.Container, holders map[string]string, key func(docker.Container) string) map[string]docker.Container {
 	owner := make(map[string]docker.Container, len(cs))
 	for _, c := range cs {
-		if len(c.MAC) == 0 {
+		k := key(c)
+		if k == "" {
 			continue
 		}
-		k := c.MAC.String()
 		o, ok := owner[k]
 		switch {
 		case !ok:
@@ -289,19 +312,23 @@ func macOwners(cs []docker.Container, holders map[string]string) map[string]dock
 	return owner
 }
 
-// MACHolders lists, by MAC, the containers that the desired state
-// programs (for the next build's MACHolders).
-func (d Desired) MACHolders() map[string]string {
-	out := make(map[string]string, len(d.Firewall.Containers))
+// Holders lists, by MAC, IPv6 and IPv4 address, the containers that the
+// desired state programs (for the next build's Holders).
+func (d Desired) Holders() map[string]string {
+	out := make(map[string]string, 3*len(d.Firewall.Containers))
 	for _, c := range d.Firewall.Containers {
+		out[c.Addr.String()] = c.ID
 		if len(c.MAC) > 0 {
 			out[c.MAC.String()] = c.ID
+		}
+		if c.Addr4.IsValid() {
+			out[c.Addr4.String()] = c.ID
 		}
 	}
 	return out
 }
 
-func addrProblem(c docker.Container, prefix netip.Prefix, gateway netip.Addr, seen map[netip.Addr]string) string {
+func addrProblem(c docker.Container, prefix netip.Prefix, gateway netip.Addr) string {
 	switch {
 	case !c.Addr.IsValid():
 		return "no IPv6 address on the v6reg network"
@@ -309,10 +336,6 @@ func addrProblem(c docker.Container, prefix netip.Prefix, gateway netip.Addr, se
 		return fmt.Sprintf("address %s is outside the node prefix %s", c.Addr, prefix)
 	case c.Addr == gateway:
 		return fmt.Sprintf("address %s is the network's gateway", c.Addr)
-	case seen[c.Addr] != "":
-		// Never program one address for two containers: the first (by ID)
-		// keeps it, the other stays closed and says so.
-		return fmt.Sprintf("address %s is also container %s's", c.Addr, seen[c.Addr])
 	}
 	return ""
 }

@@ -3,6 +3,7 @@ package desired
 import (
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -143,7 +144,7 @@ func TestDuplicateMACSameSecond(t *testing.T) {
 	newer.MAC, newer.Created = mac, at
 	first := Build(testInput(older))
 	in := testInput(newer, older)
-	in.MACHolders = first.MACHolders()
+	in.Holders = first.Holders()
 	for _, w := range Build(in).Workloads {
 		if got, want := w.Closed, w.Container.ID == newer.ID; got != want {
 			t.Errorf("%s: closed %v (%s), want %v", w.Container.Name, got, w.Reason, want)
@@ -153,6 +154,64 @@ func TestDuplicateMACSameSecond(t *testing.T) {
 	for _, w := range Build(testInput(newer, older)).Workloads {
 		if got, want := w.Closed, w.Container.ID == older.ID; got != want {
 			t.Errorf("no holder: %s closed %v, want %v", w.Container.Name, got, want)
+		}
+	}
+}
+
+// TestDuplicateAddress: a task may ask Docker for another container's
+// address (Nomad's ipv6_address, ipv4_address), and Docker lets the IPAM
+// driver decide. Of two containers with one IPv6 address the one in
+// force, else the older, keeps it, whatever the IDs: the newer is closed
+// with the reason. Of two with one IPv4 address, the newer is programmed
+// without it. Distinct addresses (positive control) are all open.
+func TestDuplicateAddress(t *testing.T) {
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	labels := map[string]string{"v6reg.ingress": "tcp/80 from @ops", "v6reg.egress": "tcp/443 to @ops", "v6reg.services": "web:80"}
+	victim := labelContainer("ff01", "victim", 21, labels)
+	victim.Created, victim.Addr4 = at, netip.MustParseAddr("10.200.0.21")
+	thief := labelContainer("0f02", "thief", 22, labels) // sorts first by ID
+	thief.Created, thief.Addr = at.Add(time.Minute), victim.Addr
+	thief4 := labelContainer("0f03", "thief4", 23, labels)
+	thief4.Created, thief4.Addr4 = at.Add(time.Minute), victim.Addr4
+	other := labelContainer("ff04", "other", 24, labels)
+	other.Created, other.Addr4 = at.Add(2*time.Minute), netip.MustParseAddr("10.200.0.24")
+
+	d := Build(testInput(thief, thief4, victim, other))
+	for _, w := range d.Workloads {
+		wantClosed := w.Container.ID == thief.ID
+		if w.Closed != wantClosed {
+			t.Errorf("%s: closed %v (%s), want %v", w.Container.Name, w.Closed, w.Reason, wantClosed)
+		}
+		if wantClosed && !strings.Contains(w.Reason, "address "+victim.Addr.String()+" is also container "+victim.ShortID()) {
+			t.Errorf("reason %q", w.Reason)
+		}
+	}
+	got := map[string]netip.Addr{}
+	for _, c := range d.Firewall.Containers {
+		got[c.ID] = c.Addr4
+	}
+	if _, ok := got[thief.ID]; ok {
+		t.Errorf("the thief of the IPv6 address is programmed")
+	}
+	if got[victim.ID] != victim.Addr4 || got[other.ID] != other.Addr4 {
+		t.Errorf("IPv4: victim %v, other %v; want their own", got[victim.ID], got[other.ID])
+	}
+	if a, ok := got[thief4.ID]; !ok || a.IsValid() {
+		t.Errorf("the thief of the IPv4 address: programmed %v with %v, want programmed without IPv4", ok, a)
+	}
+	for _, r := range d.Registrations {
+		if r.Meta[registrar.MetaContainer] == thief.ShortID() {
+			t.Errorf("the thief is registered: %+v", r)
+		}
+	}
+
+	// Created in the same second as the victim: the one in force keeps it.
+	thief.Created = at
+	in := testInput(thief, victim)
+	in.Holders = Build(testInput(victim)).Holders()
+	for _, w := range Build(in).Workloads {
+		if got, want := w.Closed, w.Container.ID == thief.ID; got != want {
+			t.Errorf("same second: %s closed %v (%s), want %v", w.Container.Name, got, w.Reason, want)
 		}
 	}
 }
