@@ -2,6 +2,7 @@ package desired
 
 import (
 	"github.com/v6reg/v6reg/peers"
+	"github.com/v6reg/v6reg/registrar"
 
 	"fmt"
 	"net/netip"
@@ -176,5 +177,33 @@ func TestContainerLimitErrors(t *testing.T) {
 	got = ContainerLimitErrors(pol, "default", op, "g", "t")
 	if len(got) != 1 || !strings.Contains(got[0].Error(), "compiles to at least 117 firewall elements; the limit is 50") {
 		t.Fatalf("errors = %v", got)
+	}
+}
+
+// TestLimitServices: a container declaring more services than
+// limits.container_services is refused, and none of them is registered,
+// not even with the critical check (one registration in
+// v6reg-policy-errors carries the error): a 64 KiB v6reg_services made
+// thousands of registrations and health checks on the node's Consul
+// agent. At the limit (positive control) every service is registered.
+func TestLimitServices(t *testing.T) {
+	lim := policies.Limits{ContainerServices: 3}
+	svcs := func(n int) string {
+		var s []string
+		for i := range n {
+			s = append(s, fmt.Sprintf("s%d:%d", i, 1000+i))
+		}
+		return strings.Join(s, ",")
+	}
+	many := labelContainer("c001", "many", 31, map[string]string{"v6reg.ingress": "tcp/80 from @traefik", "v6reg.services": svcs(4)})
+	three := labelContainer("c002", "three", 32, map[string]string{"v6reg.ingress": "tcp/80 from @traefik", "v6reg.services": svcs(3)})
+	d, _ := buildLimited(limitedInput(lim, many, three), nil)
+	assertRefused(t, d, many.ID, "4 services declared; the limit is 3 per container (limits.container_services)")
+	if regs := regsOf(d, many.ID); len(regs) != 1 || regs[0].Name != registrar.PolicyErrorService {
+		t.Errorf("refused: %d registrations %+v, want only the policy error's", len(regs), regs)
+	}
+	assertOpen(t, d, three.ID)
+	if n := len(regsOf(d, three.ID)); n != 3 {
+		t.Errorf("at the limit: %d registrations, want 3", n)
 	}
 }

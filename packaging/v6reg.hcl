@@ -124,6 +124,7 @@ namespace "*" {
 # limits {
 #   container_elements       = 4096    # firewall elements of one container (a tcp/udp port = 1 per direction)
 #   container_peers          = 32      # distinct service:/job: peers one container names
+#   container_services       = 32      # services one container declares (each a Consul registration and check)
 #   node_elements            = 100000  # firewall elements of the whole node
 #   node_peer_sets           = 512     # distinct service:/job: peers of the whole node
 #   peer_set_addresses       = 2048    # addresses taken from one service:/job: set (the oldest registrations)

@@ -330,6 +330,14 @@ func (e *evaluator) services(v Value, tier string, b Bounds) []ServiceSpec {
 	for _, err := range errs {
 		e.add(err, v)
 	}
+	if lim := e.op.Limits.OrDefault(); len(svcs) > lim.ContainerServices {
+		// None of them is registered, not even with the critical check
+		// of a refused policy: that would be the flood the limit stops.
+		err := lim.ContainerServicesError(len(svcs))
+		err.Column, err.Text = 1, v.Text
+		e.add(err, v)
+		return nil
+	}
 	tpls, err := e.op.Services.compile()
 	if err != nil {
 		e.add(&Error{Msg: "the operator's service tag templates are broken: " + err.Error(), Hint: "tell the operator; `v6reg agent` refuses such a config"}, v)

@@ -22,6 +22,11 @@ type Limits struct {
 	// ContainerPeers bounds the distinct service: and job: peers one
 	// container's policy names.
 	ContainerPeers int
+	// ContainerServices bounds the services one container declares
+	// (v6reg_services): each is a Consul registration and a health check
+	// the node's agent runs, and the registrations of every container on
+	// the node go through that agent one at a time.
+	ContainerServices int
 	// NodeElements bounds the firewall elements of the whole node (shared
 	// peer lists counted once).
 	NodeElements int
@@ -44,6 +49,7 @@ func DefaultLimits() Limits {
 	return Limits{
 		ContainerElements: 4096,
 		ContainerPeers:    32,
+		ContainerServices: 32,
 		NodeElements:      100000,
 		NodePeerSets:      512,
 		PeerSetAddresses:  2048,
@@ -55,6 +61,7 @@ func DefaultLimits() Limits {
 const (
 	FieldContainerElements = "limits.container_elements"
 	FieldContainerPeers    = "limits.container_peers"
+	FieldContainerServices = "limits.container_services"
 	FieldNodeElements      = "limits.node_elements"
 	FieldNodePeerSets      = "limits.node_peer_sets"
 	FieldPeerSetAddresses  = "limits.peer_set_addresses"
@@ -71,6 +78,7 @@ func (l Limits) OrDefault() Limits {
 	for _, f := range []struct{ v, def *int }{
 		{&l.ContainerElements, &d.ContainerElements},
 		{&l.ContainerPeers, &d.ContainerPeers},
+		{&l.ContainerServices, &d.ContainerServices},
 		{&l.NodeElements, &d.NodeElements},
 		{&l.NodePeerSets, &d.NodePeerSets},
 		{&l.PeerSetAddresses, &d.PeerSetAddresses},
@@ -94,6 +102,7 @@ func (l Limits) Validate() []error {
 	}{
 		{FieldContainerElements, l.ContainerElements},
 		{FieldContainerPeers, l.ContainerPeers},
+		{FieldContainerServices, l.ContainerServices},
 		{FieldNodeElements, l.NodeElements},
 		{FieldNodePeerSets, l.NodePeerSets},
 		{FieldPeerSetAddresses, l.PeerSetAddresses},
@@ -120,6 +129,15 @@ func (l Limits) ContainerPeersError(n int) *Error {
 	return &Error{Level: LevelTask,
 		Msg:  fmt.Sprintf("the policy names %d distinct service: and job: peers; the limit is %d per container (%s)", n, l.ContainerPeers, FieldContainerPeers),
 		Hint: "name fewer services and jobs (one job: peer covers all its tasks), use an @set for fixed peers, or ask the operator to raise " + FieldContainerPeers,
+	}
+}
+
+// ContainerServicesError is the error of a container declaring more
+// services than the limit allows.
+func (l Limits) ContainerServicesError(n int) *Error {
+	return &Error{
+		Msg:  fmt.Sprintf("%d services declared; the limit is %d per container (%s)", n, l.ContainerServices, FieldContainerServices),
+		Hint: "declare fewer services (one service can front many paths through Traefik), or ask the operator to raise " + FieldContainerServices,
 	}
 }
 

@@ -206,6 +206,7 @@ type raw struct {
 type rawLimits struct {
 	ContainerElements      *string `hcl:"container_elements"`
 	ContainerPeers         *string `hcl:"container_peers"`
+	ContainerServices      *string `hcl:"container_services"`
 	NodeElements           *string `hcl:"node_elements"`
 	NodePeerSets           *string `hcl:"node_peer_sets"`
 	PeerSetAddresses       *string `hcl:"peer_set_addresses"`
@@ -580,6 +581,7 @@ func (c *Config) parse(filename string, src []byte) error {
 		}{
 			{"container_elements", l.ContainerElements, &c.Policy.Limits.ContainerElements, 1, 10_000_000, "e.g. 4096: the firewall elements one container's policy may compile to"},
 			{"container_peers", l.ContainerPeers, &c.Policy.Limits.ContainerPeers, 1, 10_000_000, "e.g. 32: the service:/job: peers one container may name"},
+			{"container_services", l.ContainerServices, &c.Policy.Limits.ContainerServices, 1, 10_000_000, "e.g. 32: the services one container may declare"},
 			{"node_elements", l.NodeElements, &c.Policy.Limits.NodeElements, 1, 10_000_000, "e.g. 100000: the firewall elements of the whole node"},
 			{"node_peer_sets", l.NodePeerSets, &c.Policy.Limits.NodePeerSets, 1, 10_000_000, "e.g. 512: the service:/job: peers of the whole node"},
 			{"peer_set_addresses", l.PeerSetAddresses, &c.Policy.Limits.PeerSetAddresses, 1, 10_000_000, "e.g. 2048: the addresses taken from one service:/job: peer"},

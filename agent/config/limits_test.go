@@ -15,6 +15,7 @@ func TestLimitsBlock(t *testing.T) {
 limits {
   container_elements       = 500
   container_peers          = 8
+  container_services       = 4
   node_elements            = 20000
   node_peer_sets           = 64
   peer_set_addresses       = 100
@@ -24,7 +25,7 @@ limits {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := policies.Limits{ContainerElements: 500, ContainerPeers: 8, NodeElements: 20000, NodePeerSets: 64, PeerSetAddresses: 100}
+	want := policies.Limits{ContainerElements: 500, ContainerPeers: 8, ContainerServices: 4, NodeElements: 20000, NodePeerSets: 64, PeerSetAddresses: 100}
 	if c.Policy.Limits != want || c.Consul.WatchConnections != 16 {
 		t.Errorf("limits = %+v, watch connections %d", c.Policy.Limits, c.Consul.WatchConnections)
 	}
