@@ -107,6 +107,9 @@ namespace "*" {
   # service_namespaces = []
   # Service names jobs here may register in v6reg_services (patterns with
   # '*', '?', [a-z]); empty: any name. v6reg-* names are always refused.
+  # Consul's service names are global: with jobs in more than one namespace,
+  # bound services or tiers per namespace, or a job in one can join
+  # another's service and take its Traefik host (the agent warns at start).
   # services = ["shop-*"]
   # Tiers services here may be registered with (v6reg_tier, else the job
   # name before its first '-'); the tier names Traefik routers and hosts

@@ -75,6 +75,38 @@ type Bounds struct {
 	Tiers []string
 }
 
+// Exposures are what a valid configuration still lets one namespace's
+// jobs do to another's, for the agent to say at start and on reload:
+//
+//   - a namespace whose services and tiers are both unbounded may register
+//     any service name with any tier, so with more than one namespace
+//     running jobs, a job in one can join another's Consul service (its
+//     DNS name) and take its Traefik host (TIER-SERVICE): Consul's service
+//     names are global;
+//   - @internet without internal_prefixes includes the operator's own
+//     addresses outside the node (other nodes, Consul and Nomad servers).
+func (o Operator) Exposures() []string {
+	var out []string
+	var open []string
+	for _, ns := range slices.Sorted(maps.Keys(o.Namespaces)) {
+		if b := o.Namespaces[ns]; len(b.Services) == 0 && len(b.Tiers) == 0 {
+			open = append(open, fmt.Sprintf("%q", ns))
+		}
+	}
+	if len(open) > 0 {
+		out = append(out, fmt.Sprintf("namespace %s may register any service name with any tier: a job there can join another namespace's Consul service and take its Traefik host (TIER-SERVICE); bound services or tiers per namespace", strings.Join(open, ", ")))
+	}
+	if len(o.Internal) == 0 {
+		for _, ns := range slices.Sorted(maps.Keys(o.Namespaces)) {
+			if o.Namespaces[ns].AllowInternet {
+				out = append(out, fmt.Sprintf("namespace %q may use @internet and internal_prefixes is empty: @internet includes this site's own addresses (other nodes, Consul, Nomad); list them in internal_prefixes", ns))
+				break
+			}
+		}
+	}
+	return out
+}
+
 // ReservedServicePrefix starts the Consul service names v6reg registers
 // itself (v6reg-jobs, v6reg-policy-errors): a job may not register one,
 // or it could add itself to every job: peer.

@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/v6reg/v6reg/api"
 	"github.com/v6reg/v6reg/consulclient"
+	"github.com/v6reg/v6reg/policies"
 
 	"context"
 	"errors"
@@ -226,6 +227,7 @@ func serveAgent(ctx context.Context, cfg config.Config, f agentFlags, log *slog.
 	if err != nil {
 		return err
 	}
+	logExposures(log, operator)
 	opts := agent.Options{
 		StateFile: filepath.Join(cfg.StateDir, agent.KnownFile),
 		Node:      cfg.NodeName, Prefix: cfg.NodePrefix, Gateway: icfg.Gateway, Bridge: bridge, Network: cfg.Docker.Network, NodePorts: cfg.Firewall.NodePorts,
@@ -376,6 +378,7 @@ func reloadOnHUP(ctx context.Context, a *agent.Agent, f agentFlags, running conf
 		}
 		a.SetOperator(op)
 		log.Info("configuration reloaded", "config", cfg.Source)
+		logExposures(log, op)
 	}
 }
 
@@ -467,5 +470,14 @@ func apiClient(socket string) *http.Client {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		}},
+	}
+}
+
+// logExposures says, once at start and at each reload, what the policy
+// configuration still lets one namespace's jobs do to another's
+// (policies.Operator.Exposures): valid, but an operator should know.
+func logExposures(log *slog.Logger, op policies.Operator) {
+	for _, e := range op.Exposures() {
+		log.Warn("policy configuration: " + e)
 	}
 }
