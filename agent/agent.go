@@ -778,6 +778,9 @@ func (a *Agent) logFirewall(d desired.Desired, ch firewall.Changes) {
 	}
 	for _, c := range d.Firewall.Containers {
 		digest := c.Addr.String() + " " + d.Digests[c.ID]
+		if c.Closed {
+			digest = fmt.Sprintf("port %d closed", c.Port)
+		}
 		next[c.ID] = digest
 		old, had := a.applied[c.ID]
 		if had && old == digest {
@@ -792,6 +795,12 @@ func (a *Agent) logFirewall(d desired.Desired, ch firewall.Changes) {
 			verb = "firewall closed"
 		}
 		attrs := []any{"container", docker.ShortID(c.ID), "address", c.Addr, "ingress_rules", len(c.Ingress), "egress_rules", len(c.Egress)}
+		if c.Closed {
+			// No address of its own (another's, or none): its bridge
+			// port drops everything.
+			verb = "firewall closed the bridge port"
+			attrs = []any{"container", docker.ShortID(c.ID), "bridge_port", c.Port}
+		}
 		if w != nil {
 			attrs = append(attrs, "alloc", w.Container.AllocID, "job", w.Job, "task", w.Task)
 			if w.Closed {

@@ -49,7 +49,8 @@ func TestBridgePorts(t *testing.T) {
 	r.agent = New(Options{Node: "n1", Prefix: testPrefix, Gateway: testGateway, Network: testNetwork, IDPrefix: "v6reg",
 		Operator: testOperator(), Log: testLog(t), Docker: r.docker, Firewall: r.fw, Ports: fp})
 	a, b, noAddr := cid("a"), cid("b"), cid("c")
-	r.docker.sandbox = map[string]string{a: "/ns/a"} // b: inspect fails
+	r.docker.sandbox = map[string]string{a: "/ns/a", noAddr: "/ns/c"} // b: inspect fails
+	fp.port["/ns/c"] = 8
 	r.docker.set(withEndpoint(summary(a, "a", addrN(10), nil), "ep-a"), withEndpoint(summary(b, "b", addrN(11), nil), "ep-b"),
 		withEndpoint(summary(noAddr, "c", netip.Addr{}, nil), "ep-c"))
 	reconcile := func(full bool) map[string]int {
@@ -61,6 +62,9 @@ func TestBridgePorts(t *testing.T) {
 		ports := map[string]int{}
 		for _, c := range st[len(st)-1].Containers {
 			ports[c.ID] = c.Port
+			if c.ID == noAddr && !c.Closed {
+				t.Errorf("the container without an address: %+v, want its port closed", c)
+			}
 		}
 		return ports
 	}
@@ -82,10 +86,15 @@ func TestBridgePorts(t *testing.T) {
 		}
 	}
 
-	want("start", reconcile(true), 7, 0, a, b) // not the container without an address
-	want("again", reconcile(false), 7, 0)      // cached; the failure is not retried
-	if len(fp.calls) != 1 || !slices.Equal(fp.calls[0], []string{"/ns/a"}) {
-		t.Errorf("finder calls %v, want one for /ns/a", fp.calls)
+	// The container without an address too: its port is closed.
+	start := reconcile(true)
+	want("start", start, 7, 0, a, b, noAddr)
+	if start[noAddr] != 8 {
+		t.Errorf("start: the container without an address has port %d in the firewall state, want 8, closed", start[noAddr])
+	}
+	want("again", reconcile(false), 7, 0) // cached; the failure is not retried
+	if len(fp.calls) != 1 || !slices.Equal(fp.calls[0], []string{"/ns/a", "/ns/c"}) {
+		t.Errorf("finder calls %v, want one for /ns/a and /ns/c", fp.calls)
 	}
 	r.docker.sandbox[b] = "/ns/b"
 	fp.port["/ns/b"] = 9

@@ -237,6 +237,10 @@ func Build(in Input) Desired {
 		}
 		return c.Addr4.String()
 	})
+	// ports are the bridge ports of the containers programmed with their
+	// address: a port is one container's (see closePorts).
+	ports := make(map[int]string, len(in.Containers))
+	var unbound []int // indexes into d.Workloads of the containers closed here
 	for _, c := range in.Containers {
 		e := in.Memo.get(c, in)
 		w := e.w
@@ -252,12 +256,23 @@ func Build(in Input) Desired {
 			// traffic to the newer. The older keeps working.
 			reason = fmt.Sprintf("MAC %s is also container %s's (created earlier); give this container another MAC address", c.MAC, o.ShortID())
 		}
+		if reason == "" && c.Port > 0 && ports[c.Port] != "" {
+			// Two containers behind one bridge port (one network
+			// namespace): the port is bound to the first one's address
+			// and MAC, which the second cannot have.
+			reason = fmt.Sprintf("bridge port %d is also container %s's", c.Port, ports[c.Port])
+		}
 		if reason != "" {
-			// No firewall element and no registration without a usable,
-			// unique address; the workload still shows in status.
+			// No address, binding or registration without a usable,
+			// unique address: its bridge port is closed instead (after
+			// the loop), and the workload still shows in status.
 			w.Closed, w.Reason = true, reason
+			unbound = append(unbound, len(d.Workloads))
 			d.Workloads = append(d.Workloads, w)
 			continue
+		}
+		if c.Port > 0 {
+			ports[c.Port] = c.ShortID()
 		}
 		fc := firewall.Container{ID: c.ID, Addr: c.Addr, MAC: c.MAC, Port: c.Port}
 		if o, ok := addr4Owner[c.Addr4.String()]; ok && o.ID == c.ID {
@@ -285,7 +300,36 @@ func Build(in Input) Desired {
 		}
 		d.Workloads = append(d.Workloads, w)
 	}
+	closePorts(&d, unbound, ports)
 	return d
+}
+
+// closePorts closes the bridge port of each container that Build could
+// not program with its address (d.Workloads[i] for i in unbound): left
+// out of the firewall state, the port would be in none of the bridge
+// table's sets, and a container with NET_RAW could send anything through
+// it, another container's MAC or router advertisements included. A
+// closed container is a firewall.Container with only its ID and Port, so
+// the element's owner is the container, and when the conflict ends the
+// same ID comes back with its address and its port is bound instead.
+// A port that a programmed container has (ports) is never closed: it is
+// that container's, and bound to its MAC, which already stops the other
+// one. A port that is not known (0) cannot be closed; the reason says so.
+func closePorts(d *Desired, unbound []int, ports map[int]string) {
+	for _, i := range unbound {
+		w := &d.Workloads[i]
+		c := w.Container
+		switch {
+		case c.Port <= 0:
+			w.Reason += "; its bridge port is not known, so it is not closed"
+		case ports[c.Port] != "":
+			// Bound to the other container's MAC: the reason names it.
+		default:
+			ports[c.Port] = c.ShortID()
+			w.Reason += "; its bridge port drops everything it sends"
+			d.Firewall.Containers = append(d.Firewall.Containers, firewall.Container{ID: c.ID, Port: c.Port, Closed: true})
+		}
+	}
 }
 
 // owners maps each key (a MAC or an address, by key; "" for none) on the
@@ -317,6 +361,9 @@ func owners(cs []docker.Container, holders map[string]string, key func(docker.Co
 func (d Desired) Holders() map[string]string {
 	out := make(map[string]string, 3*len(d.Firewall.Containers))
 	for _, c := range d.Firewall.Containers {
+		if c.Closed {
+			continue // holds only its port: no address or MAC of its own
+		}
 		out[c.Addr.String()] = c.ID
 		if len(c.MAC) > 0 {
 			out[c.MAC.String()] = c.ID

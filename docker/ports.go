@@ -40,18 +40,20 @@ func NewPortCache(docker API, finder BridgePorts, network string, log *slog.Logg
 	return &PortCache{docker: docker, finder: finder, network: network, log: log, known: map[string]portEntry{}}
 }
 
-// Fill sets the Port of every container that has an address: from the
-// cache, or by inspecting the containers whose endpoint is new (and, when
-// retryFailed, those whose lookup failed) and asking the finder once for
-// all of them. A container whose port is not found keeps Port 0 (the
-// firewall then binds its address to its MAC only) and is logged; it
-// never holds up the others or the reconcile.
+// Fill sets the Port of every container that has an endpoint on the
+// network: from the cache, or by inspecting the containers whose endpoint
+// is new (and, when retryFailed, those whose lookup failed) and asking the
+// finder once for all of them. A container without an address needs its
+// port too: the agent closes that port, which is otherwise open to any
+// frame the container forges. A container whose port is not found keeps
+// Port 0 (the firewall then binds its address to its MAC only) and is
+// logged; it never holds up the others or the reconcile.
 func (pc *PortCache) Fill(ctx context.Context, cs []Container, retryFailed bool) {
 	alive := make(map[string]bool, len(cs))
 	var todo []int // indexes into cs
 	for i, c := range cs {
 		alive[c.ID] = true
-		if !c.Addr.IsValid() {
+		if c.EndpointID == "" {
 			continue
 		}
 		e, ok := pc.known[c.ID]
@@ -143,6 +145,9 @@ func (pc *PortCache) failed(c Container, err error) {
 	prev, had := pc.known[c.ID]
 	pc.known[c.ID] = portEntry{endpoint: c.EndpointID, failed: true}
 	msg := "bridge port of container not found; its address is bound to its MAC only, which a container with NET_RAW or NET_ADMIN can forge"
+	if !c.Addr.IsValid() {
+		msg = "bridge port of container without an address not found; its port cannot be closed"
+	}
 	if had && prev.failed && prev.endpoint == c.EndpointID {
 		pc.log.Debug(msg, "container", c.ShortID(), "address", c.Addr, "err", err)
 		return

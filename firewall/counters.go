@@ -21,7 +21,9 @@ type DirCounters struct {
 
 // Counters reads the drop counters of every programmed container, keyed by
 // container ID. Counters start at zero when a container is added and live
-// as long as its address is programmed.
+// as long as its address is programmed. A closed container's are the
+// frames its bridge port dropped, counted as egress (port_closed); they
+// start again at zero when it is closed again.
 func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -32,17 +34,21 @@ func (f *Firewall) Counters(ctx context.Context) (map[string]DirCounters, error)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string]DirCounters{}
-	for _, name := range []string{"in_drop", "eg_drop", "eg4_drop"} {
-		cs, err := f.setCounters(&nftables.Set{Table: table, Name: name})
+	for _, qname := range []string{"in_drop", "eg_drop", "eg4_drop", inBridge("port_closed")} {
+		t, name := tableOf(qname)
+		cs, err := f.setCounters(&nftables.Set{Table: t, Name: name})
+		if t == bridgeTable && errors.Is(err, unix.ENOENT) {
+			continue // a bridge table of an older layout, before its first Apply
+		}
 		if err != nil {
-			return nil, fmt.Errorf("read drop counters from set %s: %w", name, err)
+			return nil, fmt.Errorf("read drop counters from set %s: %w", qname, err)
 		}
 		for owner, c := range cs {
 			d := out[owner]
 			switch name {
 			case "in_drop":
 				d.IngressDropped = c
-			default: // eg_drop and eg4_drop: IPv4 egress counts as egress too
+			default: // eg_drop, eg4_drop (IPv4 egress counts as egress too), port_closed
 				d.EgressDropped.Packets += c.Packets
 				d.EgressDropped.Bytes += c.Bytes
 			}

@@ -156,6 +156,7 @@ func (m *model) applyDelta(d Delta, cp *compiler, withPlan bool) (plan, error) {
 		leaving[g] = true
 	}
 	claimed := map[netip.Addr]string{}
+	claimedPort := map[int]string{}
 	for _, nc := range fresh {
 		for _, a := range []netip.Addr{nc.c.Addr, nc.c.Addr4} {
 			if !a.IsValid() {
@@ -167,6 +168,17 @@ func (m *model) applyDelta(d Delta, cp *compiler, withPlan bool) (plan, error) {
 			claimed[a] = nc.c.ID
 			if o := m.addrs[a]; o != nil && o.c.ID != nc.c.ID && !leaving[o] {
 				errs = append(errs, fmt.Sprintf("container %q: address %s is container %q's", nc.c.ID, a, o.c.ID))
+			}
+		}
+		// Bridge ports likewise: one container each, so a closed port is
+		// never one another container is bound to.
+		if p := nc.c.Port; p > 0 {
+			if other, ok := claimedPort[p]; ok {
+				errs = append(errs, fmt.Sprintf("container %q: bridge port %d is also container %q's", nc.c.ID, p, other))
+			}
+			claimedPort[p] = nc.c.ID
+			if o := m.ports[p]; o != nil && o.c.ID != nc.c.ID && !leaving[o] {
+				errs = append(errs, fmt.Sprintf("container %q: bridge port %d is container %q's", nc.c.ID, p, o.c.ID))
 			}
 		}
 	}

@@ -179,6 +179,86 @@ func TestDeltaInvalid(t *testing.T) {
 	}
 }
 
+// TestDeltaClosedPorts: containers closed and reopened by deltas (as
+// the agent sends them when a conflict starts or ends) leave the table as
+// Apply of the resulting state would, and a closed port that is another
+// container's is refused.
+func TestDeltaClosedPorts(t *testing.T) {
+	ns := netns.New(t, "delta")
+	fw := newFirewall(t, ns)
+	fw.noRevoke = true
+	ctx := context.Background()
+	base := bigStateOf(5, boundContainer)
+	if _, err := fw.Apply(ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, s State) {
+		t.Helper()
+		sameModel(t, fw.m, s)
+		if ch, err := fw.Apply(ctx, s); err != nil || !ch.Empty() {
+			t.Errorf("%s: Apply of the state the delta left, same instance: got %+v, %v, want nothing sent", what, ch, err)
+		}
+		if ch, err := newFirewall(t, ns).Apply(ctx, s); err != nil || !ch.Empty() {
+			t.Errorf("%s: Apply of the state the delta left, new instance (reads the table): got %+v, %v, want nothing sent", what, ch, err)
+		}
+	}
+	// A newcomer closed (it asked for container 1's address), and
+	// container 2 closed (its MAC now conflicts).
+	newcomer := Container{ID: "newcomer", Port: 2000, Closed: true}
+	closed2 := Container{ID: base.Containers[2].ID, Port: base.Containers[2].Port, Closed: true}
+	ch, err := fw.ApplyDelta(ctx, Delta{Upsert: []Container{newcomer, closed2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Batches != 1 || ch.ElemsAdded != 2 {
+		t.Errorf("closing two: got %+v, want two port_closed elements in one batch", ch)
+	}
+	closedState := base
+	closedState.Containers = slices.Clone(base.Containers)
+	closedState.Containers[2] = closed2
+	closedState.Containers = append(closedState.Containers, newcomer)
+	check("two closed", closedState)
+	for _, e := range fw.m.want.elems[inBridge("port_mac_bound")] {
+		if e.comment == closed2.ID {
+			t.Errorf("closed container 2 still has its port in port_mac_bound")
+		}
+	}
+
+	// Refused: a closed port that another container is bound to, and a
+	// closed container with an address.
+	for _, c := range []struct {
+		name string
+		d    Delta
+		want string
+	}{
+		{"closed on another's port", Delta{Upsert: []Container{{ID: "x", Port: base.Containers[1].Port, Closed: true}}}, "bridge port"},
+		{"closed with an address", Delta{Upsert: []Container{{ID: "x", Port: 2001, Closed: true, Addr: benchContainer(70).Addr}}}, "holds only its ID and Port"},
+		{"closed without a port", Delta{Upsert: []Container{{ID: "x", Closed: true}}}, "not an interface index"},
+	} {
+		if ch, err := fw.ApplyDelta(ctx, c.d); err == nil || !strings.Contains(err.Error(), c.want) || !ch.Empty() {
+			t.Errorf("%s: got %+v, %v, want an error containing %q and nothing sent", c.name, ch, err, c.want)
+		}
+	}
+	check("after refused deltas", closedState)
+
+	// The conflict ends: container 2 is itself again (its port bound),
+	// the newcomer goes, and container 3's port is closed in the same
+	// delta that removes container 3 (a port may change hands then).
+	closed3 := Container{ID: "taker", Port: base.Containers[3].Port, Closed: true}
+	if _, err := fw.ApplyDelta(ctx, Delta{Upsert: []Container{base.Containers[2], closed3}, Remove: []string{"newcomer", base.Containers[3].ID}}); err != nil {
+		t.Fatal(err)
+	}
+	reopened := base
+	reopened.Containers = slices.Clone(base.Containers)
+	reopened.Containers[3] = closed3
+	check("reopened", reopened)
+	for _, e := range fw.m.want.elems[inBridge("port_closed")] {
+		if e.comment != "taker" {
+			t.Errorf("port_closed element of %q left after it reopened or went", e.comment)
+		}
+	}
+}
+
 // TestDeltaRepair: the repair (Watch) restores the state the last delta
 // left, not the last State given to Apply, whatever was changed outside:
 // an element missing, an element with other data, an element added, the
@@ -336,9 +416,14 @@ func sameModel(t *testing.T, m *model, s State) {
 	if !maps.Equal(m.listRef, w.listRef) {
 		t.Errorf("peer list references: got %v, want %v", m.listRef, w.listRef)
 	}
-	if len(m.conts) != len(w.conts) || len(m.addrs) != len(w.addrs) || len(m.order) != len(w.order) || len(m.lists) != len(w.lists) || len(m.peers) != len(w.peers) {
-		t.Errorf("model sizes: got %d containers, %d addresses, %d in order, %d lists, %d peer sets; want %d, %d, %d, %d, %d",
-			len(m.conts), len(m.addrs), len(m.order), len(m.lists), len(m.peers), len(w.conts), len(w.addrs), len(w.order), len(w.lists), len(w.peers))
+	if len(m.conts) != len(w.conts) || len(m.addrs) != len(w.addrs) || len(m.ports) != len(w.ports) || len(m.order) != len(w.order) || len(m.lists) != len(w.lists) || len(m.peers) != len(w.peers) {
+		t.Errorf("model sizes: got %d containers, %d addresses, %d ports, %d in order, %d lists, %d peer sets; want %d, %d, %d, %d, %d, %d",
+			len(m.conts), len(m.addrs), len(m.ports), len(m.order), len(m.lists), len(m.peers), len(w.conts), len(w.addrs), len(w.ports), len(w.order), len(w.lists), len(w.peers))
+	}
+	for p, c := range m.ports {
+		if w.ports[p] == nil || w.ports[p].c.ID != c.c.ID {
+			t.Errorf("bridge port %d: the model has it as %q's", p, c.c.ID)
+		}
 	}
 	for i, c := range m.order {
 		if c.pos != i || m.conts[c.c.ID] != c {

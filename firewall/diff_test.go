@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"net"
 	"net/netip"
 	"testing"
 )
@@ -21,7 +22,7 @@ func TestDiff(t *testing.T) {
 			s.Containers = append(s.Containers, Container{ID: "c3", Addr: addr("2001:db8:1:2:3::c3"),
 				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: ports(8080)}}})
 		}, 4, 0, 0, 0}, // containers, in_drop, eg_drop, in_port_list
-		{"remove container", func(s *State) { s.Containers = s.Containers[:1] }, 0, 7, 1, 0},
+		{"remove container", func(s *State) { s.Containers = append(s.Containers[:1:1], s.Containers[2:]...) }, 0, 7, 1, 0},
 		{"port change", func(s *State) { s.Containers[0].Ingress[0].Ports = ports(8081) }, 1, 1, 0, 0},
 		{"bridge port learnt", func(s *State) { s.Containers[1].Port = 43 }, 2, 0, 0, 0},   // bridge port_bound, port_src
 		{"bridge port changed", func(s *State) { s.Containers[0].Port = 44 }, 4, 4, 0, 0},  // port_src, port_src4, port_mac_bound, port_mac
@@ -29,6 +30,16 @@ func TestDiff(t *testing.T) {
 		{"peer set grows", func(s *State) {
 			s.PeerSets["@traefik"] = append(s.PeerSets["@traefik"], pfx("2001:db8:b::/64"))
 		}, 1, 0, 0, 0}, // one range of list {@traefik} in set "lists"
+		// c1 closed (say, another container took its MAC first): its
+		// port's one element replaces its 20 (14 for its addresses and
+		// port, 6 map elements) and the ranges of the peer lists only it
+		// named (service:pg 2, @internet 2); c2's lists stay.
+		{"container closed", func(s *State) { s.Containers[0] = Container{ID: "c1", Port: 42, Closed: true} }, 1, 24, 0, 0},
+		// c9 reopened with an address of its own: the port_closed
+		// element goes, the bindings of its port come.
+		{"closed container reopened", func(s *State) {
+			s.Containers[2] = Container{ID: "c9", Addr: addr("2001:db8:1:2:3::c9"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Port: 49}
+		}, 9, 1, 0, 0}, // containers, in_drop, eg_drop, mac_bound, src_mac, port_bound, port_src, port_mac_bound, port_mac
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -53,7 +64,8 @@ func TestDiff(t *testing.T) {
 			}
 		})
 	}
-	p := diff(liveOf(desired(base)), desired(State{Prefix: base.Prefix, Gateway: base.Gateway, PeerSets: base.PeerSets, Containers: base.Containers[:1]}))
+	p := diff(liveOf(desired(base)), desired(State{Prefix: base.Prefix, Gateway: base.Gateway, PeerSets: base.PeerSets,
+		Containers: append(base.Containers[:1:1], base.Containers[2:]...)}))
 	for set, es := range p.delElems {
 		for _, e := range es {
 			if e.comment != "c2" {
@@ -79,7 +91,13 @@ func TestValidate(t *testing.T) {
 		func(s *State) { s.NodePorts[2].Ports = ports(1) },                   // icmp takes no ports
 		func(s *State) { s.NodePorts = append(s.NodePorts, Rule{Proto: 3}) }, // unknown protocol
 		func(s *State) { s.Containers[0].Port = -1 },
-		func(s *State) { s.Containers[0].Port = 1 << 31 }, // beyond an ifindex (int32)
+		func(s *State) { s.Containers[0].Port = 1 << 31 },                               // beyond an ifindex (int32)
+		func(s *State) { s.Containers[1].Port = s.Containers[0].Port },                  // one port per container
+		func(s *State) { s.Containers[2].Port = s.Containers[0].Port },                  // a closed port must not be a bound one
+		func(s *State) { s.Containers[2].Port = 0 },                                     // closed: the port is what it closes
+		func(s *State) { s.Containers[2].Addr = addr("2001:db8:1:2:3::c9") },            // closed: no address
+		func(s *State) { s.Containers[2].MAC = s.Containers[0].MAC },                    // closed: no MAC
+		func(s *State) { s.Containers[2].Egress = []Rule{{Peer: PeerAny, Proto: Any}} }, // closed: no rules
 	}
 	if err := smallState().Validate(); err != nil {
 		t.Fatalf("valid state: %v", err)

@@ -78,6 +78,8 @@ func smallState() State {
 			{ID: "c2", Addr: addr("2001:db8:1:2:3::c2"),
 				Ingress: []Rule{{Peer: "@traefik", Proto: TCP, Ports: []PortRange{{5432, 5433}}}, {Peer: "any", Proto: UDP}},
 				Egress:  []Rule{{Peer: "any", Proto: Any}}},
+			// Closed (say, it asked for c1's address): its port drops everything.
+			{ID: "c9", Port: 49, Closed: true},
 		},
 	}
 }

@@ -157,6 +157,10 @@ var staticSets = []setSpec{
 	// IPv4 and ARP from a bound port must carry the container's own
 	// IPv4 address.
 	{name: inBridge("port_src4"), keyType: keyAddr4If, concat: true, comment: "IPv4 address . bridge port ifindex of each container"},
+	// Bridge ports of closed containers (Container.Closed): every frame
+	// entering them is dropped, and counted on the element (the
+	// container's egress drops).
+	{name: inBridge("port_closed"), keyType: nftables.TypeIFIndex, hostOrder: true, counter: true, comment: "bridge ports of closed containers: every frame dropped"},
 }
 
 // listID is a peer list's id: the value of the *_list maps and the first
@@ -286,8 +290,13 @@ var dirSetNames = map[string]struct{ port, proto, icmp, any string }{
 // container computes the elements of one (valid) container.
 func (cp *compiler) container(ct Container) *compiled {
 	out := &compiled{c: cloneContainer(ct), elems: make([]setElem, 0, 16)}
-	a := ct.Addr.AsSlice()
 	add := func(set string, e elem) { out.elems = append(out.elems, setElem{set, e}) }
+	if ct.Closed {
+		// Its port and nothing else: no address, no binding, no rule.
+		add(inBridge("port_closed"), elem{key: binary.NativeEndian.AppendUint32(nil, uint32(ct.Port)), comment: ct.ID}) //nolint:gosec // G115: Validate keeps Port in 1..MaxInt32
+		return out
+	}
+	a := ct.Addr.AsSlice()
 	add("containers", elem{key: a, comment: ct.ID})
 	add("in_drop", elem{key: a, comment: ct.ID})
 	add("eg_drop", elem{key: a, comment: ct.ID})
@@ -792,7 +801,24 @@ func nodePortRules(rs []Rule) []ruleSpec {
 // network namespace.
 const loopbackIfindex = 1
 
-// portMACRule, the first rule of chain prerouting of table bridge v6reg:
+// portClosedRule, the first rule of chain prerouting of table bridge
+// v6reg: every frame entering the port of a closed container
+// (port_closed, Container.Closed) is dropped, whatever its protocol,
+// source MAC or address, before the bridge learns its source MAC. The
+// set's element counts it (the container's egress drops), so the rule has
+// no counter of its own and SpoofDrops does not count a closed
+// container's ordinary chatter. A closed container is one that may not
+// have its address or MAC (another container's): it is in none of the
+// other sets, so without this rule its port would be unconstrained, and
+// with NET_RAW it could take the other's MAC on the bridge, or send
+// router advertisements and neighbour advertisements for the gateway.
+func portClosedRule() ruleSpec {
+	return rule(&expr.Meta{Key: expr.MetaKeyIIF, Register: reg1},
+		&expr.Lookup{SourceRegister: reg1, SetName: "port_closed"},
+		verdict(expr.VerdictDrop, ""))
+}
+
+// portMACRule, the second rule of chain prerouting of table bridge v6reg:
 // a frame of any protocol entering the bridge port of a container whose
 // MAC is known (port_mac_bound) must carry that MAC as its source
 // (port_mac: ifindex . MAC); otherwise it is counted (SpoofDrops) and
@@ -836,6 +862,7 @@ var (
 // its MAC, switches it or hands it to br_netfilter and routing, whatever
 // its protocol:
 //
+//   - a closed container's port drops everything (portClosedRule);
 //   - the MAC check (portMACRule);
 //   - a source address of the prefix bound to a port (port_bound) enters
 //     only through that port (port_src: address . ifindex);
@@ -869,6 +896,7 @@ func bridgePortRules(prefix netip.Prefix) []ruleSpec {
 	}
 	ndTarget := &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 16}
 	return []ruleSpec{
+		portClosedRule(),
 		portMACRule(),
 		rule(ethProto(unix.ETH_P_IPV6), matchPrefix(true, prefix),
 			payloadAddr(true), &expr.Lookup{SourceRegister: reg1, SetName: "port_bound"},

@@ -21,6 +21,7 @@ type model struct {
 	conts    map[string]*compiled // by container ID
 	order    []*compiled          // as in the last State: most lookups are positional
 	addrs    map[netip.Addr]*compiled
+	ports    map[int]*compiled // bridge ports (Container.Port), bound or closed
 	peers    map[string]peerEntry
 	peerRefs map[string]int // peer set -> containers naming it
 	// peerUsers are those containers: a peer set that loses prefixes
@@ -47,7 +48,7 @@ type listEntry struct {
 // gateway, node ports); update adds the containers.
 func newModel(s State) *model {
 	m := &model{prefix: s.Prefix, gateway: s.Gateway, bridge: s.Bridge, nodePorts: cloneRules(s.NodePorts),
-		conts: map[string]*compiled{}, addrs: map[netip.Addr]*compiled{},
+		conts: map[string]*compiled{}, addrs: map[netip.Addr]*compiled{}, ports: map[int]*compiled{},
 		peers: map[string]peerEntry{}, peerRefs: map[string]int{}, peerUsers: map[string]map[*compiled]bool{}, listRef: map[listID]int{}, lists: map[listID]listEntry{},
 		want: content{sets: map[string]setSpec{}, elems: map[string]map[string]elem{}, chains: map[string]chainSpec{}},
 	}
@@ -87,11 +88,14 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 	var fresh, gone []*compiled // new versions; old versions to take out
 	freshIDs := map[string]bool{}
 	freshAddrs := map[netip.Addr]bool{}
+	freshPorts := map[int]bool{}
 	if len(m.conts) == 0 { // a new model: every container is fresh
 		freshIDs = make(map[string]bool, len(s.Containers))
 		freshAddrs = make(map[netip.Addr]bool, len(s.Containers))
+		freshPorts = make(map[int]bool, len(s.Containers))
 		m.conts = make(map[string]*compiled, len(s.Containers))
 		m.addrs = make(map[netip.Addr]*compiled, len(s.Containers))
+		m.ports = make(map[int]*compiled, len(s.Containers))
 	}
 	for i := range s.Containers {
 		c := &s.Containers[i]
@@ -113,7 +117,8 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 			}
 			gone = append(gone, prev)
 		}
-		if len(s.validateContainer(i, *c)) > 0 || freshAddrs[c.Addr] || c.Addr4.IsValid() && freshAddrs[c.Addr4] {
+		if len(s.validateContainer(i, *c)) > 0 || c.Addr.IsValid() && freshAddrs[c.Addr] || c.Addr4.IsValid() && freshAddrs[c.Addr4] ||
+			c.Port > 0 && freshPorts[c.Port] {
 			return plan{}, false
 		}
 		var nc *compiled
@@ -124,9 +129,14 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 		}
 		nc.seen, nc.kept = ep, ep
 		freshIDs[c.ID] = true
-		freshAddrs[c.Addr] = true
+		if c.Addr.IsValid() { // a closed container has none
+			freshAddrs[c.Addr] = true
+		}
 		if c.Addr4.IsValid() {
 			freshAddrs[c.Addr4] = true
+		}
+		if c.Port > 0 {
+			freshPorts[c.Port] = true
 		}
 		fresh = append(fresh, nc)
 		order[i] = nc
@@ -145,6 +155,11 @@ func (m *model) update(s State, cp *compiler, reuse map[string]*compiled, withPl
 			if o := m.addrs[a]; a.IsValid() && o != nil && o.c.ID != nc.c.ID && o.kept == ep {
 				return plan{}, false
 			}
+		}
+		// So may a bridge port: a closed port is never one another
+		// container is bound to.
+		if o := m.ports[nc.c.Port]; nc.c.Port > 0 && o != nil && o.c.ID != nc.c.ID && o.kept == ep {
+			return plan{}, false
 		}
 	}
 
@@ -322,8 +337,11 @@ func (m *model) change(fresh, gone []*compiled, pcs []peerChange, prefixesOf fun
 		if m.conts[old.c.ID] == old {
 			delete(m.conts, old.c.ID)
 		}
-		if m.addrs[old.c.Addr] == old {
+		if old.c.Addr.IsValid() && m.addrs[old.c.Addr] == old {
 			delete(m.addrs, old.c.Addr)
+		}
+		if old.c.Port > 0 && m.ports[old.c.Port] == old {
+			delete(m.ports, old.c.Port)
 		}
 		if old.c.Addr4.IsValid() && m.addrs[old.c.Addr4] == old {
 			delete(m.addrs, old.c.Addr4)
@@ -338,7 +356,12 @@ func (m *model) change(fresh, gone []*compiled, pcs []peerChange, prefixesOf fun
 	}
 	for _, nc := range fresh {
 		m.conts[nc.c.ID] = nc
-		m.addrs[nc.c.Addr] = nc
+		if nc.c.Addr.IsValid() {
+			m.addrs[nc.c.Addr] = nc
+		}
+		if nc.c.Port > 0 {
+			m.ports[nc.c.Port] = nc
+		}
 		if nc.c.Addr4.IsValid() {
 			m.addrs[nc.c.Addr4] = nc
 		}

@@ -281,7 +281,9 @@ func lost(old, next []netip.Prefix) bool {
 // addAddrs puts the container's addresses (IPv6, and IPv4 if it has one)
 // into set.
 func (c *Container) addAddrs(set map[netip.Addr]bool) {
-	set[c.Addr] = true
+	if c.Addr.IsValid() { // a closed container has none
+		set[c.Addr] = true
+	}
 	if c.Addr4.IsValid() {
 		set[c.Addr4] = true
 	}

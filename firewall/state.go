@@ -144,6 +144,15 @@ type Container struct {
 	Addr4   netip.Addr
 	Ingress []Rule // who may connect to Addr
 	Egress  []Rule // where Addr (and Addr4) may connect to
+	// Closed: the container's bridge port (Port, required) drops every
+	// frame that enters it, of any protocol, before the bridge learns its
+	// source MAC (set port_closed of table bridge v6reg; each drop counts
+	// as the container's egress drop in Counters). It is for a container
+	// that may not have its address or MAC (another container's, outside
+	// the prefix): left out of the table, its port would be open to any
+	// frame it forges, another's MAC included. A closed container holds
+	// nothing else: Addr, Addr4, MAC, Ingress and Egress stay empty.
+	Closed bool
 }
 
 // Rule opens Proto/Ports from (ingress) or to (egress) Peer.
@@ -180,12 +189,26 @@ func (s State) Validate() error {
 	}
 	seenAddr := map[netip.Addr]string{}
 	seenID := map[string]bool{}
+	seenPort := map[int]string{}
 	for i, c := range s.Containers {
 		where := func() string { return fmt.Sprintf("container %d (%q)", i, c.ID) }
 		if c.ID != "" && seenID[c.ID] {
 			errs = append(errs, where()+": duplicate ID")
 		}
 		seenID[c.ID] = true
+		if c.Port > 0 {
+			// One port per container: a closed port must never be one
+			// that another container is bound to (and two containers
+			// bound to one port would share its elements).
+			if other, ok := seenPort[c.Port]; ok {
+				errs = append(errs, fmt.Sprintf("%s: bridge port %d is also container %q's", where(), c.Port, other))
+			}
+			seenPort[c.Port] = c.ID
+		}
+		if c.Closed {
+			errs = append(errs, s.validateContainer(i, c)...)
+			continue
+		}
 		if other, ok := seenAddr[c.Addr]; ok {
 			errs = append(errs, fmt.Sprintf("%s: address %s is also container %q's", where(), c.Addr, other))
 		}
@@ -233,6 +256,15 @@ func (s *State) validateContainerPeers(i int, c Container, hasPeer func(string) 
 	where := func() string { return fmt.Sprintf("container %d (%q)", i, c.ID) }
 	if c.ID == "" {
 		errs = append(errs, where()+": empty ID; every container needs its owner id")
+	}
+	if c.Closed {
+		if c.Port <= 0 || c.Port > math.MaxInt32 {
+			errs = append(errs, fmt.Sprintf("%s: closed, but port %d is not an interface index; a closed container needs the ifindex of the host side of its veth", where(), c.Port))
+		}
+		if c.Addr.IsValid() || c.Addr4.IsValid() || c.MAC != nil || len(c.Ingress)+len(c.Egress) > 0 {
+			errs = append(errs, where()+": closed, but has an address, MAC or rules; a closed container holds only its ID and Port")
+		}
+		return errs
 	}
 	if !s.Prefix.Contains(c.Addr) {
 		errs = append(errs, fmt.Sprintf("%s: address %s is outside prefix %s", where(), c.Addr, s.Prefix))
@@ -335,7 +367,7 @@ func cloneRules(rs []Rule) []Rule {
 // runs for every container on every Apply, so it is kept cheap; the agent
 // compares states with it to build a Delta.
 func SameContainer(a, b *Container) bool {
-	return a.ID == b.ID && a.Addr == b.Addr && a.Addr4 == b.Addr4 && a.Port == b.Port && bytes.Equal(a.MAC, b.MAC) &&
+	return a.ID == b.ID && a.Closed == b.Closed && a.Addr == b.Addr && a.Addr4 == b.Addr4 && a.Port == b.Port && bytes.Equal(a.MAC, b.MAC) &&
 		SameRules(a.Ingress, b.Ingress) && SameRules(a.Egress, b.Egress)
 }
 
