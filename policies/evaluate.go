@@ -1,6 +1,7 @@
 package policies
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -367,7 +368,11 @@ func (e *evaluator) services(v Value, tier string, b Bounds) []ServiceSpec {
 			Tier: tier, Domain: e.op.Services.Domain, Name: name}
 		spec := ServiceSpec{Name: s.Name, Port: s.Port, Check: s.Check, Path: s.CheckPath()}
 		if tags, err := renderTags(tpls, data); err != nil {
-			e.add(&Error{Column: s.Col, Text: s.Name, Msg: "rendering tags: " + err.Error(), Hint: "tell the operator: the tag templates fail for this service"}, v)
+			hint := "tell the operator: the tag templates fail for this service"
+			if errors.Is(err, errUnsafeTagData) {
+				hint = "rename it with letters, digits, '.', '_' and '-' only"
+			}
+			e.add(&Error{Column: s.Col, Text: s.Name, Msg: "rendering tags: " + err.Error(), Hint: hint}, v)
 		} else {
 			spec.Tags = tags
 		}
@@ -376,10 +381,43 @@ func (e *evaluator) services(v Value, tier string, b Bounds) []ServiceSpec {
 	return out
 }
 
+var errUnsafeTagData = errors.New("a name the job chose cannot go into a tag")
+
+// unsafeTagData refuses to render t when it uses a name the job's author
+// chose freely (Nomad allows nearly any character in job, group and task
+// names) and that name holds a character outside letters, digits, '.',
+// '_' and '-': a backquote or a parenthesis would let the job rewrite the
+// Traefik rule the operator's template builds (Host(`{{.Job}}...`)), an
+// '=' or ',' the tag's key or list. The other fields are checked where
+// they come from (namespace, service, tier) or made by v6reg.
+func unsafeTagData(t *template.Template, data TagData) error {
+	if t.Tree == nil || t.Tree.Root == nil {
+		return nil
+	}
+	text := t.Tree.Root.String()
+	for _, f := range []struct{ field, what, value string }{
+		{".Job", "job", data.Job}, {".Group", "group", data.Group}, {".Task", "task", data.Task},
+	} {
+		if !strings.Contains(text, f.field) {
+			continue
+		}
+		if i := strings.IndexFunc(f.value, func(r rune) bool {
+			return (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '.' && r != '_' && r != '-'
+		}); i >= 0 {
+			return fmt.Errorf("%w: tag template %s uses %s, and the %s name %q holds %q (only letters, digits, '.', '_' and '-' are safe in a tag or a Traefik rule)",
+				errUnsafeTagData, t.Name(), f.field, f.what, f.value, []rune(f.value[i:])[0])
+		}
+	}
+	return nil
+}
+
 func renderTags(tpls []*template.Template, data TagData) ([]string, error) {
 	var tags []string
 	var b strings.Builder
 	for _, t := range tpls {
+		if err := unsafeTagData(t, data); err != nil {
+			return nil, err
+		}
 		b.Reset()
 		if err := t.Execute(&b, data); err != nil {
 			return nil, fmt.Errorf("tag template %s: %w", t.Name(), err)

@@ -448,3 +448,27 @@ func TestEvaluateErrorsCappedPerValue(t *testing.T) {
 		t.Errorf("egress: %d errors, want its own 1: %v", len(egress), egress)
 	}
 }
+
+// TestTagTemplatesRefuseUnsafeNames: Nomad lets a job's author put nearly
+// any character in job, group and task names; a template that uses one of
+// them must not let a backquote rewrite the Traefik rule it builds. The
+// same template with a plain name (positive control) renders, and a
+// template that does not use the field ignores it.
+func TestTagTemplatesRefuseUnsafeNames(t *testing.T) {
+	op := DefaultOperator()
+	op.Services.Tags = []string{"traefik.http.routers.{{.Name}}.rule=Host(`{{.Job}}.{{.Domain}}`)"}
+	meta := FromNomad(map[string]string{"v6reg_services": "web:80:http"}, nil, nil)
+	hostile := "x`)||Host(`victim.example"
+	_, errs := Evaluate(meta, Context{Job: hostile, Group: "g", Task: "t"}, op)
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `the job name "`+hostile+`" holds '`+"`"+`'`) {
+		t.Fatalf("hostile job name: errors %v, want one refusing it", errs)
+	}
+	pol, errs := Evaluate(meta, Context{Job: "p-web", Group: "g", Task: "t"}, op)
+	if len(errs) != 0 || len(pol.Services) != 1 || pol.Services[0].Tags[0] != "traefik.http.routers.p-web.rule=Host(`p-web.cloud.example`)" {
+		t.Fatalf("plain job name: %v %+v", errs, pol.Services)
+	}
+	op.Services.Tags = []string{"traefik.enable=true"}
+	if _, errs := Evaluate(meta, Context{Job: hostile, Group: "g", Task: "t"}, op); len(errs) != 0 {
+		t.Errorf("a template without .Job refused the job name: %v", errs)
+	}
+}
