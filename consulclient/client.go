@@ -67,11 +67,13 @@ func (c Client) Checks(ctx context.Context) (map[string]*consul.AgentCheck, erro
 // few and far between).
 func New(address, token, caFile, certFile, keyFile, datacenter string) (Client, error) {
 	cfg := config(consul.DefaultNonPooledConfig(), address, token, caFile, certFile, keyFile, datacenter)
-	c, err := consul.NewClient(cfg)
+	// The registerer reads the settings as given: NewClient rewrites a
+	// unix:// address in cfg.
+	reg, err := newRegisterer(*cfg)
 	if err != nil {
 		return Client{}, fmt.Errorf("consul client: %w", err)
 	}
-	reg, err := newRegisterer(cfg)
+	c, err := consul.NewClient(cfg)
 	if err != nil {
 		return Client{}, fmt.Errorf("consul client: %w", err)
 	}

@@ -27,8 +27,9 @@ import (
 // answer; github.com/hashicorp/consul/api has no field for it.
 type registerer struct {
 	http  *http.Client
-	url   string // of /v1/agent/service/register?replace-existing-checks=true
+	url   string // of /v1/agent/service/register, with the query the API client would send
 	token string
+	auth  *consul.HttpBasicAuth
 }
 
 // registration is an AgentServiceRegistration whose checks can say
@@ -36,7 +37,7 @@ type registerer struct {
 type registration struct {
 	*consul.AgentServiceRegistration
 	Check  *check   `json:",omitempty"`
-	Checks []*check `json:",omitempty"`
+	Checks []*check // null when none, as the API client sends it
 }
 
 type check struct {
@@ -44,7 +45,10 @@ type check struct {
 	DisableRedirects bool `json:",omitempty"`
 }
 
-func newRegisterer(cfg *consul.Config) (*registerer, error) {
+// newRegisterer reads cfg as consul.NewClient would (address with an
+// optional unix:// socket, scheme, TLS, token, basic auth, datacenter,
+// namespace, partition), before NewClient rewrites it.
+func newRegisterer(cfg consul.Config) (*registerer, error) {
 	scheme, host := cfg.Scheme, cfg.Address
 	tr := cleanhttp.DefaultTransport()
 	if path, ok := strings.CutPrefix(host, "unix://"); ok {
@@ -60,8 +64,14 @@ func newRegisterer(cfg *consul.Config) (*registerer, error) {
 	if scheme == "" {
 		scheme = "http"
 	}
-	u := url.URL{Scheme: scheme, Host: host, Path: "/v1/agent/service/register", RawQuery: "replace-existing-checks=true"}
-	return &registerer{http: hc, url: u.String(), token: cfg.Token}, nil
+	q := url.Values{"replace-existing-checks": {"true"}}
+	for k, v := range map[string]string{"dc": cfg.Datacenter, "ns": cfg.Namespace, "partition": cfg.Partition} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	u := url.URL{Scheme: scheme, Host: host, Path: "/v1/agent/service/register", RawQuery: q.Encode()}
+	return &registerer{http: hc, url: u.String(), token: cfg.Token, auth: cfg.HttpAuth}, nil
 }
 
 func (r *registerer) register(ctx context.Context, reg *consul.AgentServiceRegistration) error {
@@ -88,6 +98,9 @@ func (r *registerer) register(ctx context.Context, reg *consul.AgentServiceRegis
 	req.Header.Set("Content-Type", "application/json")
 	if r.token != "" {
 		req.Header.Set("X-Consul-Token", r.token)
+	}
+	if r.auth != nil {
+		req.SetBasicAuth(r.auth.Username, r.auth.Password)
 	}
 	resp, err := r.http.Do(req)
 	if err != nil {
