@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 )
@@ -158,13 +157,11 @@ func (a *Allocator) RequestFor(poolID string, want netip.Addr, owner, endpoint s
 		if l, ok := p.leases[want]; ok && endpoint != "" && l.Endpoint != "" && l.Endpoint != endpoint {
 			return Lease{}, fmt.Errorf("address %s of pool %s is leased to endpoint %q, not %q: request another address or none", want, p.id, l.Endpoint, endpoint)
 		}
-		// Engines before Docker 29 send no endpoint name; a MAC, when
-		// both requests carried one, tells another container asking for
-		// a leased address (a task may name any address) from the same
-		// endpoint re-claiming its own.
-		if l, ok := p.leases[want]; ok && owner != "" && l.Owner != "" && !strings.EqualFold(l.Owner, owner) {
-			return Lease{}, fmt.Errorf("address %s of pool %s is leased to the endpoint with MAC %s, not %s: request another address or none", want, p.id, l.Owner, owner)
-		}
+		// Engines before Docker 29 send no endpoint name (and no MAC: the
+		// driver does not ask for one), so a leased address requested by
+		// another container is granted as a re-claim here; desired.Build
+		// then keeps the address with the container in force, else the
+		// older one, and closes the other.
 		reclaim, err := p.checkSpecific(want, now)
 		if err != nil {
 			return Lease{}, err
