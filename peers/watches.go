@@ -502,13 +502,16 @@ func (w *Watches) follow(ctx context.Context, key string, me *peerWatch) {
 // key (stopped, or replaced by a newer watch of the same key): the answer
 // is not its to store.
 func (w *Watches) store(key string, me *peerWatch, q peerQuery, entries []*consul.ServiceEntry) bool {
+	ranked, ignored := q.rank(w.idPrefix, entries)
+	w.mu.Lock()
+	// The limit is read under the lock: a Recut for a new limit either
+	// comes after this and cuts ranked again, or came before and this
+	// reads the new limit.
 	limit := 0
 	if w.maxAddrs != nil {
 		limit = w.maxAddrs()
 	}
-	ranked, ignored := q.rank(w.idPrefix, entries)
 	list, over := cutRanked(ranked, limit)
-	w.mu.Lock()
 	old, seen := w.addrs[key]
 	if w.running[key] != me {
 		w.mu.Unlock()
@@ -560,12 +563,12 @@ func (w *Watches) setCut(key string, kept, over []netip.Prefix, limit int) {
 // quiet set can be minutes away. It triggers a reconcile if a set
 // changed.
 func (w *Watches) Recut() {
+	var changed []string
+	w.mu.Lock()
 	limit := 0
 	if w.maxAddrs != nil {
 		limit = w.maxAddrs()
 	}
-	var changed []string
-	w.mu.Lock()
 	for _, key := range slices.Sorted(maps.Keys(w.ranked)) {
 		list, over := cutRanked(w.ranked[key], limit)
 		w.setCut(key, list, over, limit)
