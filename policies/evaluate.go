@@ -383,30 +383,38 @@ func (e *evaluator) services(v Value, tier string, b Bounds) []ServiceSpec {
 
 var errUnsafeTagData = errors.New("a name the job chose cannot go into a tag")
 
-// unsafeTagData refuses to render t when it uses a name the job's author
-// chose freely (Nomad allows nearly any character in job, group and task
-// names) and that name holds a character outside letters, digits, '.',
-// '_' and '-': a backquote or a parenthesis would let the job rewrite the
-// Traefik rule the operator's template builds (Host(`{{.Job}}...`)), an
-// '=' or ',' the tag's key or list. The other fields are checked where
-// they come from (namespace, service, tier) or made by v6reg.
-func unsafeTagData(t *template.Template, data TagData) error {
-	if t.Tree == nil || t.Tree.Root == nil {
-		return nil
-	}
-	text := t.Tree.Root.String()
-	for _, f := range []struct{ field, what, value string }{
-		{".Job", "job", data.Job}, {".Group", "group", data.Group}, {".Task", "task", data.Task},
-	} {
-		if !strings.Contains(text, f.field) {
-			continue
-		}
-		if i := strings.IndexFunc(f.value, func(r rune) bool {
+// unsafeTagData refuses to render t with data when t uses a name the
+// job's author chose freely (Nomad allows nearly any character in job,
+// group and task names) and that name holds a character outside letters,
+// digits, '.', '_' and '-': a backquote or a parenthesis would let the job
+// rewrite the Traefik rule the operator's template builds
+// (Host(`{{.Job}}...`)), an '=' or ',' the tag's key or list. Whether t
+// uses the name is told by rendering it again with a plain name in its
+// place, so that no way of reaching the field ({{.Job}}, {{.}}, printf)
+// escapes the check. The other fields are checked where they come from
+// (namespace, service, tier) or made by v6reg. got is t rendered with
+// data.
+func unsafeTagData(t *template.Template, data TagData, got string) error {
+	plain := data
+	var unsafe []string
+	for _, f := range []struct {
+		what  string
+		value *string
+	}{{"job", &plain.Job}, {"group", &plain.Group}, {"task", &plain.Task}} {
+		if i := strings.IndexFunc(*f.value, func(r rune) bool {
 			return (r < 'a' || r > 'z') && (r < 'A' || r > 'Z') && (r < '0' || r > '9') && r != '.' && r != '_' && r != '-'
 		}); i >= 0 {
-			return fmt.Errorf("%w: tag template %s uses %s, and the %s name %q holds %q (only letters, digits, '.', '_' and '-' are safe in a tag or a Traefik rule)",
-				errUnsafeTagData, t.Name(), f.field, f.what, f.value, []rune(f.value[i:])[0])
+			unsafe = append(unsafe, fmt.Sprintf("the %s name %q holds %q", f.what, *f.value, []rune((*f.value)[i:])[0]))
+			*f.value = "v6reg-plain-" + f.what
 		}
+	}
+	if len(unsafe) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	if err := t.Execute(&b, plain); err != nil || b.String() != got {
+		return fmt.Errorf("%w: tag template %s uses it, and %s (only letters, digits, '.', '_' and '-' are safe in a tag or a Traefik rule)",
+			errUnsafeTagData, t.Name(), strings.Join(unsafe, ", "))
 	}
 	return nil
 }
@@ -415,12 +423,12 @@ func renderTags(tpls []*template.Template, data TagData) ([]string, error) {
 	var tags []string
 	var b strings.Builder
 	for _, t := range tpls {
-		if err := unsafeTagData(t, data); err != nil {
-			return nil, err
-		}
 		b.Reset()
 		if err := t.Execute(&b, data); err != nil {
 			return nil, fmt.Errorf("tag template %s: %w", t.Name(), err)
+		}
+		if err := unsafeTagData(t, data, b.String()); err != nil {
+			return nil, err
 		}
 		if tag := strings.TrimSpace(b.String()); tag != "" && !slices.Contains(tags, tag) {
 			tags = append(tags, tag)

@@ -463,6 +463,14 @@ func TestTagTemplatesRefuseUnsafeNames(t *testing.T) {
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `the job name "`+hostile+`" holds '`+"`"+`'`) {
 		t.Fatalf("hostile job name: errors %v, want one refusing it", errs)
 	}
+	// However the template reaches the field.
+	for _, tpl := range []string{"x={{.}}", `x={{printf "%v" .Job}}`, "{{with .Job}}{{.}}{{end}}"} {
+		op.Services.Tags = []string{tpl}
+		if _, errs := Evaluate(meta, Context{Job: hostile, Group: "g", Task: "t"}, op); len(errs) != 1 {
+			t.Errorf("template %q: errors %v, want the job name refused", tpl, errs)
+		}
+	}
+	op.Services.Tags = []string{"traefik.http.routers.{{.Name}}.rule=Host(`{{.Job}}.{{.Domain}}`)"}
 	pol, errs := Evaluate(meta, Context{Job: "p-web", Group: "g", Task: "t"}, op)
 	if len(errs) != 0 || len(pol.Services) != 1 || pol.Services[0].Tags[0] != "traefik.http.routers.p-web.rule=Host(`p-web.cloud.example`)" {
 		t.Fatalf("plain job name: %v %+v", errs, pol.Services)

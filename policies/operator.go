@@ -78,23 +78,32 @@ type Bounds struct {
 // Exposures are what a valid configuration still lets one namespace's
 // jobs do to another's, for the agent to say at start and on reload:
 //
-//   - a namespace whose services and tiers are both unbounded may register
-//     any service name with any tier, so with more than one namespace
-//     running jobs, a job in one can join another's Consul service (its
-//     DNS name) and take its Traefik host (TIER-SERVICE): Consul's service
-//     names are global;
+//   - a namespace whose services are unbounded may register any service
+//     name, so with more than one namespace running jobs, a job in one can
+//     join another's Consul service (its DNS name: Consul's service names
+//     are global), and with its tiers unbounded too, take its Traefik host
+//     (TIER-SERVICE);
 //   - @internet without internal_prefixes includes the operator's own
 //     addresses outside the node (other nodes, Consul and Nomad servers).
 func (o Operator) Exposures() []string {
 	var out []string
-	var open []string
+	var names, hosts []string
 	for _, ns := range slices.Sorted(maps.Keys(o.Namespaces)) {
-		if b := o.Namespaces[ns]; len(b.Services) == 0 && len(b.Tiers) == 0 {
-			open = append(open, fmt.Sprintf("%q", ns))
+		b := o.Namespaces[ns]
+		if len(b.Services) > 0 {
+			continue
+		}
+		if len(b.Tiers) == 0 {
+			hosts = append(hosts, fmt.Sprintf("%q", ns))
+		} else {
+			names = append(names, fmt.Sprintf("%q", ns))
 		}
 	}
-	if len(open) > 0 {
-		out = append(out, fmt.Sprintf("namespace %s may register any service name with any tier: a job there can join another namespace's Consul service and take its Traefik host (TIER-SERVICE); bound services or tiers per namespace", strings.Join(open, ", ")))
+	if len(hosts) > 0 {
+		out = append(out, fmt.Sprintf("namespace %s may register any service name with any tier: a job there can join another namespace's Consul service (its DNS name) and take its Traefik host (TIER-SERVICE); bound services or tiers per namespace", strings.Join(hosts, ", ")))
+	}
+	if len(names) > 0 {
+		out = append(out, fmt.Sprintf("namespace %s may register any service name: a job there can join another namespace's Consul service (its DNS name; Consul's service names are global); bound services per namespace", strings.Join(names, ", ")))
 	}
 	if len(o.Internal) == 0 {
 		for _, ns := range slices.Sorted(maps.Keys(o.Namespaces)) {
