@@ -138,17 +138,7 @@ func TestPeerWatchesBoundedQueries(t *testing.T) {
 	if len(started) != keys {
 		t.Fatalf("started %d keys", len(started))
 	}
-	waitAll := func(cond func() bool, what string) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitAll(func() bool {
+	waitFor(t, func() bool {
 		for k := range want {
 			if _, ok := w.Get(k); !ok {
 				return false
@@ -162,7 +152,7 @@ func TestPeerWatchesBoundedQueries(t *testing.T) {
 		t.Fatalf("%s should be shared", last)
 	}
 	p.register("s299", "2001:db8:0:2:2::99")
-	waitAll(func() bool { a, _ := w.Get(last); return len(a) == 1 }, "the change to a shared key")
+	waitFor(t, func() bool { a, _ := w.Get(last); return len(a) == 1 }, "the change to a shared key")
 	trigMu.Lock()
 	found := false
 	for _, r := range triggers {
@@ -174,12 +164,12 @@ func TestPeerWatchesBoundedQueries(t *testing.T) {
 	}
 	// And a dedicated one.
 	p.register("s000", "2001:db8:0:2:2::10")
-	waitAll(func() bool { a, _ := w.Get(mustKey("service:default/s000")); return len(a) == 1 }, "the change to a dedicated key")
+	waitFor(t, func() bool { a, _ := w.Get(mustKey("service:default/s000")); return len(a) == 1 }, "the change to a dedicated key")
 	// Churn: many changes while the queue drains.
 	for i := range 50 {
 		p.register(fmt.Sprintf("s%03d", 100+i), "2001:db8:0:2:2::5")
 	}
-	waitAll(func() bool { a, _ := w.Get(mustKey("service:default/s149")); return len(a) == 1 }, "churn")
+	waitFor(t, func() bool { a, _ := w.Get(mustKey("service:default/s149")); return len(a) == 1 }, "churn")
 	_, maxIn, calls := p.stats()
 	t.Logf("%d keys, budget %d: at most %d queries in flight, %d queries in all", keys, budget, maxIn, calls)
 	if maxIn > budget {

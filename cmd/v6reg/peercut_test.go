@@ -27,14 +27,7 @@ func peerCutSnapshot() *api.Snapshot {
 }
 
 func TestPrintStatusPeerSetsCut(t *testing.T) {
-	var b bytes.Buffer
-	printStatus(&b, peerCutSnapshot())
-	got := b.String()
-	for i, line := range strings.Split(got, "\n") {
-		if len(line) > 80 {
-			t.Errorf("line %d is %d columns (max 80): %q", i+1, len(line), line)
-		}
-	}
+	got := printedStatus(t, peerCutSnapshot())
 	for _, want := range []string{
 		"PEER SETS CUT to limits.peer_set_addresses (the first registered are kept):\n",
 		"  service:default/db: 3000 in Consul, 2048 kept (limit 2048)\n    used by p-cerebro-frontend/cerebro, p-fetch\n",
@@ -47,10 +40,8 @@ func TestPrintStatusPeerSetsCut(t *testing.T) {
 	golden.Check(t, filepath.Join("testdata", "status-peercut.golden"), reAgo.ReplaceAllString(got, "reconciled <dur> ago"))
 
 	// Nothing cut: no section.
-	b.Reset()
-	printStatus(&b, healthSnapshot())
-	if strings.Contains(b.String(), "PEER SETS CUT") {
-		t.Errorf("a cut section with nothing cut:\n%s", b.String())
+	if got := printedStatus(t, healthSnapshot()); strings.Contains(got, "PEER SETS CUT") {
+		t.Errorf("a cut section with nothing cut:\n%s", got)
 	}
 }
 

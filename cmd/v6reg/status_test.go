@@ -43,17 +43,25 @@ func healthSnapshot() *api.Snapshot {
 	}
 }
 
-var reAgo = regexp.MustCompile(`reconciled \S+ ago`)
-
-func TestPrintStatusHealth(t *testing.T) {
+// printedStatus is the text status of s, every line of it within 80
+// columns.
+func printedStatus(t *testing.T, s *api.Snapshot) string {
+	t.Helper()
 	var b bytes.Buffer
-	printStatus(&b, healthSnapshot())
+	printStatus(&b, s)
 	got := b.String()
 	for i, line := range strings.Split(got, "\n") {
 		if len(line) > 80 {
 			t.Errorf("line %d is %d columns (max 80): %q", i+1, len(line), line)
 		}
 	}
+	return got
+}
+
+var reAgo = regexp.MustCompile(`reconciled \S+ ago`)
+
+func TestPrintStatusHealth(t *testing.T) {
+	got := printedStatus(t, healthSnapshot())
 	for _, want := range []string{
 		"::fffe:ffff:ffff",
 		"cerebro:~ CRIT", // the worst of the container's checks, the names cut to fit
